@@ -1,0 +1,38 @@
+"""moelens: mechanistic interpretability for Mixture-of-Experts language models.
+
+>>> from moelens import HookedMoE
+>>> from moelens.testing import tiny_model
+>>> HookedMoE.from_hf(tiny_model("qwen2_moe")).cfg.n_shared_experts
+1
+"""
+
+from .cache import ActivationCache
+from .errors import (
+    HookShapeError,
+    InterventionError,
+    InvalidInputError,
+    ModelLoadError,
+    MoelensError,
+    ReadOnlyHookError,
+    UnknownHookError,
+    UnsupportedArchitectureError,
+)
+from .hook_points import HookPoint
+from .model import HookedMoE, MoEConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationCache",
+    "HookPoint",
+    "HookShapeError",
+    "HookedMoE",
+    "InterventionError",
+    "InvalidInputError",
+    "ModelLoadError",
+    "MoEConfig",
+    "MoelensError",
+    "ReadOnlyHookError",
+    "UnknownHookError",
+    "UnsupportedArchitectureError",
+]

@@ -1,0 +1,231 @@
+"""Torch hooks that route HF's own tensors through moelens hook points.
+
+Nothing here replaces an HF module or its forward. For each call of the wrapped model, only the torch
+hooks that some active hook point needs are installed, and they are removed when the call ends: with
+no active hook point the HF forward runs untouched. Router edits are detected by comparing against a
+copy (router tensors are small), so that in-place edits re-route too; large activations (residual
+stream, block outputs) are replaced only when a hook returns a new tensor, and in-place edits of them
+propagate by themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .architectures.spec import ArchitectureSpec, RouterOutput
+from .errors import HookShapeError, ReadOnlyHookError
+from .hook_points import HookPoint
+
+__all__ = ["LayerHooks", "MoEHooks", "StopForward"]
+
+
+class StopForward(Exception):
+    """Raised inside the forward to return the residual stream early (``stop_at_layer``)."""
+
+    def __init__(self, resid: Tensor):
+        super().__init__("stop_at_layer reached")
+        self.resid = resid
+
+
+def _first_arg(args: tuple, kwargs: dict, name: str) -> Tensor:
+    return args[0] if args else kwargs[name]
+
+
+def _replace_first_arg(args: tuple, kwargs: dict, name: str, value: Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (value, *args[1:]), kwargs
+    return args, {**kwargs, name: value}
+
+
+class LayerHooks:
+    """Residual-stream hook points of one decoder layer, plus the start/stop machinery."""
+
+    def __init__(self, layer: nn.Module, resid_pre: HookPoint, resid_post: HookPoint):
+        self.layer = layer
+        self.resid_pre = resid_pre
+        self.resid_post = resid_post
+
+    def install(self, stack: ExitStack, *, skip: bool = False, stop: bool = False) -> None:
+        if skip:
+            # start_at_layer: the layers before the start pass the given residual stream through
+            # unchanged, and none of their hooks fire.
+            stack.enter_context(_patched_forward(self.layer, lambda hidden_states, *a, **k: hidden_states))
+            return
+        if stop or self.resid_pre.active:
+            handle = self.layer.register_forward_pre_hook(self._pre(stop), with_kwargs=True)
+            stack.callback(handle.remove)
+        if self.resid_post.active:
+            stack.callback(self.layer.register_forward_hook(self._post).remove)
+
+    def _pre(self, stop: bool) -> Callable:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+            resid = _first_arg(args, kwargs, "hidden_states")
+            new = self.resid_pre(resid) if self.resid_pre.active else resid
+            if stop:
+                raise StopForward(new)
+            return None if new is resid else _replace_first_arg(args, kwargs, "hidden_states", new)
+
+        return hook
+
+    def _post(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        resid = output[0] if isinstance(output, tuple) else output
+        new = self.resid_post(resid)
+        if new is resid:
+            return None
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+
+class MoEHooks:
+    """The MoE hook points of one layer and the torch hooks on its block, router, experts, shared experts."""
+
+    def __init__(
+        self,
+        spec: ArchitectureSpec,
+        block: nn.Module,
+        router: nn.Module,
+        experts: nn.Module,
+        shared: nn.Module | None,
+        points: dict[str, HookPoint],
+        n_experts: int,
+    ):
+        self.spec = spec
+        self.block, self.router, self.experts, self.shared = block, router, experts, shared
+        self.points = points  # suffix -> HookPoint
+        self.n_experts = n_experts
+        self.shape: tuple[int, int] = (0, 0)  # (batch, pos) of the current call
+
+    def _active(self, *suffixes: str) -> bool:
+        return any(s in self.points and self.points[s].active for s in suffixes)
+
+    def install(self, stack: ExitStack) -> None:
+        routing = ("hook_router_logits", "hook_router_scores", "hook_topk_indices", "hook_topk_weights")
+        wants = {
+            "router": self._active(*routing),
+            "experts": self._active("hook_expert_out"),
+            "shared": self._active("hook_shared_out"),
+            "out": self._active("hook_out"),
+        }
+        if not (any(wants.values()) or self._active("hook_in")):
+            return
+        # The block's input gives (batch, pos) to un-flatten the router's and experts' tensors.
+        stack.callback(self.block.register_forward_pre_hook(self._block_pre).remove)
+        if wants["router"]:
+            stack.callback(self.router.register_forward_hook(self._router_post).remove)
+        if wants["experts"]:
+            stack.callback(self.experts.register_forward_hook(self._experts_post, with_kwargs=True).remove)
+        if wants["shared"] and self.shared is not None:
+            stack.callback(self.shared.register_forward_hook(self._shared_post).remove)
+        if wants["out"]:
+            stack.callback(self.block.register_forward_hook(self._block_post).remove)
+
+    # -- block input and output ---------------------------------------------------------------
+    def _block_pre(self, module: nn.Module, args: tuple) -> Any:
+        hidden = args[0]
+        self.shape = (hidden.shape[0], hidden.shape[1])
+        point = self.points["hook_in"]
+        if not point.active:
+            return None
+        new = point(hidden)
+        return None if new is hidden else (new, *args[1:])
+
+    def _block_post(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        hidden = output[0] if self.spec.moe_returns_tuple else output
+        new = self.points["hook_out"](hidden)
+        if new is hidden:
+            return None
+        return (new, *output[1:]) if self.spec.moe_returns_tuple else new
+
+    def _shared_post(self, module: nn.Module, args: tuple, output: Tensor) -> Any:
+        batch, pos = self.shape
+        view = output.view(batch, pos, output.shape[-1])  # [tokens d] or [batch pos d] -> [batch pos d]
+        new = self.points["hook_shared_out"](view)
+        return None if new is view else new.reshape(output.shape)
+
+    # -- routing ------------------------------------------------------------------------------
+    def _router_post(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        found = self.spec.router_io.unpack(output, args[0], module)
+        batch, pos = self.shape
+        logits, weights, index = found
+        n_tokens, k = index.shape
+        points = self.points
+        rerouted = False
+        if points["hook_router_logits"].active:
+            before = logits.clone()
+            edited = points["hook_router_logits"](logits.view(batch, pos, -1)).reshape(n_tokens, -1)
+            rerouted = not torch.equal(edited, before)
+            logits = edited if rerouted else before
+        routing = None
+        if rerouted or points["hook_router_scores"].active:
+            routing = self.spec.routing.route(logits, module)
+        if points["hook_router_scores"].active:
+            scores = routing.scores.view(batch, pos, -1)
+            kept = scores.clone()
+            points["hook_router_scores"](scores)
+            if not torch.equal(scores, kept):
+                raise ReadOnlyHookError(
+                    f"a hook edited {points['hook_router_scores'].name!r} in place, but it is read-only. "
+                    "Edit hook_router_logits of the same layer to re-route instead."
+                )
+        if rerouted:
+            weights = routing.weights.to(found.weights.dtype)
+            index = routing.index
+        index, index_changed = self._edit_small(points["hook_topk_indices"], index, (batch, pos, k))
+        if index_changed:
+            self._check_index(index)
+        weights, weights_changed = self._edit_small(points["hook_topk_weights"], weights, (batch, pos, k))
+        if not (rerouted or index_changed or weights_changed):
+            return None
+        return self.spec.router_io.pack(output, RouterOutput(logits, weights, index))
+
+    @staticmethod
+    def _edit_small(point: HookPoint, tensor: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, bool]:
+        if not point.active:
+            return tensor, False
+        before = tensor.clone()
+        edited = point(tensor.view(shape)).reshape(tensor.shape)
+        changed = not torch.equal(edited, before)
+        return (edited if changed else before), changed
+
+    def _check_index(self, index: Tensor) -> None:
+        bad = (index < 0) | (index >= self.n_experts)
+        if bool(bad.any()):
+            value = int(index[bad][0])
+            raise HookShapeError(
+                f"a hook on {self.points['hook_topk_indices'].name!r} selected expert {value}; expert indices "
+                f"must lie in [0, {self.n_experts - 1}]."
+            )
+
+    # -- experts ------------------------------------------------------------------------------
+    def _experts_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Tensor) -> Any:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        index = args[1] if len(args) > 1 else kwargs["top_k_index"]
+        weights = args[2] if len(args) > 2 else kwargs["top_k_weights"]
+        batch, pos = self.shape
+        n_tokens, k = index.shape
+        # Each (token, slot) pair becomes its own row with weight 1: HF's own kernel then returns the
+        # unweighted output of every selected expert. [tokens d] -> [tokens*k d]
+        rows = hidden.repeat_interleave(k, dim=0)
+        ones = torch.ones(n_tokens * k, 1, dtype=weights.dtype, device=weights.device)
+        per_slot = module.forward(rows, index.reshape(n_tokens * k, 1), ones)
+        per_slot = per_slot.view(batch, pos, k, -1)  # [tokens*k d] -> [batch pos k d]
+        before = per_slot.clone()
+        edited = self.points["hook_expert_out"](per_slot)
+        if torch.equal(edited, before):
+            return None
+        # [batch pos k d] weighted by [batch pos k] -> [tokens d]
+        mixed = (edited.float() * weights.view(batch, pos, k, 1).float()).sum(dim=2)
+        return mixed.reshape(n_tokens, -1).to(output.dtype)
+
+
+@contextmanager
+def _patched_forward(module: nn.Module, forward: Callable):
+    module.forward = forward  # an instance attribute shadows the class's forward
+    try:
+        yield
+    finally:
+        del module.forward

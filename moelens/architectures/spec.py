@@ -1,0 +1,75 @@
+"""An MoE family described as data: where its modules are, its routing rule, how to read its router.
+
+Paths are dotted attribute paths. ``layers`` and ``final_norm`` start at the causal-LM root;
+``moe_block`` starts at a decoder layer; ``router``, ``experts`` and ``shared_experts`` start at the
+MoE block. A path may list candidates separated by ``|`` where HF renamed a module between releases.
+Routing semantics have no defaults: every spec states its rule and its router's output format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+from torch import Tensor, nn
+
+from .routing import Routing
+
+__all__ = ["ArchitectureSpec", "RouterIO", "RoutingRule", "RouterOutput"]
+
+
+class RouterOutput(NamedTuple):
+    """A router's return value read into one form; tensors are flattened over tokens."""
+
+    logits: Tensor  # [tokens n_experts]
+    weights: Tensor  # [tokens k]
+    index: Tensor  # [tokens k]
+
+
+@dataclass(frozen=True)
+class RouterIO:
+    """How to read a router's return value and how to write an edited routing back into it.
+
+    ``unpack(output, router_input, router)`` returns a :class:`RouterOutput`; ``pack(output, new)``
+    returns a value of the router's own output format carrying ``new``.
+    """
+
+    name: str
+    unpack: Callable[[Any, Tensor, nn.Module], RouterOutput]
+    pack: Callable[[Any, RouterOutput], Any]
+
+
+@dataclass(frozen=True)
+class RoutingRule:
+    """The routing rule of a family: scoring name (for docs and metrics) and the routing function."""
+
+    scoring: Literal["softmax", "sigmoid", "sparsemixer"]
+    route: Callable[[Tensor, nn.Module], Routing]
+    summary: str  # one line, rendered on the architecture's docs page
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """Everything moelens needs to know about one MoE family of ``transformers``."""
+
+    model_types: tuple[str, ...]
+    routing: RoutingRule
+    router_io: RouterIO
+    n_experts_attr: str  # config attribute with the number of routed experts
+    top_k_attr: str  # config attribute with k
+    moe_returns_tuple: bool  # the MoE block returns (hidden, extra) instead of hidden
+    experts_layout: Literal["fused", "module_list"]  # fused 3-D weights called (hidden, index, weights)
+    router: str
+    experts: str
+    shared_experts: str | None
+    shared_expert_count: Callable[[Any], int] = field(default=lambda config: 0)
+    layers: str = "model.layers"
+    final_norm: str = "model.norm"
+    moe_block: str = "mlp"
+    checkpoints: tuple[str, ...] = ()
+    notes: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.model_types[0]

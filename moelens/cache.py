@@ -1,0 +1,82 @@
+"""ActivationCache: the activations recorded by ``run_with_cache``, with stacked MoE helpers.
+
+Stacked helpers return ``[moe_layer batch pos ...]`` over the model's MoE layers in order
+(``model.cfg.moe_layers``), so index 0 is the first MoE layer, not layer 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from .errors import UnknownHookError
+from .names import moe_name
+
+__all__ = ["ActivationCache"]
+
+
+class ActivationCache(Mapping[str, Tensor]):
+    """A read-only mapping ``hook name -> tensor`` plus stacked routing helpers.
+
+    Example (``model`` is any :class:`~moelens.HookedMoE`)::
+
+        logits, cache = model.run_with_cache("The cat sat")
+        cache["blocks.0.moe.hook_router_logits"]      # [batch pos n_experts]
+        cache.topk_mask()                             # [moe_layer batch pos n_experts], bool
+    """
+
+    def __init__(self, store: dict[str, Tensor], moe_layers: tuple[int, ...], n_experts: int, attention_mask: Tensor):
+        self._store = store
+        self.moe_layers = moe_layers
+        self.n_experts = n_experts
+        self.attention_mask = attention_mask  # [batch pos], bool: False on padding
+
+    def __getitem__(self, name: str) -> Tensor:
+        try:
+            return self._store[name]
+        except KeyError:
+            hint = "" if "hook_" not in name else " (if the name is right, it was not cached: check names_filter)"
+            raise UnknownHookError(name + hint, self._store) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._store)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __repr__(self) -> str:
+        return f"ActivationCache({len(self)} activations over MoE layers {list(self.moe_layers)})"
+
+    def _stack(self, suffix: str) -> Tensor:
+        return torch.stack([self[moe_name(layer, suffix)] for layer in self.moe_layers])
+
+    def router_logits(self) -> Float[Tensor, "moe_layer batch pos n_experts"]:
+        """Raw router logits of every MoE layer."""
+        return self._stack("hook_router_logits")
+
+    def router_scores(self) -> Float[Tensor, "moe_layer batch pos n_experts"]:
+        """Router scores (softmax/sigmoid before top-k) of every MoE layer."""
+        return self._stack("hook_router_scores")
+
+    def topk_indices(self) -> Int[Tensor, "moe_layer batch pos k"]:
+        """Experts that actually ran, per slot."""
+        return self._stack("hook_topk_indices")
+
+    def topk_weights(self) -> Float[Tensor, "moe_layer batch pos k"]:
+        """Weights applied to the selected experts, per slot."""
+        return self._stack("hook_topk_weights")
+
+    def topk_mask(self) -> Bool[Tensor, "moe_layer batch pos n_experts"]:
+        """Dense boolean mask of the selected experts (order of slots does not matter)."""
+        index = self.topk_indices()
+        mask = torch.zeros(*index.shape[:-1], self.n_experts, dtype=torch.bool, device=index.device)
+        return mask.scatter_(-1, index, True)
+
+    def gate_weights(self) -> Float[Tensor, "moe_layer batch pos n_experts"]:
+        """Dense applied weights: the top-k weight at selected experts, zero elsewhere."""
+        index, weights = self.topk_indices(), self.topk_weights()
+        dense = torch.zeros(*index.shape[:-1], self.n_experts, dtype=weights.dtype, device=weights.device)
+        return dense.scatter_(-1, index, weights)

@@ -1,0 +1,120 @@
+"""Turning user inputs (texts or token ids, optional mask) into validated model inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .errors import InvalidInputError
+
+__all__ = ["ModelInputs", "prepare_inputs", "last_token_positions"]
+
+
+@dataclass
+class ModelInputs:
+    """Token ids (or a residual stream for ``start_at_layer``) with the mask and positions to use."""
+
+    input_ids: Tensor | None  # [batch pos] int64
+    attention_mask: Tensor  # [batch pos] int64, 1 on real tokens
+    position_ids: Tensor | None  # [batch pos]; None means HF's default arange (no padding)
+    inputs_embeds: Tensor | None = None  # [batch pos d_model]
+
+    @property
+    def has_padding(self) -> bool:
+        return self.position_ids is not None
+
+    def hf_kwargs(self) -> dict:
+        kwargs: dict = {"use_cache": False}
+        if self.inputs_embeds is not None:
+            kwargs["inputs_embeds"] = self.inputs_embeds
+        else:
+            kwargs["input_ids"] = self.input_ids
+        if self.has_padding:
+            # Positions follow the real tokens, so left and right padding give the same positions.
+            kwargs["attention_mask"] = self.attention_mask
+            kwargs["position_ids"] = self.position_ids
+        return kwargs
+
+
+def prepare_inputs(
+    inputs, attention_mask: Tensor | None, tokenizer, vocab_size: int, device: torch.device
+) -> ModelInputs:
+    """Tokenize texts (padding them) or validate token ids; build the attention mask and positions."""
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs):
+        if tokenizer is None:
+            raise InvalidInputError(
+                "texts were given but this model has no tokenizer; pass token ids, or wrap with "
+                "HookedMoE.from_hf(model, tokenizer=AutoTokenizer.from_pretrained(...))."
+            )
+        if attention_mask is not None:
+            raise InvalidInputError("attention_mask= goes with token ids; for texts moelens builds the mask itself.")
+        encoded = tokenizer(list(inputs), return_tensors="pt", padding=True)
+        return _with_mask(encoded["input_ids"], encoded["attention_mask"], vocab_size, device)
+    if isinstance(inputs, (list, tuple)) and not inputs:
+        raise InvalidInputError("inputs is an empty list; pass at least one text or a [batch pos] tensor of token ids.")
+    if not isinstance(inputs, Tensor):
+        raise InvalidInputError(
+            f"inputs must be a str, a list of str, or a LongTensor [batch pos] of token ids; got {type(inputs).__name__}."
+        )
+    ids = inputs
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise InvalidInputError(
+            f"token ids must be integers, got dtype {ids.dtype}; for a residual stream use start_at_layer=."
+        )
+    if ids.ndim == 1:
+        ids = ids.unsqueeze(0)
+    if ids.ndim != 2:
+        raise InvalidInputError(f"token ids must have shape [batch pos]; got {tuple(inputs.shape)}.")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise InvalidInputError(
+            f"token id {int(ids.max()) if int(ids.max()) >= vocab_size else int(ids.min())} is outside the "
+            f"vocabulary [0, {vocab_size - 1}]."
+        )
+    return _with_mask(ids, attention_mask, vocab_size, device)
+
+
+def prepare_residual(resid: Tensor, attention_mask: Tensor | None, d_model: int, device: torch.device) -> ModelInputs:
+    """Validate a residual stream given to ``start_at_layer``."""
+    if not isinstance(resid, Tensor) or resid.ndim != 3 or resid.shape[-1] != d_model:
+        shape = tuple(resid.shape) if isinstance(resid, Tensor) else type(resid).__name__
+        raise InvalidInputError(
+            f"with start_at_layer the input is the residual stream [batch pos d_model={d_model}]; got {shape}."
+        )
+    inputs = _with_mask(None, attention_mask, 0, device, shape=resid.shape[:2])
+    inputs.inputs_embeds = resid.to(device)
+    return inputs
+
+
+def _with_mask(ids, attention_mask, vocab_size, device, shape=None) -> ModelInputs:
+    shape = tuple(ids.shape) if ids is not None else tuple(shape)
+    if attention_mask is None:
+        mask = torch.ones(shape, dtype=torch.long)
+    else:
+        if tuple(attention_mask.shape) != shape:
+            raise InvalidInputError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but the inputs have shape {shape}."
+            )
+        mask = attention_mask.long()
+        if bool(((mask != 0) & (mask != 1)).any()):
+            raise InvalidInputError("attention_mask must hold only 0 (padding) and 1 (token).")
+        if bool((mask.sum(-1) == 0).any()):
+            raise InvalidInputError("a row of attention_mask has no token (all zeros); drop that row.")
+    mask = mask.to(device)
+    position_ids = None
+    if not bool(mask.all()):
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ModelInputs(ids.to(device) if ids is not None else None, mask, position_ids)
+
+
+def last_token_positions(attention_mask: Tensor) -> Tensor:
+    """Index of the last real token of each row ``[batch]`` (works for left and right padding).
+
+    >>> last_token_positions(torch.tensor([[1, 1, 0], [0, 1, 1]])).tolist()
+    [1, 2]
+    """
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (attention_mask.bool() * (positions + 1)).argmax(-1)
