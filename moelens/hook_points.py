@@ -56,7 +56,7 @@ class HookPoint:
         """Run every function in order; returns the (possibly replaced) activation."""
         for fn in list(self.fns):
             result = fn(tensor, hook=self)
-            if result is None:
+            if result is None or result is tensor:
                 continue
             if not self.spec.writable:
                 raise ReadOnlyHookError(

@@ -20,10 +20,7 @@ class ModelInputs:
     attention_mask: Tensor  # [batch pos] int64, 1 on real tokens
     position_ids: Tensor | None  # [batch pos]; None means HF's default arange (no padding)
     inputs_embeds: Tensor | None = None  # [batch pos d_model]
-
-    @property
-    def has_padding(self) -> bool:
-        return self.position_ids is not None
+    padded: bool = False
 
     def hf_kwargs(self) -> dict:
         kwargs: dict = {"use_cache": False}
@@ -31,9 +28,9 @@ class ModelInputs:
             kwargs["inputs_embeds"] = self.inputs_embeds
         else:
             kwargs["input_ids"] = self.input_ids
-        if self.has_padding:
-            # Positions follow the real tokens, so left and right padding give the same positions.
+        if self.padded:
             kwargs["attention_mask"] = self.attention_mask
+        if self.position_ids is not None:
             kwargs["position_ids"] = self.position_ids
         return kwargs
 
@@ -105,9 +102,13 @@ def _with_mask(ids, attention_mask, vocab_size, device, shape=None) -> ModelInpu
             raise InvalidInputError("a row of attention_mask has no token (all zeros); drop that row.")
     mask = mask.to(device)
     position_ids = None
-    if not bool(mask.all()):
+    padded = not bool(mask.all())
+    if padded and bool((mask[:, 1:] > mask[:, :-1]).any()):
+        # A pad before a real token (left padding): HF's default positions (arange) would shift the
+        # real tokens, so give each token its index among the real tokens of its row. Right padding
+        # keeps HF's own positions, which keeps the real tokens bit-identical to HF with that mask.
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ModelInputs(ids.to(device) if ids is not None else None, mask, position_ids)
+    return ModelInputs(ids.to(device) if ids is not None else None, mask, position_ids, padded=padded)
 
 
 def last_token_positions(attention_mask: Tensor) -> Tensor:
