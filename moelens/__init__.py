@@ -18,11 +18,17 @@ from .errors import (
     UnsupportedArchitectureError,
 )
 from .hook_points import HookPoint
+from .interventions import Ablate, Force, Patch, Perturb, Scale
 from .model import HookedMoE, MoEConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Ablate",
+    "Force",
+    "Patch",
+    "Perturb",
+    "Scale",
     "ActivationCache",
     "HookPoint",
     "HookShapeError",

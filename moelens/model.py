@@ -77,6 +77,7 @@ class HookedMoE(nn.Module):
             n_shared_experts=self.spec.shared_expert_count(config),
             scoring=self.spec.routing.scoring,
         )
+        self.current_attention_mask: Tensor | None = None  # [batch pos] of the call in progress
         self._layer_hooks: list[LayerHooks] = []
         self._moe_hooks: list[MoEHooks] = []
         self._registry = HookRegistry(self._build_hook_points())
@@ -196,7 +197,9 @@ class HookedMoE(nn.Module):
         >>> model.hook_point("blocks.0.moe.hook_out").active
         False
         """
-        with self._registry.attached(fwd_hooks):
+        from .interventions import expand
+
+        with self._registry.attached(expand(list(fwd_hooks), self)):
             yield self
 
     # -- running ------------------------------------------------------------------------------
@@ -240,6 +243,8 @@ class HookedMoE(nn.Module):
                 stack.callback(self.final_norm.register_forward_pre_hook(_raise_stop).remove)
             for moe_hooks in self._moe_hooks:
                 moe_hooks.install(stack)
+            self.current_attention_mask = model_inputs.attention_mask
+            stack.callback(setattr, self, "current_attention_mask", None)
             try:
                 return self.hf_model(**model_inputs.hf_kwargs()).logits
             except StopForward as stopped:
@@ -291,6 +296,31 @@ class HookedMoE(nn.Module):
         cache = ActivationCache(store, self.cfg.moe_layers, self.cfg.n_experts, model_inputs.attention_mask.bool())
         return logits, cache
 
+    def run_with_interventions(
+        self,
+        inputs: str | list[str] | Tensor,
+        interventions: Any,
+        *,
+        attention_mask: Tensor | None = None,
+        **forward_kwargs,
+    ) -> Tensor:
+        """Run with interventions (one, or a list applied in order) active for this call only.
+
+        >>> from moelens.interventions import Ablate
+        >>> from moelens.testing import tiny_model
+        >>> model = HookedMoE.from_hf(tiny_model("mixtral"))
+        >>> model.run_with_interventions(torch.tensor([[1, 2]]), [Ablate(0, 3)]).shape
+        torch.Size([1, 2, 97])
+        """
+        return self.run_with_hooks(inputs, _as_list(interventions), attention_mask=attention_mask, **forward_kwargs)
+
+    @contextmanager
+    def intervene(self, *interventions: Any) -> Iterator[HookedMoE]:
+        """Context manager: interventions active for every call inside the block."""
+        items = [item for group in interventions for item in _as_list(group)]
+        with self.hooks(items):
+            yield self
+
     # -- helpers ------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -317,6 +347,10 @@ class HookedMoE(nn.Module):
             f"HookedMoE({cfg.architecture}: {cfg.n_layers} layers, MoE layers {list(cfg.moe_layers)}, "
             f"{cfg.n_experts} experts, top-{cfg.top_k}, {cfg.scoring} routing)"
         )
+
+
+def _as_list(interventions: Any) -> list:
+    return list(interventions) if isinstance(interventions, (list, tuple)) else [interventions]
 
 
 def _raise_stop(module: nn.Module, args: tuple) -> None:
