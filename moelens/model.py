@@ -321,6 +321,40 @@ class HookedMoE(nn.Module):
         with self.hooks(items):
             yield self
 
+    def run_moe_block(
+        self,
+        layer: int,
+        moe_input: Tensor,
+        fwd_hooks: FwdHooks = (),
+        *,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Run only the MoE block of ``layer`` on ``moe_input [batch pos d_model]`` (the value of
+        ``blocks.{layer}.moe.hook_in``), with hooks or interventions; returns ``hook_out``'s value.
+
+        This is what makes local analyses cheap: a perturbation's direct effect on the block output
+        needs one block, not a forward.
+
+        >>> from moelens.testing import tiny_model
+        >>> model = HookedMoE.from_hf(tiny_model("mixtral"))
+        >>> _, cache = model.run_with_cache(torch.tensor([[4, 5, 6]]))
+        >>> out = model.run_moe_block(1, cache["blocks.1.moe.hook_in"])
+        >>> torch.equal(out, cache["blocks.1.moe.hook_out"])
+        True
+        """
+        if layer not in self.cfg.moe_layers:
+            raise InvalidInputError(f"layer {layer} is not an MoE layer; MoE layers are {list(self.cfg.moe_layers)}.")
+        if not isinstance(moe_input, Tensor) or moe_input.ndim != 3 or moe_input.shape[-1] != self.cfg.d_model:
+            raise InvalidInputError(f"moe_input must be [batch pos d_model={self.cfg.d_model}]; got {getattr(moe_input, 'shape', moe_input)}.")
+        moe_hooks = self._moe_hooks[self.cfg.moe_layers.index(layer)]
+        mask = attention_mask if attention_mask is not None else torch.ones(moe_input.shape[:2], dtype=torch.long)
+        with self.hooks(fwd_hooks), ExitStack() as stack:
+            self.current_attention_mask = mask.to(moe_input.device)
+            stack.callback(setattr, self, "current_attention_mask", None)
+            moe_hooks.install(stack)
+            output = moe_hooks.block(moe_input)
+        return output[0] if self.spec.moe_returns_tuple else output
+
     # -- helpers ------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:

@@ -2,7 +2,7 @@
 
 Each function mirrors one family's router step by step (same ops, same dtypes, same order), so that
 recomputing from unedited logits reproduces HF's selection and weights bit for bit; the parity tests
-check exactly that. They run only when a hook edited the logits (re-routing) or when someone asks
+check exactly that. Convention shared by every rule: an expert whose logit is -inf is never selected. They run only when a hook edited the logits (re-routing) or when someone asks
 for the router scores. A rule reads its parameters from the HF router module by explicit attribute
 names: there are no defaults for routing semantics.
 
@@ -87,6 +87,11 @@ def sigmoid_bias_group_topk(logits: Tensor, router: nn.Module) -> Routing:
     n_tokens, n_experts = scores.shape
     group_scores = choice.view(n_tokens, router.num_group, n_experts // router.num_group).topk(2, dim=-1)[0].sum(dim=-1)
     choice = choice.masked_fill(~_group_mask(group_scores, router.topk_group, n_experts), float("-inf"))
+    if bool(torch.isneginf(logits).any()):
+        # A logit of -inf means "never select" in every rule (Ablate uses it). Here its score is 0 and
+        # the bias alone could still select it, so exclude it after the groups are chosen (the group
+        # scores see it as score 0 + bias).
+        choice = choice.masked_fill(torch.isneginf(logits), float("-inf"))
     index = torch.topk(choice, k=router.top_k, dim=-1, sorted=False)[1]
     weights = scores.gather(1, index)
     if router.norm_topk_prob:

@@ -38,7 +38,7 @@ def sigmoid_grouped_by_hand(logits, bias, k, n_group, topk_group, scale, renorm)
         group_score = torch.stack([g.sort(descending=True).values[:2].sum() for g in per_group])
         keep = set(group_score.argsort(descending=True)[:topk_group].tolist())
         size = len(row) // n_group
-        allowed = [e for e in range(len(row)) if e // size in keep]
+        allowed = [e for e in range(len(row)) if e // size in keep and row[e] != float("-inf")]
         chosen = sorted(allowed, key=lambda e: -choice[e].item())[:k]
         w = score[chosen]
         if renorm:
