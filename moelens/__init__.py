@@ -6,6 +6,7 @@
 1
 """
 
+from .analysis import RoutingStats, collect_routing_stats
 from .cache import ActivationCache
 from .errors import (
     HookShapeError,
@@ -39,6 +40,8 @@ __all__ = [
     "MoEConfig",
     "MoelensError",
     "ReadOnlyHookError",
+    "RoutingStats",
     "UnknownHookError",
     "UnsupportedArchitectureError",
+    "collect_routing_stats",
 ]

@@ -1,0 +1,197 @@
+"""Streaming routing statistics over datasets: ``collect_routing_stats``.
+
+Hooks on each MoE layer's ``hook_topk_indices`` and ``hook_router_scores`` add every batch straight
+into :class:`RoutingStats` running sums, so memory stays flat however many tokens go through; no
+activation cache is kept. Texts are sorted by length within a domain (less padding; the sums do not
+depend on order), and an optional checkpoint lets an interrupted run resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..errors import InvalidInputError
+from ..metrics import topk_mask_from_indices
+from ..names import moe_name
+from .routing_stats import RoutingStats
+
+if TYPE_CHECKING:
+    from ..model import HookedMoE
+
+__all__ = ["collect_routing_stats"]
+
+DomainData = Union[Sequence[str], Tensor, tuple[Tensor, Tensor]]
+
+
+def collect_routing_stats(
+    model: HookedMoE,
+    domains: Mapping[str, DomainData],
+    *,
+    batch_size: int = 16,
+    max_length: int | None = 256,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+    token_records: str | Path | None = None,
+) -> RoutingStats:
+    """Activation rate, routing entropy and CWAS per (domain, MoE layer, expert) over datasets.
+
+    ``domains`` maps a domain name to its texts (a list of str, tokenized with ``model.tokenizer``,
+    truncated to ``max_length``), or to token ids ``[n pos]`` (optionally with an attention mask, as
+    a ``(ids, mask)`` pair). Padding never counts. ``checkpoint`` (a folder) saves the running sums
+    after every batch, atomically; rerunning with the same arguments resumes. ``token_records`` (a
+    folder) writes one safetensors chunk per batch with, for every real token: domain, text index,
+    token id, position, relative position in its text, and the selected experts of every MoE layer.
+
+    >>> from moelens import HookedMoE
+    >>> from moelens.testing import tiny_model
+    >>> model = HookedMoE.from_hf(tiny_model("mixtral"))
+    >>> ids = torch.randint(3, 97, (6, 5), generator=torch.Generator().manual_seed(0))
+    >>> stats = collect_routing_stats(model, {"a": ids[:3], "b": ids[3:]}, progress=False)
+    >>> stats.cwas().shape  # [domain moe_layer expert]
+    torch.Size([2, 2, 4])
+    >>> round(float(stats.activation_rate[0, 0].sum()), 6)  # top-2: rates sum to k
+    2.0
+    """
+    if batch_size < 1:
+        raise InvalidInputError(f"batch_size={batch_size} must be >= 1.")
+    if not domains:
+        raise InvalidInputError("domains is empty; pass {domain_name: texts, ...}.")
+    batches = {name: list(_batches(model, name, data, batch_size, max_length)) for name, data in domains.items()}
+    stats = RoutingStats.from_config(model.cfg, list(domains))
+    state = _Checkpoint(checkpoint, model, batches) if checkpoint is not None else None
+    done = state.resume(stats) if state is not None else 0
+    records_dir = Path(token_records) if token_records is not None else None
+    if records_dir is not None:
+        records_dir.mkdir(parents=True, exist_ok=True)
+    todo = [(name, i, batch) for name in batches for i, batch in enumerate(batches[name])]
+    for step, (domain, index, (ids, mask, text_index)) in enumerate(
+        tqdm(todo, desc="routing stats", unit="batch", disable=not progress, initial=done, total=len(todo))
+    ):
+        if step < done:
+            continue
+        selected = _run_batch(model, stats, domain, ids, mask)
+        if records_dir is not None:
+            _write_records(records_dir / f"{step:06d}.safetensors", stats.domains.index(domain), ids, mask, text_index, selected)
+        if state is not None:
+            state.save(stats, step + 1)
+    return stats
+
+
+def _run_batch(model: HookedMoE, stats: RoutingStats, domain: str, ids: Tensor, mask: Tensor) -> list[Tensor]:
+    """One forward with accumulating hooks; returns each MoE layer's top-k indices [batch pos k]."""
+    pending: dict[int, Tensor] = {}
+    selected: list[Tensor] = []
+    mask = mask.to(model.device)
+
+    def on_scores(scores: Tensor, hook) -> None:
+        pending[hook.layer] = scores  # fires before the same layer's top-k hook
+
+    def on_indices(index: Tensor, hook) -> None:
+        topk = topk_mask_from_indices(index, model.cfg.n_experts)
+        stats.accumulate(domain, hook.layer, topk, pending.pop(hook.layer), mask)
+        selected.append(index.detach().cpu())
+
+    hooks = []
+    for layer in model.cfg.moe_layers:
+        hooks += [(moe_name(layer, "hook_router_scores"), on_scores), (moe_name(layer, "hook_topk_indices"), on_indices)]
+    # stop after the last MoE layer: nothing downstream changes the statistics
+    stop = model.cfg.moe_layers[-1] + 1
+    with torch.inference_mode():
+        model.run_with_hooks(ids, fwd_hooks=hooks, attention_mask=mask, stop_at_layer=stop)
+    return selected
+
+
+def _batches(
+    model: HookedMoE, domain: str, data: DomainData, batch_size: int, max_length: int | None
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """(ids [b pos], mask [b pos], text index [b]) batches, texts sorted by length."""
+    if isinstance(data, Tensor) or (isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor)):
+        ids, mask = (data, torch.ones_like(data)) if isinstance(data, Tensor) else data
+        if ids.ndim != 2:
+            raise InvalidInputError(f"token ids of domain {domain!r} must be [n pos]; got {tuple(ids.shape)}.")
+        for start in range(0, ids.shape[0], batch_size):
+            rows = torch.arange(start, min(start + batch_size, ids.shape[0]))
+            yield ids[rows], mask[rows], rows
+        return
+    if isinstance(data, str) or not all(isinstance(t, str) for t in data):
+        raise InvalidInputError(
+            f"domain {domain!r} must map to a list of texts or a [n pos] tensor of token ids; got {type(data).__name__}."
+        )
+    if not data:
+        raise InvalidInputError(f"domain {domain!r} has no texts.")
+    if model.tokenizer is None:
+        raise InvalidInputError("this model has no tokenizer: pass token ids per domain, or wrap with a tokenizer.")
+    lengths = [len(ids) for ids in model.tokenizer(list(data), truncation=max_length is not None, max_length=max_length)["input_ids"]]
+    order = sorted(range(len(data)), key=lambda i: (lengths[i], i))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        encoded = model.tokenizer(
+            [data[i] for i in rows], return_tensors="pt", padding=True, truncation=max_length is not None, max_length=max_length
+        )
+        yield encoded["input_ids"], encoded["attention_mask"], torch.tensor(rows)
+
+
+def _write_records(path: Path, domain: int, ids: Tensor, mask: Tensor, text_index: Tensor, selected: list[Tensor]) -> None:
+    real = mask.bool().cpu()
+    positions = real.long().cumsum(-1) - 1  # position among the real tokens of the text
+    lengths = real.sum(-1, keepdim=True).expand_as(positions)
+    tensors = {
+        "domain": torch.full((int(real.sum()),), domain, dtype=torch.int16),
+        "text_index": text_index[:, None].expand_as(positions)[real].int(),
+        "token_id": ids.cpu()[real].int(),
+        "position": positions[real].int(),
+        "relative_position": (positions.float() / (lengths - 1).clamp(min=1).float())[real],
+        "experts": torch.stack([index[real] for index in selected], dim=1).to(torch.int16),  # [token moe_layer k]
+    }
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+
+
+class _Checkpoint:
+    """Running sums and the number of finished batches in one safetensors file, replaced atomically
+    after each batch (one file, so the sums and the count can never disagree)."""
+
+    _FIELDS = ("n_tokens", "counts", "entropy_sums", "score_sums")
+
+    def __init__(self, folder: str | Path, model: HookedMoE, batches: dict[str, list]):
+        self.path = Path(folder) / "routing_stats.partial.safetensors"
+        digest = hashlib.sha256()
+        digest.update(repr(model.cfg).encode())
+        for name, items in batches.items():
+            digest.update(name.encode())
+            for ids, mask, _ in items:
+                digest.update(ids.numpy().tobytes())
+                digest.update(mask.numpy().tobytes())
+        self.fingerprint = digest.hexdigest()
+
+    def resume(self, stats: RoutingStats) -> int:
+        if not self.path.exists():
+            return 0
+        with safe_open(str(self.path), framework="pt") as handle:
+            meta = handle.metadata()
+            if meta.get("fingerprint") != self.fingerprint:
+                raise InvalidInputError(
+                    f"checkpoint {self.path} was written for other inputs or another model; use a new "
+                    f"folder, or delete it to start over."
+                )
+            for name in self._FIELDS:
+                setattr(stats, name, handle.get_tensor(name))
+        return int(meta["batches_done"])
+
+    def save(self, stats: RoutingStats, batches_done: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tensors = {name: getattr(stats, name).contiguous() for name in self._FIELDS}
+        save_file(tensors, str(tmp), metadata={"fingerprint": self.fingerprint, "batches_done": str(batches_done)})
+        os.replace(tmp, self.path)
