@@ -89,6 +89,7 @@ class HookedMoE(nn.Module):
 
         A model in training mode is switched to eval(): routers add jitter or sample in train().
         """
+        spec = spec_for_model(model)  # refuse dense or unknown models before touching anything
         if model.training:
             warnings.warn(
                 "the model was in training mode; moelens calls model.eval() because several routers add "
@@ -98,7 +99,7 @@ class HookedMoE(nn.Module):
             model.eval()
         if tokenizer is not None and tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token  # padding is masked out; its id never matters
-        return cls(model, tokenizer)
+        return cls(model, tokenizer, spec)
 
     @classmethod
     def from_pretrained(
