@@ -22,15 +22,30 @@ __all__ = [
 
 
 class MoelensError(Exception):
-    """Base class of every error moelens raises on purpose."""
+    """Base class of every error moelens raises on purpose; catch it to catch them all.
+
+    >>> issubclass(UnknownHookError, MoelensError) and issubclass(UnknownHookError, KeyError)
+    True
+    """
 
 
 class UnsupportedArchitectureError(MoelensError, ValueError):
-    """The model is dense, or its MoE family has no registered architecture spec."""
+    """The model is dense, or its MoE family has no registered architecture spec.
+
+    >>> from moelens.architectures import spec_for_model_type
+    >>> spec_for_model_type("llama")
+    Traceback (most recent call last):
+    ...
+    moelens.errors.UnsupportedArchitectureError: model_type 'llama' is not a supported MoE family ...
+    """
 
 
 class UnknownHookError(MoelensError, KeyError):
-    """A hook name that this model does not offer."""
+    """A hook name that this model does not offer; the message suggests close names.
+
+    >>> print(UnknownHookError("blocks.0.hook_resid_pr", ["blocks.0.hook_resid_pre"]))
+    unknown hook name 'blocks.0.hook_resid_pr'. Did you mean 'blocks.0.hook_resid_pre'? ...
+    """
 
     def __init__(self, name: str, available: Iterable[str]):
         self.name = name
@@ -46,20 +61,64 @@ class UnknownHookError(MoelensError, KeyError):
 
 
 class HookShapeError(MoelensError, ValueError):
-    """A hook returned a tensor whose shape or dtype does not match the activation it replaces."""
+    """A hook returned a tensor whose shape or dtype does not match the activation it replaces.
+
+    >>> import torch
+    >>> from moelens.hook_points import HookPoint
+    >>> from moelens.names import HOOK_TABLE
+    >>> hp = HookPoint("blocks.0.moe.hook_out", 0, HOOK_TABLE["hook_out"])
+    >>> _ = hp.add(lambda x, hook: x[:, :1])
+    >>> hp(torch.zeros(1, 3, 4))
+    Traceback (most recent call last):
+    ...
+    moelens.errors.HookShapeError: hook ... on 'blocks.0.moe.hook_out' returned shape (1, 1, 4); expected (1, 3, 4) [batch pos d_model].
+    """
 
 
 class ReadOnlyHookError(MoelensError, RuntimeError):
-    """A hook tried to write to a read-only hook point."""
+    """A hook tried to write to a read-only hook point (``hook_router_scores``).
+
+    >>> import torch
+    >>> from moelens.hook_points import HookPoint
+    >>> from moelens.names import HOOK_TABLE
+    >>> hp = HookPoint("blocks.0.moe.hook_router_scores", 0, HOOK_TABLE["hook_router_scores"])
+    >>> _ = hp.add(lambda x, hook: x * 2)
+    >>> hp(torch.ones(1, 1, 4))
+    Traceback (most recent call last):
+    ...
+    moelens.errors.ReadOnlyHookError: hook 'blocks.0.moe.hook_router_scores' is read-only ...
+    """
 
 
 class InvalidInputError(MoelensError, ValueError):
-    """Inputs (texts, token ids, masks, layer indices) that the model cannot run on."""
+    """Inputs (texts, token ids, masks, layer indices) that the model cannot run on.
+
+    >>> import torch
+    >>> from moelens.inputs import prepare_inputs
+    >>> prepare_inputs(torch.tensor([[5, 120]]), None, None, vocab_size=100, device="cpu")
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: token id 120 is outside the vocabulary [0, 99].
+    """
 
 
 class InterventionError(MoelensError, ValueError):
-    """An intervention whose layers, experts, positions or factor are out of range."""
+    """An intervention whose layers, experts, positions or factor are out of range.
+
+    >>> from moelens import Perturb
+    >>> Perturb(layers=0, experts=1, sign=2)
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InterventionError: Perturb sign=2 must be -1 or +1.
+    """
 
 
 class ModelLoadError(MoelensError, OSError):
-    """A model name or path that could not be loaded (not a zoo name, not a local folder, hub offline)."""
+    """A model name or path that could not be loaded (not a zoo name, not a local folder, hub offline).
+
+    >>> from moelens import HookedMoE
+    >>> HookedMoE.from_pretrained("nobody/no-such-moe")  # offline here
+    Traceback (most recent call last):
+    ...
+    moelens.errors.ModelLoadError: could not load 'nobody/no-such-moe': it is not a moelens zoo name ...
+    """

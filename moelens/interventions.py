@@ -253,6 +253,9 @@ class Perturb(_Targeted):
     the others. Sigmoid routers (DeepSeek-V3): the push is on the logit before the sigmoid, so its
     effect on the score shrinks where the sigmoid saturates. Top-k-then-softmax routers (GPT-OSS,
     Granite): the push changes both selection and the softmax over the selected logits.
+
+    >>> Perturb(layers=1, experts=[0, 3], magnitude=2.0, positions=-1)
+    Perturb(layers=1, experts=(0, 3), magnitude=2.0, sign=-1, positions=-1)
     """
 
     layers: LayerSel
@@ -281,6 +284,9 @@ class Scale(_Targeted):
     Scaling a negative logit by 1.2 makes it *more* negative, i.e. down-weights the expert. If you
     mean "more of this expert" whatever the sign, use ``Perturb(sign=+1)`` (an additive push) or
     ``Scale(on="weights")``.
+
+    >>> Scale(layers="all", experts=5, factor=1.2)  # the paper's up-weighting
+    Scale(layers='all', experts=5, factor=1.2, on='logits', positions=None)
     """
 
     layers: LayerSel
@@ -306,7 +312,11 @@ class Scale(_Targeted):
 class Ablate(_Targeted):
     """``mode="route"``: never route to the experts (their logit becomes -inf, so the next-best expert
     takes the slot and weights are recomputed by the family's rule). ``mode="zero"``: keep the
-    routing and zero the experts' applied weights, i.e. their contribution."""
+    routing and zero the experts' applied weights, i.e. their contribution.
+
+    >>> Ablate(layers=[0, 1], experts=2, mode="zero").to_dict()["mode"]
+    'zero'
+    """
 
     layers: LayerSel
     experts: ExpertSel
@@ -337,7 +347,11 @@ class Ablate(_Targeted):
 @dataclass(frozen=True, eq=False, repr=True)
 class Force(_Targeted):
     """Always route to the experts: where one is not selected, it replaces the selected expert with
-    the lowest router logit, keeping that slot's weight."""
+    the lowest router logit, keeping that slot's weight.
+
+    >>> Force(layers=0, experts=1, positions=slice(0, 4))
+    Force(layers=0, experts=1, positions=slice(0, 4, None))
+    """
 
     layers: LayerSel
     experts: ExpertSel
@@ -374,6 +388,9 @@ class Patch(Intervention):
 
     ``value`` broadcasts against the activation from the right (``[d_model]``, ``[pos d_model]`` or the
     full ``[batch pos ...]``) and is cast to its dtype and device.
+
+    >>> Patch("blocks.0.moe.hook_out", torch.zeros(32)).hook_name
+    'blocks.0.moe.hook_out'
     """
 
     hook_name: str

@@ -26,7 +26,13 @@ FwdHooks = Sequence[tuple[str | Callable[[str], bool], HookFn]]
 
 @dataclass(frozen=True)
 class MoEConfig:
-    """What moelens knows about the wrapped model's architecture."""
+    """What moelens knows about the wrapped model's architecture (``model.cfg``).
+
+    >>> from moelens.testing import tiny_model
+    >>> cfg = HookedMoE.from_hf(tiny_model("deepseek_v3")).cfg
+    >>> cfg.moe_layers, cfg.n_experts, cfg.top_k, cfg.n_shared_experts, cfg.scoring
+    ((1, 2), 8, 2, 1, 'sigmoid')
+    """
 
     architecture: str  # HF model_type
     n_layers: int

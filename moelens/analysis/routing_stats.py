@@ -58,6 +58,10 @@ class RoutingStats:
     - ``score_sums [domain moe_layer expert]``: sum of the raw router score over all tokens.
 
     ``moe_layers`` are model layer indices (the ``L`` in ``blocks.{L}.moe``), not positions.
+
+    >>> stats = RoutingStats(["math", "prose"], moe_layers=(0, 1), n_experts=8, top_k=2)
+    >>> stats.cwas().shape  # [domain moe_layer expert]
+    torch.Size([2, 2, 8])
     """
 
     def __init__(
