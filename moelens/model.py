@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -399,17 +400,23 @@ def _raise_stop(module: nn.Module, args: tuple) -> None:
 
 
 def _resolve_zoo(name: str) -> str:
-    try:
-        from .zoo import resolve as resolve_zoo
-    except ImportError:
-        return name
+    """A zoo name ``moelens/<name>`` maps to its packaged folder; it never goes to the hub."""
+    from .zoo import ZOO_PREFIX, resolve as resolve_zoo
+
     path = resolve_zoo(name)
-    return str(path) if path is not None else name
+    if path is not None:
+        return str(path)
+    if isinstance(name, str) and name.startswith(ZOO_PREFIX) and not Path(name).exists():
+        raise ModelLoadError(
+            f"{name!r} is not an installed moelens zoo model; installed: {_zoo_names()}. Reinstall moelens, or "
+            f"train it with `python -m moelens.zoo.train` (see the zoo cards)."
+        )
+    return name
 
 
 def _zoo_names() -> str:
-    try:
-        from .zoo import ZOO_MODELS
-    except ImportError:
-        return "none installed"
-    return ", ".join(f"moelens/{name}" for name in ZOO_MODELS) or "none installed"
+    from .zoo import ZOO_PREFIX, resolve as resolve_zoo
+    from .zoo import ZOO_MODELS
+
+    installed = [ZOO_PREFIX + short for short in ZOO_MODELS if resolve_zoo(ZOO_PREFIX + short) is not None]
+    return ", ".join(installed) or "none"
