@@ -1,0 +1,49 @@
+"""The trained zoo models: parity through the real from_pretrained path, and specialised routing
+(a regression in training or loading shows up here)."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from moelens import HookedMoE, collect_routing_stats
+from moelens.tasks.demo import demo_texts
+from moelens.zoo import ZOO_MODELS, resolve
+
+NAMES = [f"moelens/{short}" for short in ZOO_MODELS]
+
+
+@functools.lru_cache(maxsize=None)
+def zoo(name: str) -> HookedMoE:
+    return HookedMoE.from_pretrained(name, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_zoo_model_is_bit_identical_to_hf(name):
+    model = zoo(name)
+    hf = AutoModelForCausalLM.from_pretrained(resolve(name), dtype=torch.float32).eval()
+    texts = demo_texts(limit=3)["sentiment"] + demo_texts(limit=2)["math"]
+    ids, mask = model.to_tokens(texts)
+    with torch.inference_mode():
+        reference = hf(input_ids=ids, attention_mask=mask).logits
+        logits, cache = model.run_with_cache(texts)
+    real = mask.bool()
+    assert torch.equal(logits[real], reference[real])
+    assert cache.topk_mask()[:, real].sum(-1).eq(model.cfg.top_k).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_zoo_routing_is_specialised(name):
+    model = zoo(name)
+    stats = collect_routing_stats(model, demo_texts(), batch_size=16, progress=False)
+    lift = stats.cwas_lift().nan_to_num(0)  # [domain moe_layer expert]
+    for d, domain in enumerate(stats.domains):
+        assert float(lift[d].max()) > float(lift[d].median()) + 0.05, f"{name}: no expert stands out for {domain}"
+    cwas = stats.cwas().nan_to_num(0)
+    sentiment, math = stats.domains.index("sentiment"), stats.domains.index("math")
+    top_sentiment = set(cwas[sentiment].flatten().argsort(descending=True)[:5].tolist())
+    top_math = set(cwas[math].flatten().argsort(descending=True)[:5].tolist())
+    assert top_sentiment != top_math
