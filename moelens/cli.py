@@ -26,7 +26,7 @@ DataOpt = Annotated[
 ]
 OutOpt = Annotated[Path, typer.Option("--out", help="output folder")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1, mps ...")]
-DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="float32, bfloat16 or float16")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="at most N texts per domain")]
 ExactOpt = Annotated[bool, typer.Option("--exact", help="exact driver sweep instead of the first-order estimate")]
 
@@ -58,7 +58,10 @@ def _load_model(model_id: str | None, device: str | None, dtype: str | None):
     from .model import HookedMoE
     from .zoo import DEFAULT_MODEL
 
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, None: None}
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one progress bar per analysis step is enough
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in dtypes:
         raise _Fail(f"--dtype {dtype!r} is not one of float32, bfloat16, float16")
     name = model_id or DEFAULT_MODEL
@@ -201,7 +204,7 @@ def _summary(out: Path, name: str, model, data: dict[str, list[str]], seconds: d
 @_guard
 def analyze(
     model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("moelens-report"), device: DeviceOpt = None,
-    dtype: DtypeOpt = None, limit: LimitOpt = None, exact: ExactOpt = False,
+    dtype: DtypeOpt = "float32", limit: LimitOpt = None, exact: ExactOpt = False,
 ) -> None:
     """Routing statistics, domain and general experts, driver experts, and an HTML report."""
     from .report import assemble
@@ -223,7 +226,7 @@ def analyze(
 @app.command()
 @_guard
 def stats(model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("moelens-report"), device: DeviceOpt = None,
-          dtype: DtypeOpt = None, limit: LimitOpt = None) -> None:
+          dtype: DtypeOpt = "float32", limit: LimitOpt = None) -> None:
     """Routing statistics only (domain and general experts)."""
     out.mkdir(parents=True, exist_ok=True)
     _, hooked = _load_model(model, device, dtype)
@@ -234,7 +237,7 @@ def stats(model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("moel
 @app.command()
 @_guard
 def drivers(model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("moelens-report"), device: DeviceOpt = None,
-            dtype: DtypeOpt = None, limit: LimitOpt = None, exact: ExactOpt = False) -> None:
+            dtype: DtypeOpt = "float32", limit: LimitOpt = None, exact: ExactOpt = False) -> None:
     """Driver experts only."""
     out.mkdir(parents=True, exist_ok=True)
     _, hooked = _load_model(model, device, dtype)

@@ -50,17 +50,15 @@ def _freeze(value: Any) -> Any:
 
 
 def _check_selector(name: str, value: Any, allow_tensor: bool = False) -> None:
-    if value == "all" if isinstance(value, str) else False:
+    if isinstance(value, str) and value == "all":
         return
-    if isinstance(value, bool):
-        raise InterventionError(f"{name}={value!r}: pass an int, a list of ints, or 'all'.")
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return
+    if isinstance(value, tuple) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         return
     if allow_tensor and isinstance(value, Tensor):
         if value.ndim != 1 or value.dtype not in (torch.int64, torch.int32):
             raise InterventionError(f"{name} as a tensor must be a LongTensor [batch]; got {value.dtype} {tuple(value.shape)}.")
-        return
-    if isinstance(value, tuple) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         return
     raise InterventionError(f"{name}={value!r}: pass an int, a non-empty list of ints, or 'all'.")
 
