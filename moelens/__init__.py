@@ -6,7 +6,7 @@
 1
 """
 
-from .analysis import RoutingStats, collect_routing_stats
+from .analysis import Agreement, DriverEffects, RoutingStats, collect_routing_stats, compare_effects, driver_effects
 from .cache import ActivationCache
 from .errors import (
     HookShapeError,
@@ -31,6 +31,8 @@ __all__ = [
     "Perturb",
     "Scale",
     "ActivationCache",
+    "Agreement",
+    "DriverEffects",
     "HookPoint",
     "HookShapeError",
     "HookedMoE",
@@ -44,4 +46,6 @@ __all__ = [
     "UnknownHookError",
     "UnsupportedArchitectureError",
     "collect_routing_stats",
+    "compare_effects",
+    "driver_effects",
 ]
