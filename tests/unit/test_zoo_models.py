@@ -47,3 +47,16 @@ def test_zoo_routing_is_specialised(name):
     top_sentiment = set(cwas[sentiment].flatten().argsort(descending=True)[:5].tolist())
     top_math = set(cwas[math].flatten().argsort(descending=True)[:5].tolist())
     assert top_sentiment != top_math
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_first_order_driver_ranking_agrees_with_the_exact_sweep(name):
+    from moelens import compare_effects, driver_effects
+
+    model = zoo(name)
+    texts = [t for domain in demo_texts(limit=8).values() for t in domain]
+    exact = driver_effects(model, texts, method="exact", progress=False)
+    estimate = driver_effects(model, texts, method="first_order", progress=False)
+    agreement = compare_effects(exact, estimate, n=10)
+    assert agreement.spearman >= 0.9, agreement
+    assert agreement.top_overlap >= 0.8, agreement
