@@ -68,6 +68,7 @@ from moelens.errors import InvalidInputError
 from moelens.interventions import Perturb
 
 from .driver_kernels import PerturbSpec, exact_batch, first_order_batch
+from moelens.analysis._io import sidecar_paths, save_figure
 
 if TYPE_CHECKING:
     from moelens.model import HookedMoE
@@ -85,20 +86,8 @@ _VERSION = 1
 # -- the result -------------------------------------------------------------------------------------
 
 
-def _paths(path: str | Path) -> tuple[Path, Path]:
-    """``x``, ``x.safetensors`` or ``x.json`` -> (``x.safetensors``, ``x.json``)."""
-    path = Path(path)
-    if path.suffix == ".json":
-        path = path.with_suffix("")
-    if path.suffix != ".safetensors":
-        path = path.with_name(path.name + ".safetensors")
-    return path, path.with_suffix(".json")
 
 
-def _save_figure(fig: Figure, path: str | Path | None) -> Figure:
-    if path is not None:
-        fig.savefig(Path(path), dpi=120, bbox_inches="tight")
-    return fig
 
 
 @dataclass
@@ -226,7 +215,7 @@ class DriverEffects:
         ax.set_ylabel("layer")
         ax.set_title(f"driver effect, KL (nats) — {self.method}, {self._push()}")
         fig.colorbar(image, ax=ax, label="KL (nats)")
-        return _save_figure(fig, path)
+        return save_figure(fig, path)
 
     def plot_layer_totals(self, path: str | Path | None = None) -> Figure:
         """Bar chart of the summed effect per MoE layer, the middle third shaded and its share in
@@ -243,7 +232,7 @@ class DriverEffects:
         ax.set_ylabel("sum of driver effects (nats)")
         ax.set_title(f"driver effect per layer — middle third holds {self.middle_share():.0%}")
         ax.legend(loc="upper right", frameon=False)
-        return _save_figure(fig, path)
+        return save_figure(fig, path)
 
     def _push(self) -> str:
         magnitude, sign = self.settings.get("magnitude"), self.settings.get("sign")
@@ -259,7 +248,7 @@ class DriverEffects:
         ...     DriverEffects.load(e.save(f"{d}/drivers")).effect.tolist()
         [[0.1, 0.5]]
         """
-        tensor_path, meta_path = _paths(path)
+        tensor_path, meta_path = sidecar_paths(path)
         tensors = {"effect": self.effect.contiguous()}
         if self.per_input is not None:
             tensors["per_input"] = self.per_input.contiguous()
@@ -279,7 +268,7 @@ class DriverEffects:
     @classmethod
     def load(cls, path: str | Path) -> DriverEffects:
         """Read what :meth:`save` wrote (either file's path, or the common stem)."""
-        tensor_path, meta_path = _paths(path)
+        tensor_path, meta_path = sidecar_paths(path)
         if not tensor_path.is_file() or not meta_path.is_file():
             raise FileNotFoundError(f"DriverEffects needs both {tensor_path} and {meta_path} (written by save()).")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))

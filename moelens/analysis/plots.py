@@ -25,16 +25,13 @@ import torch
 from matplotlib.figure import Figure
 
 from moelens.analysis.routing_stats import RoutingStats
+from moelens.analysis._io import save_figure
 
 __all__ = ["plot_cwas_heatmap", "plot_general_vs_domain"]
 
 _METRICS = ("cwas", "lift", "activation_rate", "entropy")
 
 
-def _save(fig: Figure, path: str | Path | None) -> Figure:
-    if path is not None:
-        fig.savefig(Path(path), dpi=120, bbox_inches="tight")
-    return fig
 
 
 def _metric(stats: RoutingStats, metric: str) -> torch.Tensor:
@@ -88,7 +85,7 @@ def plot_cwas_heatmap(
         ax.set_yticks(range(0, n_layers, step), [str(x) for x in stats.moe_layers[::step]])
     axes[-1].set_xlabel("expert")
     fig.colorbar(image, ax=list(axes), label=metric)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_general_vs_domain(
@@ -125,4 +122,4 @@ def plot_general_vs_domain(
     ax.set_xlabel("mean activation rate over domains")
     ax.set_ylabel("domain specificity")
     ax.set_title(f"general vs domain experts ({len(stats.domains)} domains)")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from moelens.metrics import RoutingSums, cwas, domain_specificity, routing_sums
+from moelens.analysis._io import sidecar_paths
 
 __all__ = ["RoutingStats"]
 
@@ -36,14 +37,6 @@ _VERSION = 1
 _FIELDS = ("n_tokens", "counts", "entropy_sums", "score_sums")
 
 
-def _paths(path: str | Path) -> tuple[Path, Path]:
-    """``stats``, ``stats.safetensors`` or ``stats.json`` -> (``.safetensors``, ``.json``) paths."""
-    path = Path(path)
-    if path.suffix == ".json":
-        path = path.with_suffix("")
-    if path.suffix != ".safetensors":
-        path = path.with_name(path.name + ".safetensors")
-    return path, path.with_suffix(".json")
 
 
 class RoutingStats:
@@ -317,7 +310,7 @@ class RoutingStats:
 
         Returns the tensor file's path. ``path`` may or may not end in ``.safetensors``.
         """
-        tensor_path, meta_path = _paths(path)
+        tensor_path, meta_path = sidecar_paths(path)
         save_file({n: getattr(self, n).contiguous() for n in _FIELDS}, str(tensor_path))
         meta = {
             "format": _FORMAT,
@@ -334,7 +327,7 @@ class RoutingStats:
     @classmethod
     def load(cls, path: str | Path) -> "RoutingStats":
         """Read what :meth:`save` wrote (pass either file's path, or the common stem)."""
-        tensor_path, meta_path = _paths(path)
+        tensor_path, meta_path = sidecar_paths(path)
         if not tensor_path.is_file() or not meta_path.is_file():
             raise FileNotFoundError(
                 f"RoutingStats needs both {tensor_path} and {meta_path} (written by save())."
