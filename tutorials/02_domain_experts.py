@@ -24,6 +24,12 @@ from pathlib import Path
 
 import torch
 
+try:  # Jupyter (and the docs build) shows figures inline; as a script they go to files only
+    display  # noqa: B018
+except NameError:
+    def display(*objects):  # noqa: D103
+        return None
+
 from moelens import HookedMoE, collect_routing_stats
 from moelens.analysis.plots import plot_cwas_heatmap, plot_general_vs_domain
 from moelens.tasks import load_domain_texts, resolve_data_dir
@@ -58,8 +64,8 @@ for name in ("moelens/mixtral-tiny", "moelens/qwen2moe-tiny"):
     print(stats.domain_experts(top=3).to_string(index=False))
     print(stats.general_experts(top=4).to_string(index=False))
     tag = name.split("/")[-1]
-    plot_cwas_heatmap(stats, path=out / f"{tag}-cwas.png")
-    plot_general_vs_domain(stats, path=out / f"{tag}-general-vs-domain.png")
+    display(plot_cwas_heatmap(stats, path=out / f"{tag}-cwas.png"))
+    display(plot_general_vs_domain(stats, path=out / f"{tag}-general-vs-domain.png"))
 
 # %% [markdown]
 # ## Is routing specialised?
@@ -82,4 +88,4 @@ for name, stats in results.items():
 # ## What our models show
 # On the trained zoo Mixtral, every domain has experts with a clear CWAS lift (claim (a) holds), and
 # the most used experts of each layer are used by all three domains (claim (b) holds: high minimum
-# activation rate, low specificity). The figures are in `tutorials/_out/`.
+# activation rate, low specificity). The figures are also written to `tutorials/_out/`.

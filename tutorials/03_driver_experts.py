@@ -23,6 +23,12 @@ import os
 from pathlib import Path
 
 import torch
+
+try:  # Jupyter (and the docs build) shows figures inline; as a script they go to files only
+    display  # noqa: B018
+except NameError:
+    def display(*objects):  # noqa: D103
+        return None
 from scipy.stats import spearmanr
 
 from moelens import HookedMoE, collect_routing_stats, compare_effects, driver_effects
@@ -52,8 +58,8 @@ for name in ("moelens/mixtral-tiny", "moelens/qwen2moe-tiny"):
     print(totals.to_string(index=False))
     print(f"  share of the total effect in the middle third of the layers: {exact.middle_share():.2f}")
     tag = name.split("/")[-1]
-    exact.plot_heatmap(out / f"{tag}-drivers.png")
-    exact.plot_layer_totals(out / f"{tag}-driver-layers.png")
+    display(exact.plot_heatmap(out / f"{tag}-drivers.png"))
+    display(exact.plot_layer_totals(out / f"{tag}-driver-layers.png"))
     # claim (c): are driver experts the most activated ones?
     stats = collect_routing_stats(model, data, progress=False)
     rate = stats.activation_rate.mean(0).flatten()  # [moe_layer*expert]

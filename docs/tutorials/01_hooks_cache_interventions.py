@@ -1,0 +1,1 @@
+../../tutorials/01_hooks_cache_interventions.py

@@ -1,0 +1,1 @@
+../../tutorials/02_domain_experts.py
