@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -48,6 +50,26 @@ def sigmoid_grouped_by_hand(logits, bias, k, n_group, topk_group, scale, renorm)
     return torch.stack(out_index), torch.stack(out_weights)
 
 
+def sparsemixer_by_hand(logits, eps):
+    """PhiMoE's eval routing, token by token: slot 1 is the arg-max, weighted by a softmax over the
+    experts within 2*eps (relative) of it; slot 2 repeats this with slot 1 removed."""
+    out_index, out_weights = [], []
+    for row in logits.tolist():
+        chosen, weights, removed = [], [], set()
+        for _ in range(2):
+            candidates = [e for e in range(len(row)) if e not in removed]
+            best = max(candidates, key=lambda e: row[e])
+            top = row[best]
+            near = [e for e in candidates if (top - row[e]) / max(abs(row[e]), top) <= 2 * eps]
+            total = sum(math.exp(row[e] - top) for e in near)
+            chosen.append(best)
+            weights.append(1.0 / total)
+            removed.add(best)
+        out_index.append(chosen)
+        out_weights.append(weights)
+    return torch.tensor(out_index), torch.tensor(out_weights)
+
+
 def topk_softmax_by_hand(logits, k):
     order = logits.argsort(-1, descending=True)[:, :k]
     top = logits.gather(1, order)
@@ -55,7 +77,7 @@ def topk_softmax_by_hand(logits, k):
 
 
 @pytest.mark.parametrize("intervention", ["perturb", "scale", "ablate"])
-@pytest.mark.parametrize("family", ["mixtral", "deepseek_v3", "gpt_oss"])
+@pytest.mark.parametrize("family", ["mixtral", "deepseek_v3", "gpt_oss", "phimoe"])
 def test_perturbed_routing_matches_a_hand_computation(family, intervention):
     model = wrapped(family)
     layer, expert = model.cfg.moe_layers[0], 1
@@ -76,6 +98,8 @@ def test_perturbed_routing_matches_a_hand_computation(family, intervention):
         exp_index, exp_weights = softmax_renorm_by_hand(expected_logits, k)
     elif family == "gpt_oss":
         exp_index, exp_weights = topk_softmax_by_hand(expected_logits, k)
+    elif family == "phimoe":
+        exp_index, exp_weights = sparsemixer_by_hand(expected_logits, model.layers[layer].mlp.router.router_jitter_noise)
     else:
         router = model.layers[layer].mlp.gate
         exp_index, exp_weights = sigmoid_grouped_by_hand(
