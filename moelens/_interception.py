@@ -155,9 +155,12 @@ class MoEHooks:
         points = self.points
         rerouted = False
         if points["hook_router_logits"].active:
-            before = logits.clone()
-            edited = points["hook_router_logits"](logits.view(batch, pos, -1)).reshape(n_tokens, -1)
-            rerouted = not torch.equal(edited, before)
+            before, view = logits.clone(), logits.view(batch, pos, -1)
+            returned = points["hook_router_logits"](view)
+            edited = returned.reshape(n_tokens, -1)
+            # A returned tensor is an edit even with equal values (it may carry gradients); in-place
+            # edits are caught by comparing values.
+            rerouted = returned is not view or not torch.equal(edited, before)
             logits = edited if rerouted else before
         routing = None
         if rerouted or points["hook_router_scores"].active:
@@ -186,9 +189,10 @@ class MoEHooks:
     def _edit_small(point: HookPoint, tensor: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, bool]:
         if not point.active:
             return tensor, False
-        before = tensor.clone()
-        edited = point(tensor.view(shape)).reshape(tensor.shape)
-        changed = not torch.equal(edited, before)
+        before, view = tensor.clone(), tensor.view(shape)
+        returned = point(view)
+        edited = returned.reshape(tensor.shape)
+        changed = returned is not view or not torch.equal(edited, before)
         return (edited if changed else before), changed
 
     def _check_index(self, index: Tensor) -> None:
