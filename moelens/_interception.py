@@ -135,16 +135,21 @@ class MoEHooks:
 
     def _block_post(self, module: nn.Module, args: tuple, output: Any) -> Any:
         hidden = output[0] if self.spec.moe_returns_tuple else output
-        new = self.points["hook_out"](hidden)
-        if new is hidden:
+        batch, pos = self.shape
+        view = hidden.view(batch, pos, hidden.shape[-1])  # some blocks return [tokens d]
+        new = self.points["hook_out"](view)
+        if new is view:
             return None
+        new = new.reshape(hidden.shape)
         return (new, *output[1:]) if self.spec.moe_returns_tuple else new
 
     def _shared_post(self, module: nn.Module, args: tuple, output: Tensor) -> Any:
         batch, pos = self.shape
         view = output.view(batch, pos, output.shape[-1])  # [tokens d] or [batch pos d] -> [batch pos d]
         new = self.points["hook_shared_out"](view)
-        return None if new is view else new.reshape(output.shape)
+        # Return a copy: some blocks add the routed output into the shared output in place
+        # (Llama-4's out.add_), which would otherwise rewrite what the hooks and the cache saw.
+        return new.reshape(output.shape).clone()
 
     # -- routing ------------------------------------------------------------------------------
     def _router_post(self, module: nn.Module, args: tuple, output: Any) -> Any:

@@ -361,7 +361,8 @@ class HookedMoE(nn.Module):
             stack.callback(setattr, self, "current_attention_mask", None)
             moe_hooks.install(stack)
             output = moe_hooks.block(moe_input)
-        return output[0] if self.spec.moe_returns_tuple else output
+        hidden = output[0] if self.spec.moe_returns_tuple else output
+        return hidden.view(moe_input.shape)  # some blocks return [tokens d_model]
 
     # -- helpers ------------------------------------------------------------------------------
     @property

@@ -117,6 +117,14 @@ def _phimoe(**kw):
     return PhimoeConfig(**{**_COMMON, "num_local_experts": 4, "num_experts_per_tok": 2, **kw})
 
 
+def _llama4_text(**kw):
+    from transformers import Llama4TextConfig
+
+    base = {**_COMMON, "num_hidden_layers": 3, "num_local_experts": 4, "num_experts_per_tok": 1, "head_dim": 8}
+    base.update(intermediate_size_mlp=40, moe_layers=[1, 2], layer_types=["full_attention"] * 3, no_rope_layers=[1, 1, 1])
+    return Llama4TextConfig(**{**base, **kw})
+
+
 TINY_FAMILIES: dict[str, Callable[..., Any]] = {
     "mixtral": _mixtral,
     "minimax": _minimax,
@@ -129,6 +137,7 @@ TINY_FAMILIES: dict[str, Callable[..., Any]] = {
     "gpt_oss": _gpt_oss,
     "granitemoe": _granitemoe,
     "phimoe": _phimoe,
+    "llama4_text": _llama4_text,
 }
 
 

@@ -11,7 +11,7 @@ from moelens.testing import tiny_model
 
 from .parity.deepseek_remote import deepseek_v1_tiny
 
-PROPERTY_FAMILIES = ("mixtral", "qwen2_moe", "deepseek_v3", "gpt_oss", "phimoe", "deepseek")
+PROPERTY_FAMILIES = ("mixtral", "qwen2_moe", "deepseek_v3", "gpt_oss", "phimoe", "llama4_text", "deepseek")
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,7 +1,7 @@
-"""GPT-OSS, GraniteMoE and PhiMoE: routers that pick on the logits or with sparsemixer."""
+"""GPT-OSS, GraniteMoE, PhiMoE and Llama-4: routers that pick on the logits or with sparsemixer."""
 
-from .io import LOGITS_WEIGHTS_INDEX
-from .routing import sparsemixer_eval, topk_then_softmax
+from .io import DENSE_SCORES_LOGITS, LOGITS_WEIGHTS_INDEX
+from .routing import sparsemixer_eval, topk_then_sigmoid, topk_then_softmax
 from .spec import ArchitectureSpec, RoutingRule
 
 _TOPK_THEN_SOFTMAX = RoutingRule("softmax", topk_then_softmax, "top-k on the logits -> softmax over the k values")
@@ -53,4 +53,23 @@ PHIMOE = ArchitectureSpec(
     shared_experts=None,
     checkpoints=("microsoft/Phi-3.5-MoE-instruct",),
     notes="In train() the router samples (Gumbel) and jitters its input: analyse in eval(). k is always 2.",
+)
+
+LLAMA4_TEXT = ArchitectureSpec(
+    model_types=("llama4_text",),
+    routing=RoutingRule("sigmoid", topk_then_sigmoid, "top-k on the logits -> sigmoid of each selected logit"),
+    router_io=DENSE_SCORES_LOGITS,
+    n_experts_attr="num_local_experts",
+    top_k_attr="num_experts_per_tok",
+    moe_returns_tuple=True,
+    experts_layout="dense",
+    moe_block="feed_forward",
+    router="router",
+    experts="experts",
+    shared_experts="shared_expert",
+    shared_expert_count=lambda config: 1,
+    checkpoints=("meta-llama/Llama-4-Scout-17B-16E", "meta-llama/Llama-4-Maverick-17B-128E"),
+    notes="Every expert runs on every token and the routing weight multiplies the expert's *input* "
+    "(unselected experts get weight 0), so hook_expert_out is not offered. MoE layers are those in "
+    "config.moe_layers. The block returns (hidden, router_logits).",
 )

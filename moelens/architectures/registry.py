@@ -13,7 +13,7 @@ from torch import nn
 from ..errors import UnsupportedArchitectureError
 from .deepseek import DEEPSEEK_V1, DEEPSEEK_V2, DEEPSEEK_V3
 from .mixtral import MIXTRAL
-from .others import GPT_OSS, GRANITEMOE, PHIMOE
+from .others import GPT_OSS, GRANITEMOE, LLAMA4_TEXT, PHIMOE
 from .qwen import OLMOE, QWEN2_MOE, QWEN3_MOE
 from .spec import ArchitectureSpec
 
@@ -30,6 +30,7 @@ SPECS: tuple[ArchitectureSpec, ...] = (
     GPT_OSS,
     GRANITEMOE,
     PHIMOE,
+    LLAMA4_TEXT,
 )
 _BY_TYPE = {model_type: spec for spec in SPECS for model_type in spec.model_types}
 

@@ -27,6 +27,7 @@ __all__ = [
     "topk_then_softmax",
     "sparsemixer_eval",
     "deepseek_v1_softmax_topk",
+    "topk_then_sigmoid",
 ]
 
 
@@ -138,6 +139,16 @@ def deepseek_v1_softmax_topk(logits: Tensor, router: nn.Module) -> Routing:
     if router.top_k > 1 and router.norm_topk_prob:
         weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
     return Routing(scores.float(), weights, index)
+
+
+def topk_then_sigmoid(logits: Tensor, router: nn.Module) -> Routing:
+    """Llama-4: top-k on the logits, then a sigmoid of each selected logit (no normalisation).
+
+    ``scores`` is our fp32 sigmoid of every logit (renormalised by the statistics).
+    """
+    top_value, index = torch.topk(logits, router.top_k, dim=1)
+    weights = torch.sigmoid(top_value.float()).to(logits.dtype)
+    return Routing(torch.sigmoid(logits.float()), weights, index)
 
 
 def _group_mask(group_scores: Tensor, topk_group: int, n_experts: int) -> Tensor:

@@ -44,7 +44,7 @@ class RouterIO:
 class RoutingRule:
     """The routing rule of a family: scoring name (for docs and metrics) and the routing function."""
 
-    scoring: Literal["softmax", "sigmoid", "sparsemixer"]
+    scoring: Literal["softmax", "sigmoid", "sparsemixer"]  # what turns logits into the router's scores
     route: Callable[[Tensor, nn.Module], Routing]
     summary: str  # one line, rendered on the architecture's docs page
 
@@ -59,7 +59,10 @@ class ArchitectureSpec:
     n_experts_attr: str  # config attribute with the number of routed experts
     top_k_attr: str  # config attribute with k
     moe_returns_tuple: bool  # the MoE block returns (hidden, extra) instead of hidden
-    experts_layout: Literal["fused", "module_list"]  # fused 3-D weights called (hidden, index, weights)
+    # "fused": 3-D weights called (hidden, index, weights); "dense": every expert runs on every token
+    # (the weight scales the expert's input); "module_list": one module per expert. Only "fused" gives
+    # per-slot outputs (hook_expert_out).
+    experts_layout: Literal["fused", "dense", "module_list"]
     router: str
     experts: str
     shared_experts: str | None

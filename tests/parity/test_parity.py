@@ -35,6 +35,8 @@ CASES = [
     ("granitemoe", 0, {}),
     ("phimoe", 0, {}),
     ("phimoe", 1, {"router_jitter_noise": 0.3}),
+    ("llama4_text", 0, {}),
+    ("llama4_text", 1, {"num_experts_per_tok": 2, "moe_layers": [0, 2]}),
     ("deepseek", 0, {}),
     ("deepseek", 1, {"norm_topk_prob": True}),
 ]
