@@ -156,17 +156,9 @@ class MoEHooks:
         found = self.spec.router_io.unpack(output, args[0], module)
         batch, pos = self.shape
         logits, weights, index = found
-        n_tokens, k = index.shape
+        k = index.shape[1]
         points = self.points
-        rerouted = False
-        if points["hook_router_logits"].active:
-            before, view = logits.clone(), logits.view(batch, pos, -1)
-            returned = points["hook_router_logits"](view)
-            edited = returned.reshape(n_tokens, -1)
-            # A returned tensor is an edit even with equal values (it may carry gradients); in-place
-            # edits are caught by comparing values.
-            rerouted = returned is not view or not torch.equal(edited, before)
-            logits = edited if rerouted else before
+        logits, rerouted = self._edit_small(points["hook_router_logits"], logits, (batch, pos, logits.shape[-1]))
         routing = None
         if rerouted or points["hook_router_scores"].active:
             routing = self.spec.routing.route(logits, module)
@@ -192,6 +184,8 @@ class MoEHooks:
 
     @staticmethod
     def _edit_small(point: HookPoint, tensor: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, bool]:
+        """Run a small routing tensor through its hook point. An edit is a returned tensor (even with
+        equal values: it may carry gradients) or an in-place change, found by comparing with a copy."""
         if not point.active:
             return tensor, False
         before, view = tensor.clone(), tensor.view(shape)

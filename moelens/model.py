@@ -224,13 +224,17 @@ class HookedMoE(nn.Module):
         With ``start_at_layer=L`` the input is the residual stream ``[batch pos d_model]`` entering
         layer L (pass ``attention_mask=`` if it was padded).
         """
+        start, stop = self._layer_range(start_at_layer, stop_at_layer)
+        model_inputs = self.to_inputs(inputs, attention_mask=attention_mask, start_at_layer=start)
+        return self._run(model_inputs, start or 0, stop)
+
+    def _layer_range(self, start_at_layer: int | None, stop_at_layer: int | None) -> tuple[int | None, int | None]:
         n_layers = self.cfg.n_layers
         start = self._check_layer(start_at_layer, "start_at_layer", 0, n_layers - 1)
         stop = self._check_layer(stop_at_layer, "stop_at_layer", 0, n_layers)
         if start is not None and stop is not None and stop <= start:
             raise InvalidInputError(f"stop_at_layer={stop} must be greater than start_at_layer={start}.")
-        model_inputs = self.to_inputs(inputs, attention_mask=attention_mask, start_at_layer=start)
-        return self._run(model_inputs, start or 0, stop)
+        return start, stop
 
     def to_inputs(
         self, inputs: Any, attention_mask: Tensor | None = None, start_at_layer: int | None = None
@@ -278,7 +282,8 @@ class HookedMoE(nn.Module):
         device: str | torch.device | None = None,
         fwd_hooks: FwdHooks = (),
         attention_mask: Tensor | None = None,
-        **forward_kwargs,
+        start_at_layer: int | None = None,
+        stop_at_layer: int | None = None,
     ) -> tuple[Tensor, ActivationCache]:
         """Run and record activations: ``names_filter`` is a name, a list, a predicate, or None (all).
 
@@ -292,15 +297,12 @@ class HookedMoE(nn.Module):
             store[hook.name] = tensor.detach().to(device) if device is not None else tensor.detach()
 
         points = self._registry.select(names_filter)
-        model_inputs = self.to_inputs(inputs, attention_mask, forward_kwargs.get("start_at_layer"))
+        start, stop = self._layer_range(start_at_layer, stop_at_layer)
+        model_inputs = self.to_inputs(inputs, attention_mask, start)  # tokenized once, also for the cache's mask
         with self.hooks(fwd_hooks), ExitStack() as stack:
             for hp in points:
                 stack.callback(hp.add(save))
-            logits = self(
-                model_inputs.inputs_embeds if model_inputs.inputs_embeds is not None else model_inputs.input_ids,
-                attention_mask=model_inputs.attention_mask,
-                **forward_kwargs,
-            )
+            logits = self._run(model_inputs, start or 0, stop)
         cache = ActivationCache(store, self.cfg.moe_layers, self.cfg.n_experts, model_inputs.attention_mask.bool())
         return logits, cache
 

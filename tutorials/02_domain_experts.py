@@ -32,22 +32,14 @@ except NameError:
 
 from moelens import HookedMoE, collect_routing_stats
 from moelens.analysis.plots import plot_cwas_heatmap, plot_general_vs_domain
-from moelens.tasks import load_domain_texts, resolve_data_dir
-from moelens.tasks.demo import demo_texts
+from moelens.tasks.demo import paper_domains
 
 small = os.environ.get("MOELENS_TUTORIAL_SMALL") == "1"
 limit = 48 if small else 500
 out = Path(os.environ.get("MOELENS_TUTORIAL_OUT", "tutorials/_out"))
 out.mkdir(parents=True, exist_ok=True)
 
-if resolve_data_dir() is not None:
-    data = {
-        "sentiment": load_domain_texts("sst2", limit=limit),
-        "mmlu": load_domain_texts("mmlu", limit=limit),
-        "math": load_domain_texts("gsm8k", limit=limit),
-    }
-else:  # ../shared/data is absent: fall back to the packaged demo texts
-    data = demo_texts(limit)
+data = paper_domains(limit)  # ../shared/data if present, else the packaged demo texts
 print({domain: len(texts) for domain, texts in data.items()})
 
 # %%

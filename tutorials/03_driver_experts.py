@@ -32,17 +32,13 @@ except NameError:
 from scipy.stats import spearmanr
 
 from moelens import HookedMoE, collect_routing_stats, compare_effects, driver_effects
-from moelens.tasks import load_domain_texts, resolve_data_dir
-from moelens.tasks.demo import demo_texts
+from moelens.tasks.demo import paper_domains
 
 small = os.environ.get("MOELENS_TUTORIAL_SMALL") == "1"
 per_domain = 8 if small else 64
 out = Path(os.environ.get("MOELENS_TUTORIAL_OUT", "tutorials/_out"))
 out.mkdir(parents=True, exist_ok=True)
-if resolve_data_dir() is not None:
-    data = {d: load_domain_texts(n, limit=per_domain) for d, n in (("sentiment", "sst2"), ("mmlu", "mmlu"), ("math", "gsm8k"))}
-else:
-    data = demo_texts(per_domain)
+data = paper_domains(per_domain)  # ../shared/data if present, else the packaged demo texts
 texts = [t for domain in data.values() for t in domain]
 print(len(texts), "texts")
 

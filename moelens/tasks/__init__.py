@@ -5,6 +5,7 @@
 'Review: great !\\nSentiment:'
 """
 
+from moelens.tasks.demo import demo_texts, paper_domains
 from moelens.tasks.data import (
     DATASETS,
     DatasetSpec,
@@ -25,4 +26,6 @@ __all__ = [
     "load_jsonl",
     "load_records",
     "resolve_data_dir",
+    "demo_texts",
+    "paper_domains",
 ]

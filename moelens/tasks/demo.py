@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DEMO_DIR", "demo_texts"]
+__all__ = ["DEMO_DIR", "demo_texts", "paper_domains"]
+
+# The paper's three domains and the evaluation split that stands for each in ../shared/data.
+PAPER_DATASETS = {"sentiment": "sst2", "mmlu": "mmlu", "math": "gsm8k"}
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "data" / "demo"
 
@@ -22,3 +25,17 @@ def demo_texts(limit: int | None = None) -> dict[str, list[str]]:
         lines = [line.rstrip("\n").replace("\\n", "\n") for line in path.read_text(encoding="utf-8").splitlines()]
         texts[path.stem] = [line for line in lines if line.strip()][:limit]
     return texts
+
+
+def paper_domains(limit: int | None = None) -> dict[str, list[str]]:
+    """Texts of the paper's domains (sentiment, MMLU, math) from ``../shared/data`` (or
+    ``MOELENS_DATA_DIR``) when it is there, otherwise the packaged demo texts.
+
+    >>> sorted(paper_domains(limit=3))
+    ['math', 'mmlu', 'sentiment']
+    """
+    from .data import load_domain_texts, resolve_data_dir
+
+    if resolve_data_dir() is None:
+        return demo_texts(limit)
+    return {domain: load_domain_texts(name, limit=limit) for domain, name in PAPER_DATASETS.items()}
