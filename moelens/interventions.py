@@ -29,13 +29,14 @@ import torch
 from torch import Tensor
 
 from .errors import InterventionError
+from .hook_points import HookPoint, expand
 from .inputs import last_token_positions
 from .names import moe_name, parse_hook_name
 
 if TYPE_CHECKING:
     from .model import HookedMoE
 
-__all__ = ["Intervention", "Perturb", "Scale", "Ablate", "Force", "Patch", "from_dict"]
+__all__ = ["Ablate", "Force", "Intervention", "Patch", "Perturb", "Scale", "expand", "from_dict"]
 
 LayerSel = Union[int, Sequence[int], Literal["all"]]
 ExpertSel = Union[int, Sequence[int], Literal["all"], Tensor]
@@ -140,20 +141,22 @@ def _moe_layers(model: HookedMoE, layers: LayerSel, who: str) -> list[int]:
     return chosen
 
 
-def _expert_mask(model: HookedMoE, experts: ExpertSel, batch: int, who: str) -> Tensor:
-    """Bool ``[batch n_experts]`` of the targeted experts of each row."""
+def _expert_mask(model: HookedMoE, experts: ExpertSel, batch: int, who: str, device: torch.device) -> Tensor:
+    """Bool ``[batch n_experts]`` of the targeted experts of each row, on ``device``."""
     n = model.cfg.n_experts
     mask = torch.zeros(batch, n, dtype=torch.bool)
     if isinstance(experts, Tensor):
         if experts.shape[0] != batch:
             raise InterventionError(f"{who}: experts has {experts.shape[0]} entries but the batch has {batch} rows.")
-        chosen = experts.long().cpu()
-        _check_experts(chosen.tolist(), n, who)
-        return mask.scatter_(1, chosen[:, None], True)
+        chosen = experts.long().to(device)
+        bad = (chosen < 0) | (chosen >= n)
+        if bool(bad.any()):  # one check per call (the caller caches the targets for the call)
+            _check_experts([int(chosen[bad][0])], n, who)
+        return mask.to(device).scatter_(1, chosen[:, None], True)
     chosen = list(range(n)) if experts == "all" else ([experts] if isinstance(experts, int) else list(experts))
     _check_experts(chosen, n, who)
     mask[:, chosen] = True
-    return mask
+    return mask.to(device)
 
 
 def _check_experts(chosen: list[int], n: int, who: str) -> None:
@@ -197,16 +200,21 @@ def _position_mask(positions: PosSel, attention_mask: Tensor, who: str) -> Tenso
 class _Targeted(Intervention):
     """Shared machinery of the (layers, experts, positions) interventions."""
 
-    def _targets(self, model: HookedMoE, shape: torch.Size) -> Tensor:
-        """Bool ``[batch pos n_experts]`` of the targeted (position, expert) pairs for this call."""
-        batch = shape[0]
-        attention_mask = model.current_attention_mask
-        if attention_mask is None or attention_mask.shape != shape[:2]:
-            attention_mask = torch.ones(shape[:2], dtype=torch.long)
-        who = type(self).__name__
-        positions = _position_mask(self.positions, attention_mask, who)
-        experts = _expert_mask(model, self.experts, batch, who)
-        return (positions[:, :, None] & experts[:, None, :]).to(model.device)
+    def _targets(self, model: HookedMoE, hook: HookPoint, like: Tensor) -> Tensor:
+        """Bool ``[batch pos n_experts]`` of the targeted (position, expert) pairs for this call, on
+        ``like``'s device; built (and tensor selectors validated) once per call, not per layer."""
+        shape = tuple(like.shape[:2])
+        key = (id(self), "targets", shape)
+        scratch = hook.call.scratch
+        if key not in scratch:
+            attention_mask = hook.call.attention_mask
+            if attention_mask is None or tuple(attention_mask.shape) != shape:
+                attention_mask = torch.ones(shape, dtype=torch.long)
+            who = type(self).__name__
+            positions = _position_mask(self.positions, attention_mask, who).to(like.device)
+            experts = _expert_mask(model, self.experts, shape[0], who, like.device)
+            scratch[key] = positions[:, :, None] & experts[:, None, :]
+        return scratch[key]
 
     def validate(self) -> None:
         _check_selector("layers", self.layers)
@@ -215,8 +223,8 @@ class _Targeted(Intervention):
             raise InterventionError(f"positions={self.positions!r}: pass an int, a list, a slice, or None.")
 
     def _on(self, model: HookedMoE, suffix: str, edit: Callable[[Tensor, Tensor], Tensor | None]) -> list[tuple[str, Callable]]:
-        def fn(x: Tensor, hook) -> Tensor | None:
-            return edit(x, self._targets(model, x.shape))
+        def fn(x: Tensor, hook: HookPoint) -> Tensor | None:
+            return edit(x, self._targets(model, hook, x))
 
         return [(moe_name(layer, suffix), fn) for layer in _moe_layers(model, self.layers, type(self).__name__)]
 
@@ -228,17 +236,19 @@ def _selected_targets(targets: Tensor, index: Tensor) -> Tensor:
 
 def _weights_edit(model: HookedMoE, owner: _Targeted, factor: float) -> list[tuple[str, Callable]]:
     """Multiply the applied weights of the targeted experts: reads the final top-k indices first."""
-    seen: dict[str, Tensor] = {}
-    hooks = []
+    token = object()  # this expansion's key in the call's scratch (the same object may be listed twice)
+
+    def remember(x: Tensor, hook: HookPoint) -> None:
+        # The indices hook always fires before the weights hook of the same layer.
+        hook.call.scratch[(token, hook.layer)] = x
+
+    def scale(x: Tensor, hook: HookPoint) -> Tensor:
+        index = hook.call.scratch.pop((token, hook.layer))
+        chosen = _selected_targets(owner._targets(model, hook, x), index)
+        return torch.where(chosen, x * factor, x)
+
+    hooks: list[tuple[str, Callable]] = []
     for layer in _moe_layers(model, owner.layers, type(owner).__name__):
-
-        def remember(x, hook, layer=layer):
-            seen[layer] = x  # the indices hook always fires before the weights hook of the same layer
-
-        def scale(x, hook, layer=layer):
-            chosen = _selected_targets(owner._targets(model, x.shape[:2] + (model.cfg.n_experts,)), seen.pop(layer))
-            return torch.where(chosen, x * factor, x)
-
         hooks += [(moe_name(layer, "hook_topk_indices"), remember), (moe_name(layer, "hook_topk_weights"), scale)]
     return hooks
 
@@ -356,26 +366,27 @@ class Force(_Targeted):
     positions: PosSel = None
 
     def hooks(self, model: HookedMoE) -> list[tuple[str, Callable]]:
-        seen: dict[int, Tensor] = {}
-        hooks = []
+        token = object()  # this expansion's key in the call's scratch (the same object may be listed twice)
+
+        def remember(x: Tensor, hook: HookPoint) -> None:
+            # the final (possibly edited) logits of this call; the indices hook of the layer follows
+            hook.call.scratch[(token, hook.layer)] = x.detach().clone()
+
+        def force(x: Tensor, hook: HookPoint) -> Tensor:
+            logits = hook.call.scratch.pop((token, hook.layer))
+            targets = self._targets(model, hook, logits)
+            if int(targets.sum(-1).max()) > model.cfg.top_k:
+                raise InterventionError(f"Force targets more experts than top_k={model.cfg.top_k} at one position.")
+            index = x.clone()
+            for expert in targets.any(0).any(0).nonzero().flatten().tolist():
+                want = targets[..., expert] & ~(index == expert).any(-1)  # [batch pos]
+                slot_logits = logits.gather(-1, index).masked_fill(targets.gather(-1, index), float("inf"))
+                slot = slot_logits.argmin(-1, keepdim=True)  # lowest non-forced slot
+                index = torch.where(want[..., None], index.scatter(-1, slot, expert), index)
+            return index
+
+        hooks: list[tuple[str, Callable]] = []
         for layer in _moe_layers(model, self.layers, "Force"):
-
-            def remember(x, hook, layer=layer):
-                seen[layer] = x.detach().clone()  # final (possibly edited) logits of this call
-
-            def force(x, hook, layer=layer):
-                logits = seen.pop(layer)
-                targets = self._targets(model, logits.shape)
-                if int(targets.sum(-1).max()) > model.cfg.top_k:
-                    raise InterventionError(f"Force targets more experts than top_k={model.cfg.top_k} at one position.")
-                index = x.clone()
-                for expert in targets.any(0).any(0).nonzero().flatten().tolist():
-                    want = targets[..., expert] & ~(index == expert).any(-1)  # [batch pos]
-                    slot_logits = logits.gather(-1, index).masked_fill(targets.gather(-1, index), float("inf"))
-                    slot = slot_logits.argmin(-1, keepdim=True)  # lowest non-forced slot
-                    index = torch.where(want[..., None], index.scatter(-1, slot, expert), index)
-                return index
-
             hooks += [(moe_name(layer, "hook_router_logits"), remember), (moe_name(layer, "hook_topk_indices"), force)]
         return hooks
 
@@ -416,21 +427,7 @@ class Patch(Intervention):
         return [(self.hook_name, patch)]
 
     def __hash__(self) -> int:
-        return hash((self.hook_name, id(self.value)))
+        # Equal patches (same name, same values) must hash equal; shape and dtype are cheap and
+        # follow from equal values, unlike id(value).
+        return hash((self.hook_name, tuple(self.value.shape), str(self.value.dtype)))
 
-
-def expand(items: Sequence[Intervention | tuple], model: HookedMoE) -> list[tuple]:
-    """Turn a list mixing interventions and ``(name, fn)`` pairs into ``(name, fn)`` pairs, in order."""
-    if isinstance(items, Intervention):
-        items = [items]
-    pairs: list[tuple] = []
-    for item in items:
-        if isinstance(item, Intervention):
-            pairs.extend(item.hooks(model))
-        elif isinstance(item, tuple) and len(item) == 2:
-            pairs.append(item)
-        else:
-            raise InterventionError(
-                f"{item!r} is neither an intervention (Perturb, Scale, Ablate, Force, Patch) nor a (name, fn) pair."
-            )
-    return pairs
