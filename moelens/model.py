@@ -396,6 +396,15 @@ class HookedMoE(nn.Module):
     def device(self) -> torch.device:
         return next(self.hf_model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf_model.parameters()).dtype
+
+    @property
+    def name_or_path(self) -> str:
+        """The hub id or folder the model was loaded from ("" for a model built in memory)."""
+        return str(getattr(self.hf_model.config, "_name_or_path", ""))
+
     def to_tokens(self, texts: str | list[str]) -> tuple[Tensor, Tensor]:
         """Token ids and attention mask ``([batch pos], [batch pos])`` for texts, padded."""
         model_inputs = self.to_inputs(texts)

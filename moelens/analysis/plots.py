@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from moelens.analysis.routing_stats import RoutingStats
 from moelens.analysis._io import save_figure
+from moelens.analysis.routing_stats import RoutingStats
 
 __all__ = ["plot_cwas_heatmap", "plot_general_vs_domain"]
 

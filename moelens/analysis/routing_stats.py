@@ -17,24 +17,23 @@ Metric definitions are in :mod:`moelens.metrics` (a reconstruction of arXiv 2601
 [0.6666666666666666, 0.3333333333333333, 0.0, 0.0]
 """
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from moelens.analysis._io import load_sidecar, save_sidecar, sidecar_paths
+from moelens.errors import ResultFileError
 from moelens.metrics import RoutingSums, cwas, domain_specificity, routing_sums
-from moelens.analysis._io import sidecar_paths
 
-__all__ = ["RoutingStats"]
+__all__ = ["SUM_FIELDS", "RoutingStats"]
 
 _FORMAT = "moelens.RoutingStats"
 _VERSION = 1
-_FIELDS = ("n_tokens", "counts", "entropy_sums", "score_sums")
+SUM_FIELDS = ("n_tokens", "counts", "entropy_sums", "score_sums")  # what save(), merge() and checkpoints carry
 
 
 
@@ -301,7 +300,7 @@ class RoutingStats:
         out = RoutingStats(domains, self.moe_layers, self.n_experts, top_k)
         for src in (self, other):
             idx = torch.tensor([domains.index(d) for d in src.domains])
-            for name in _FIELDS:
+            for name in SUM_FIELDS:
                 getattr(out, name).index_add_(0, idx, getattr(src, name))
         return out
 
@@ -310,44 +309,27 @@ class RoutingStats:
 
         Returns the tensor file's path. ``path`` may or may not end in ``.safetensors``.
         """
-        tensor_path, meta_path = sidecar_paths(path)
-        save_file({n: getattr(self, n).contiguous() for n in _FIELDS}, str(tensor_path))
         meta = {
-            "format": _FORMAT,
-            "version": _VERSION,
             "domains": list(self.domains),
             "moe_layers": list(self.moe_layers),
             "n_experts": self.n_experts,
             "top_k": self.top_k,
-            "tensors": tensor_path.name,
         }
-        meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        return tensor_path
+        return save_sidecar(path, {n: getattr(self, n) for n in SUM_FIELDS}, meta, _FORMAT, _VERSION)
 
     @classmethod
     def load(cls, path: str | Path) -> "RoutingStats":
         """Read what :meth:`save` wrote (pass either file's path, or the common stem)."""
-        tensor_path, meta_path = sidecar_paths(path)
-        if not tensor_path.is_file() or not meta_path.is_file():
-            raise FileNotFoundError(
-                f"RoutingStats needs both {tensor_path} and {meta_path} (written by save())."
-            )
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
-            raise ValueError(
-                f"{meta_path} is not a {_FORMAT} v{_VERSION} file "
-                f"(format={meta.get('format')!r}, version={meta.get('version')!r})."
-            )
+        tensors, meta = load_sidecar(path, _FORMAT, _VERSION, "RoutingStats")
         out = cls(meta["domains"], meta["moe_layers"], meta["n_experts"], meta["top_k"])
-        tensors = load_file(str(tensor_path))
-        for name in _FIELDS:
+        for name in SUM_FIELDS:
             expected = getattr(out, name)
             got = tensors.get(name)
             if got is None or got.shape != expected.shape or got.dtype != expected.dtype:
-                raise ValueError(
-                    f"{tensor_path}: tensor {name!r} is "
+                raise ResultFileError(
+                    f"{sidecar_paths(path)[0]}: tensor {name!r} is "
                     f"{None if got is None else (tuple(got.shape), got.dtype)}, expected "
-                    f"{(tuple(expected.shape), expected.dtype)} from {meta_path}."
+                    f"{(tuple(expected.shape), expected.dtype)} from {sidecar_paths(path)[1]}."
                 )
             setattr(out, name, got)
         return out
