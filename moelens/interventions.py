@@ -69,7 +69,8 @@ class Intervention:
         """Checks that need no model (types, finite numbers); model-dependent checks run in hooks()."""
 
     def hooks(self, model: HookedMoE) -> list[tuple[str, Callable]]:
-        raise NotImplementedError
+        """The ``(hook name, fn)`` pairs that apply this intervention to ``model`` (subclasses)."""
+        raise InterventionError(f"{type(self).__name__} does not implement hooks(model); subclass an intervention.")
 
     # -- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -74,7 +74,7 @@ def collect_routing_stats(
     if records_dir is not None:
         records_dir.mkdir(parents=True, exist_ok=True)
     todo = [(name, i, batch) for name in batches for i, batch in enumerate(batches[name])]
-    for step, (domain, index, (ids, mask, text_index)) in enumerate(
+    for step, (domain, _, (ids, mask, text_index)) in enumerate(
         tqdm(todo, desc="routing stats", unit="batch", disable=not progress, initial=done, total=len(todo))
     ):
         if step < done:

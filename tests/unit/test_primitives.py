@@ -115,7 +115,7 @@ def test_cached_gradients_equal_finite_differences(family, overrides, which):
         name, eps = candidates[key]
         direction = torch.randn(cache[name].shape, generator=generator, dtype=cache[name].dtype)
 
-        def run(delta):
+        def run(delta, name=name):
             with torch.no_grad():
                 out, seen = model.run_with_cache(ids, indices, fwd_hooks=[(name, lambda x, hook: x + delta)])
             for index in indices:  # the same selected set everywhere (slots may be ordered differently)
