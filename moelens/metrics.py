@@ -22,7 +22,7 @@ import math
 from typing import Literal, NamedTuple
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float, Int, Shaped
 from torch import Tensor
 
 from moelens.errors import InvalidInputError
@@ -190,7 +190,7 @@ class RoutingSums(NamedTuple):
 def routing_sums(
     topk_mask: Bool[Tensor, "*batch n_experts"],
     scores: Float[Tensor, "*batch n_experts"],
-    mask: Bool[Tensor, "*batch"] | None = None,
+    mask: Shaped[Tensor, "*batch"] | None = None,
 ) -> RoutingSums:
     """Per-expert additive aggregates of one batch of routing decisions.
 
@@ -227,7 +227,7 @@ def routing_sums(
 
 
 def activation_rate(
-    topk_mask: Bool[Tensor, "*batch n_experts"], mask: Bool[Tensor, "*batch"] | None = None
+    topk_mask: Bool[Tensor, "*batch n_experts"], mask: Shaped[Tensor, "*batch"] | None = None
 ) -> Float[Tensor, "n_experts"]:
     """Fraction of non-padding tokens whose top-k contains each expert.
 
@@ -248,7 +248,7 @@ def activation_rate(
 def routing_entropy(
     topk_mask: Bool[Tensor, "*batch n_experts"],
     scores: Float[Tensor, "*batch n_experts"],
-    mask: Bool[Tensor, "*batch"] | None = None,
+    mask: Shaped[Tensor, "*batch"] | None = None,
 ) -> Float[Tensor, "n_experts"]:
     """Mean normalised router entropy over the tokens routed to each expert.
 
@@ -285,8 +285,8 @@ def cwas(
 
 
 def domain_specificity(
-    activation_rate: Float[Tensor, "domain *rest"], dim: int = 0
-) -> Float[Tensor, "*rest"]:
+    activation_rate: Float[Tensor, "..."], dim: int = 0
+) -> Float[Tensor, "..."]:
     """How concentrated an expert's activation is on few domains: ``1 - H(q_e) / log|domains|``.
 
     ``q_e(D) = A_e(D) / sum_D' A_e(D')`` over the domain axis ``dim``. 0 when an expert is equally
@@ -320,7 +320,7 @@ def kl_divergence(
     p_logits: Float[Tensor, "*batch d_vocab"],
     q_logits: Float[Tensor, "*batch d_vocab"],
     reduction: Literal["none", "mean", "sum"] = "none",
-    mask: Bool[Tensor, "*batch"] | None = None,
+    mask: Shaped[Tensor, "*batch"] | None = None,
 ) -> Float[Tensor, "*batch"] | Float[Tensor, ""]:
     """``KL(P || Q) = sum_y P(y) (log P(y) - log Q(y))`` per row, from logits over the last axis.
 

@@ -18,7 +18,6 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.stats import kendalltau, spearmanr
 
 from moelens.errors import InvalidInputError
 
@@ -77,6 +76,8 @@ def compare_effects(a: DriverEffects, b: DriverEffects, n: int = 10) -> Agreemen
     >>> round(compare_effects(exact, estimate, n=2).spearman, 3)
     0.8
     """
+    from scipy.stats import kendalltau, spearmanr  # lazily: scipy adds ~1 s to `import moelens`
+
     if not isinstance(a, DriverEffects) or not isinstance(b, DriverEffects):
         raise InvalidInputError(f"compare_effects takes two DriverEffects; got {type(a).__name__} and {type(b).__name__}.")
     if a.n_experts != b.n_experts:

@@ -19,15 +19,18 @@ Metric definitions are in :mod:`moelens.metrics` (a reconstruction of arXiv 2601
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Shaped
 from torch import Tensor
 
 from moelens.analysis._io import load_sidecar, save_sidecar, sidecar_paths
 from moelens.errors import InvalidInputError, ResultFileError
 from moelens.metrics import RoutingSums, cwas, domain_specificity, routing_sums
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["SUM_FIELDS", "RoutingStats"]
 
@@ -126,7 +129,7 @@ class RoutingStats:
         layer: int,
         topk_mask: Bool[Tensor, "batch pos n_experts"],
         scores: Float[Tensor, "batch pos n_experts"],
-        mask: Bool[Tensor, "batch pos"] | None = None,
+        mask: Shaped[Tensor, "batch pos"] | None = None,  # bool, or the 0/1 attention mask
     ) -> None:
         """Add one batch of one MoE layer: the interface a model loop calls.
 
@@ -150,7 +153,7 @@ class RoutingStats:
         domain: str,
         topk_mask: Bool[Tensor, "moe_layer batch pos n_experts"],
         scores: Float[Tensor, "moe_layer batch pos n_experts"],
-        mask: Bool[Tensor, "batch pos"] | None = None,
+        mask: Shaped[Tensor, "batch pos"] | None = None,  # bool, or the 0/1 attention mask
     ) -> None:
         """Add one batch for every MoE layer at once, stacked in ``moe_layers`` order
         (as ``cache.topk_mask()`` stacks them)."""
@@ -207,7 +210,7 @@ class RoutingStats:
         return c - mean_other
 
     # ------------------------------------------------------------------ frames
-    def to_frame(self) -> pd.DataFrame:
+    def to_frame(self) -> "pd.DataFrame":
         """Tidy frame, one row per (domain, layer, expert), in that order, with every metric.
 
         Columns: domain, layer, expert, n_tokens, count, activation_rate, entropy, cwas, lift,
@@ -231,9 +234,11 @@ class RoutingStats:
             "mean_score": self.mean_score.reshape(-1).numpy(),
             "specificity": spec.reshape(-1).numpy(),
         }
+        import pandas as pd
+
         return pd.DataFrame(columns)
 
-    def domain_experts(self, domain: str | None = None, top: int | None = 10) -> pd.DataFrame:
+    def domain_experts(self, domain: str | None = None, top: int | None = 10) -> "pd.DataFrame":
         """Experts of ``domain`` (every domain if None) ranked by CWAS lift, highest first.
 
         Ties break by higher CWAS, then by layer and expert. ``top`` rows per domain (all if
@@ -255,7 +260,7 @@ class RoutingStats:
         cols = ["domain", "layer", "expert", "cwas", "lift", "activation_rate", "entropy"]
         return frame[cols].reset_index(drop=True)
 
-    def general_experts(self, top: int | None = 10) -> pd.DataFrame:
+    def general_experts(self, top: int | None = 10) -> "pd.DataFrame":
         """Experts active in *every* domain: ranked by their minimum activation rate over domains
         (highest first), ties by lower specificity (NaN last), then layer and expert.
 
@@ -263,6 +268,8 @@ class RoutingStats:
         """
         rate = self.activation_rate  # [domain moe_layer expert]
         n_l, n_e = rate.shape[1:]
+        import pandas as pd
+
         frame = pd.DataFrame(
             {
                 "layer": torch.tensor(self.moe_layers).repeat_interleave(n_e).numpy(),

@@ -95,7 +95,7 @@ BAD_CALLS = {
     "stats merge model": lambda m: RoutingStats(["a"], (0,), 4).merge(RoutingStats(["a"], (0,), 8)),
     "stats load": lambda m: RoutingStats.load("/no/such/stats"),
     "effects load": lambda m: DriverEffects.load("/no/such/effects"),
-    "effects shape": lambda m: DriverEffects(torch.zeros(3), (0,), 3, "exact"),
+    "effects layers": lambda m: DriverEffects(torch.zeros(2, 3), (0,), 3, "exact"),
     "compare types": lambda m: compare_effects(_effects(), "x"),
     "compare models": lambda m: compare_effects(_effects(4), _effects(8)),
     "plot metric": lambda m: plot_cwas_heatmap(RoutingStats(["a"], (0,), 4), metric="cwaz"),
