@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .errors import InvalidInputError
 
-__all__ = ["ModelInputs", "prepare_inputs", "last_token_positions", "layer_range"]
+__all__ = ["ModelInputs", "prepare_inputs", "last_token_positions", "layer_range", "check_last_axis"]
 
 
 @dataclass
@@ -50,7 +51,7 @@ def prepare_inputs(
         if attention_mask is not None:
             raise InvalidInputError("attention_mask= goes with token ids; for texts moelens builds the mask itself.")
         encoded = tokenizer(list(inputs), return_tensors="pt", padding=True)
-        return _with_mask(encoded["input_ids"], encoded["attention_mask"], vocab_size, device)
+        return _with_mask(encoded["input_ids"], encoded["attention_mask"], device)
     if isinstance(inputs, (list, tuple)) and not inputs:
         raise InvalidInputError("inputs is an empty list; pass at least one text or a [batch pos] tensor of token ids.")
     if not isinstance(inputs, Tensor):
@@ -71,7 +72,7 @@ def prepare_inputs(
             f"token id {int(ids.max()) if int(ids.max()) >= vocab_size else int(ids.min())} is outside the "
             f"vocabulary [0, {vocab_size - 1}]."
         )
-    return _with_mask(ids, attention_mask, vocab_size, device)
+    return _with_mask(ids, attention_mask, device)
 
 
 def prepare_residual(resid: Tensor, attention_mask: Tensor | None, d_model: int, device: torch.device) -> ModelInputs:
@@ -81,12 +82,12 @@ def prepare_residual(resid: Tensor, attention_mask: Tensor | None, d_model: int,
         raise InvalidInputError(
             f"with start_at_layer the input is the residual stream [batch pos d_model={d_model}]; got {shape}."
         )
-    inputs = _with_mask(None, attention_mask, 0, device, shape=resid.shape[:2])
+    inputs = _with_mask(None, attention_mask, device, shape=resid.shape[:2])
     inputs.inputs_embeds = resid.to(device)
     return inputs
 
 
-def _with_mask(ids, attention_mask, vocab_size, device, shape=None) -> ModelInputs:
+def _with_mask(ids, attention_mask, device, shape=None) -> ModelInputs:
     shape = tuple(ids.shape) if ids is not None else tuple(shape)
     if attention_mask is None:
         mask = torch.ones(shape, dtype=torch.long)
@@ -143,3 +144,17 @@ def _check_layer(value: int | None, name: str, n_layers: int, low: int, high: in
     if not low <= resolved <= high:
         raise InvalidInputError(f"{name}={value} is out of range; this model takes [{low}, {high}].")
     return resolved
+
+
+def check_last_axis(tensor: Any, name: str, axis: str, size: int, ndim: int | None = None) -> None:
+    """Refuse anything but a tensor ``[... axis=size]`` (with exactly ``ndim`` axes when given).
+
+    >>> check_last_axis(torch.zeros(2, 5), "resid", "d_model", 4)
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: resid must be [... d_model=4]; got (2, 5).
+    """
+    shape = tuple(tensor.shape) if isinstance(tensor, Tensor) else None
+    if shape is None or not shape or shape[-1] != size or (ndim is not None and len(shape) != ndim):
+        layout = f"[{'batch pos ' if ndim == 3 else '... '}{axis}={size}]"
+        raise InvalidInputError(f"{name} must be {layout}; got {shape if shape is not None else type(tensor).__name__}.")

@@ -24,7 +24,7 @@ from .hook_points import (
     NameFilter,
     expand,
 )
-from .inputs import ModelInputs, layer_range, prepare_inputs, prepare_residual
+from .inputs import ModelInputs, check_last_axis, layer_range, prepare_inputs, prepare_residual
 from .loading import load_hf
 
 __all__ = ["HookedMoE", "MoEConfig"]
@@ -70,10 +70,8 @@ class HookedMoE(nn.Module):
 
     @property
     def current_attention_mask(self) -> Tensor | None:
-        """The attention mask ``[batch pos]`` of the call in progress (None outside a call).
-
-        Kept for compatibility: hook functions read ``hook.call.attention_mask`` instead.
-        """
+        """The mask ``[batch pos]`` of the call in progress (kept for compatibility: hook functions
+        read ``hook.call.attention_mask``)."""
         return self._registry.call.attention_mask
 
     # -- construction -------------------------------------------------------------------------
@@ -332,10 +330,8 @@ class HookedMoE(nn.Module):
         >>> torch.equal(out, cache["blocks.1.moe.hook_out"])
         True
         """
-        if layer not in self.cfg.moe_layers:
-            raise InvalidInputError(f"layer {layer} is not an MoE layer; MoE layers are {list(self.cfg.moe_layers)}.")
-        if not isinstance(moe_input, Tensor) or moe_input.ndim != 3 or moe_input.shape[-1] != self.cfg.d_model:
-            raise InvalidInputError(f"moe_input must be [batch pos d_model={self.cfg.d_model}]; got {getattr(moe_input, 'shape', moe_input)}.")
+        self._moe_layer(layer)
+        check_last_axis(moe_input, "moe_input", "d_model", self.cfg.d_model, ndim=3)
         moe_hooks = self._moe_hooks[self.cfg.moe_layers.index(layer)]
         mask = attention_mask if attention_mask is not None else torch.ones(moe_input.shape[:2], dtype=torch.long)
         with self.hooks(fwd_hooks), ExitStack() as stack:
@@ -360,13 +356,8 @@ class HookedMoE(nn.Module):
         >>> torch.equal(index, cache["blocks.1.moe.hook_topk_indices"])
         True
         """
-        router = self._routers.get(layer) if isinstance(layer, int) else None
-        if router is None:
-            raise InvalidInputError(f"layer {layer!r} is not an MoE layer; MoE layers are {list(self.cfg.moe_layers)}.")
-        if not isinstance(logits, Tensor) or logits.ndim < 1 or logits.shape[-1] != self.cfg.n_experts:
-            raise InvalidInputError(
-                f"logits must be [... n_experts={self.cfg.n_experts}]; got {getattr(logits, 'shape', logits)!r}."
-            )
+        router = self._routers[self._moe_layer(layer)]
+        check_last_axis(logits, "logits", "n_experts", self.cfg.n_experts)
         routing = self.spec.routing.route(logits.reshape(-1, logits.shape[-1]), router)
         shape = (*logits.shape[:-1], -1)
         return routing.index.view(shape), routing.weights.view(shape)
@@ -385,10 +376,7 @@ class HookedMoE(nn.Module):
         """
         if self._lm_head is None:
             raise InvalidInputError(f"{type(self.hf_model).__name__} has no output embeddings (LM head) to unembed with.")
-        if not isinstance(resid, Tensor) or resid.ndim < 1 or resid.shape[-1] != self.cfg.d_model:
-            raise InvalidInputError(
-                f"resid must be [... d_model={self.cfg.d_model}]; got {getattr(resid, 'shape', resid)!r}."
-            )
+        check_last_axis(resid, "resid", "d_model", self.cfg.d_model)
         return self.spec.logits_from_head(self._lm_head(self.final_norm(resid)), self.hf_model.config)
 
     # -- helpers ------------------------------------------------------------------------------
@@ -409,6 +397,11 @@ class HookedMoE(nn.Module):
         """Token ids and attention mask ``([batch pos], [batch pos])`` for texts, padded."""
         model_inputs = self.to_inputs(texts)
         return model_inputs.input_ids, model_inputs.attention_mask
+
+    def _moe_layer(self, layer: Any) -> int:
+        if isinstance(layer, bool) or not isinstance(layer, int) or layer not in self._routers:
+            raise InvalidInputError(f"layer {layer!r} is not an MoE layer; MoE layers are {list(self.cfg.moe_layers)}.")
+        return layer
 
     def __repr__(self) -> str:
         cfg = self.cfg
