@@ -127,9 +127,9 @@ class RoutingStats:
         self,
         domain: str,
         layer: int,
-        topk_mask: Bool[Tensor, "batch pos n_experts"],
-        scores: Float[Tensor, "batch pos n_experts"],
-        mask: Shaped[Tensor, "batch pos"] | None = None,  # bool, or the 0/1 attention mask
+        topk_mask: Bool[Tensor, "*batch n_experts"],
+        scores: Float[Tensor, "*batch n_experts"],
+        mask: Shaped[Tensor, "*batch"] | None = None,  # bool, or the 0/1 attention mask
     ) -> None:
         """Add one batch of one MoE layer: the interface a model loop calls.
 
@@ -151,9 +151,9 @@ class RoutingStats:
     def accumulate_layers(
         self,
         domain: str,
-        topk_mask: Bool[Tensor, "moe_layer batch pos n_experts"],
-        scores: Float[Tensor, "moe_layer batch pos n_experts"],
-        mask: Shaped[Tensor, "batch pos"] | None = None,  # bool, or the 0/1 attention mask
+        topk_mask: Bool[Tensor, "moe_layer *batch n_experts"],
+        scores: Float[Tensor, "moe_layer *batch n_experts"],
+        mask: Shaped[Tensor, "*batch"] | None = None,  # bool, or the 0/1 attention mask
     ) -> None:
         """Add one batch for every MoE layer at once, stacked in ``moe_layers`` order
         (as ``cache.topk_mask()`` stacks them)."""
