@@ -10,8 +10,23 @@ import torch
 
 from moelens import HookedMoE
 from moelens.errors import InvalidInputError
-from moelens.viz import View, expert_tokens, readable_tokens, routing_tokens, save_html, token_values
-from moelens.viz.html import Markup, circuitsvis_text, el, escape, heatmap_svg, script_json, table
+from moelens.viz import (
+    View,
+    expert_tokens,
+    readable_tokens,
+    routing_tokens,
+    save_html,
+    token_values,
+)
+from moelens.viz.html import (
+    Markup,
+    circuitsvis_text,
+    el,
+    escape,
+    heatmap_svg,
+    script_json,
+    table,
+)
 from moelens.viz.render import BUNDLE_PATH
 
 HOSTILE = 'Good <script>alert(1)</script> film "><img src=x onerror=alert(2)> & co.\nSecond line'
