@@ -92,7 +92,7 @@ class _Session:
 
 
 def load(path: str | Path, expressions: dict[str, str] | None = None, wait_for: str = "true",
-         timeout: float = 20.0, screenshot: bool = False, browser: str | None = None) -> PageReport:
+         timeout: float = 20.0, screenshot: bool = False, full_page: bool = False, browser: str | None = None) -> PageReport:
     """Open ``path`` from file:// in headless Chromium, wait until the JS expression ``wait_for`` is
     true (or ``timeout``), then evaluate ``expressions`` and collect errors and requests."""
     browser = browser or find_browser()
@@ -127,7 +127,7 @@ def load(path: str | Path, expressions: dict[str, str] | None = None, wait_for: 
         report.text = session.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''",
                                    returnByValue=True)["result"].get("value", "")
         if screenshot:
-            shot = session.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+            shot = session.call("Page.captureScreenshot", format="png", captureBeyondViewport=full_page)
             report.screenshot = base64.b64decode(shot["data"])
         _collect(session.events, report)
         session.ws.close()
