@@ -247,9 +247,13 @@ def error_header(cls: type) -> str:
         catch = "Catch it to handle every error moelens raises on purpose."
     else:
         catch = f"Catch it as `{cls.__name__}`, as `MoelensError`, or as the builtin `{parents[-1]}`."
+    import moelens
+
+    # the API page documents it under the name users import it by (moelens.X, or moelens.errors.X)
+    path = f"moelens.{cls.__name__}" if getattr(moelens, cls.__name__, None) is cls else f"moelens.errors.{cls.__name__}"
     return (
-        f"`class moelens.{cls.__name__}({', '.join(parents)})`\n\n"
-        f"{doc} {catch} API: [`{cls.__name__}`](../api/errors.md#moelens.{cls.__name__})."
+        f"`class {path}({', '.join(parents)})`\n\n"
+        f"{doc} {catch} API: [`{cls.__name__}`](../api/errors.md#{path})."
     )
 
 
