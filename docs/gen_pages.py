@@ -16,6 +16,7 @@ checks.
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import sys
 from pathlib import Path
@@ -246,9 +247,13 @@ def error_header(cls: type) -> str:
         catch = "Catch it to handle every error moelens raises on purpose."
     else:
         catch = f"Catch it as `{cls.__name__}`, as `MoelensError`, or as the builtin `{parents[-1]}`."
+    import moelens
+
+    # the API page documents it under the name users import it by (moelens.X, or moelens.errors.X)
+    path = f"moelens.{cls.__name__}" if getattr(moelens, cls.__name__, None) is cls else f"moelens.errors.{cls.__name__}"
     return (
-        f"`class moelens.{cls.__name__}({', '.join(parents)})`\n\n"
-        f"{doc} {catch} API: [`{cls.__name__}`](../api/errors.md#moelens.{cls.__name__})."
+        f"`class {path}({', '.join(parents)})`\n\n"
+        f"{doc} {catch} API: [`{cls.__name__}`](../api/errors.md#{path})."
     )
 
 
@@ -399,8 +404,33 @@ def _extend_nav(nav: list, additions: dict[str, list]) -> None:
                 _extend_nav(value, additions)
 
 
+def tutorial_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment settings for the kernels that execute the tutorials during the build.
+
+    The kernels run in ``docs/tutorials/``, where the tutorials' relative ``../shared/data`` does not
+    exist, so the data folder is named from the repository root (unless ``MOELENS_DATA_DIR`` is set);
+    they import this checkout; and they print no progress bars or library log lines, which would
+    show as red stderr boxes on the pages (``MOELENS_DOCS_BUILD`` turns off the tutorials' own bars).
+    """
+    environ = dict(os.environ if environ is None else environ)
+    settings = {
+        "MOELENS_DOCS_BUILD": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+        "TQDM_DISABLE": "1",
+        # tqdm.auto warns once per kernel when ipywidgets is missing (the pages have no widgets anyway)
+        "PYTHONWARNINGS": ",".join(w for w in (environ.get("PYTHONWARNINGS"), "ignore:IProgress not found") if w),
+    }
+    shared = ROOT.parent / "shared" / "data"
+    if not environ.get("MOELENS_DATA_DIR") and shared.is_dir():
+        settings["MOELENS_DATA_DIR"] = str(shared)
+    path = environ.get("PYTHONPATH", "")
+    if str(ROOT) not in path.split(os.pathsep):
+        settings["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), path) if p)
+    return settings
+
+
 def on_config(config, **kwargs):
     _extend_nav(config["nav"], nav_additions())
+    os.environ.update(tutorial_environment())  # inherited by the kernels mkdocs-jupyter starts
     return config
 
 

@@ -6,6 +6,7 @@
 1
 """
 
+from . import viz  # noqa: F401  (so that moelens.viz.routing_tokens works right after `import moelens`)
 from .analysis import Agreement, DriverEffects, RoutingStats, collect_routing_stats, compare_effects, driver_effects
 from .cache import ActivationCache
 from .errors import (

@@ -49,6 +49,11 @@ class ActivationCache(Mapping[str, Tensor]):
     def __len__(self) -> int:
         return len(self._store)
 
+    def _repr_html_(self) -> str:  # notebooks: summary table and heatmap
+        from moelens.viz.notebook import cache_html
+
+        return cache_html(self)
+
     def __repr__(self) -> str:
         return f"ActivationCache({len(self)} activations over MoE layers {list(self.moe_layers)})"
 

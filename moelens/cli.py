@@ -13,21 +13,21 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mechanistic interpretability for Mixture-of-Experts LMs.")
 
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help="hub id, local folder, or zoo name (default: the zoo default)")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="hub id, local folder, or zoo name (default: the zoo default)")]
 DataOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--data", help="DOMAIN=PATH (a JSONL file in the ../shared/data format) or a dataset name (sst2, mmlu, gsm8k, ...); repeatable"),
 ]
 OutOpt = Annotated[Path, typer.Option("--out", help="output folder")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1, mps ...")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1, mps ...")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16")]
-LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="at most N texts per domain")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="at most N texts per domain")]
 ExactOpt = Annotated[bool, typer.Option("--exact", help="exact driver sweep instead of the first-order estimate")]
 
 
@@ -54,11 +54,10 @@ def _guard(fn):
 
 def _load_model(model_id: str | None, device: str | None, dtype: str | None):
     import torch
+    from transformers.utils import logging as hf_logging
 
     from .model import HookedMoE
     from .zoo import DEFAULT_MODEL
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one progress bar per analysis step is enough
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -99,7 +98,12 @@ def run_stats(model, data: dict[str, list[str]], out: Path, progress: bool = Tru
     """Routing statistics step: tables, plots and report sections."""
     from .analysis import collect_routing_stats
     from .analysis.plots import plot_cwas_heatmap, plot_general_vs_domain
-    from .report import figure_html, table_html, write_section
+    from .report import el, figure_html, table_html, write_section
+    from .viz.findings import (
+        as_sentence,
+        domain_expert_sentences,
+        general_expert_sentence,
+    )
 
     stats = collect_routing_stats(model, data, batch_size=16, max_length=256, progress=progress, checkpoint=out / "checkpoints" / "stats")
     stats.save(out / "routing_stats")
@@ -110,42 +114,41 @@ def run_stats(model, data: dict[str, list[str]], out: Path, progress: bool = Tru
     general.to_csv(out / "general_experts.csv", index=False)
     write_section(
         out, 20, "Domain experts",
-        "<p class='note'>CWAS = activation rate x (1 - normalised routing entropy); domain experts rank by CWAS lift "
-        "(CWAS in the domain minus its mean over the other domains). Our reconstruction of arXiv 2601.10159.</p>"
+        el("p", "CWAS = A × (1 − H): activation rate A times one minus the normalised routing entropy H. Domain experts "
+                "rank by CWAS lift (CWAS in the domain minus its mean over the other domains). Our reconstruction of "
+                "arXiv 2601.10159.", cls="note")
+        + el("ul", *[el("li", as_sentence(sentence)) for sentence in domain_expert_sentences(stats)])
         + figure_html(plot_cwas_heatmap(stats), "CWAS heatmaps") + figure_html(plot_cwas_heatmap(stats, metric="lift"), "CWAS lift")
-        + table_html(domain_experts),
+        + table_html(domain_experts, caption="Top 10 experts of each domain by CWAS lift (click a header to sort)"),
     )
     write_section(
         out, 30, "General experts",
-        "<p class='note'>High activation rate in every domain, low domain specificity.</p>"
-        + figure_html(plot_general_vs_domain(stats), "general vs domain") + table_html(general),
+        el("p", "High activation rate in every domain, low domain specificity: ", general_expert_sentence(stats), ".")
+        + figure_html(plot_general_vs_domain(stats), "general vs domain")
+        + table_html(general, caption="Experts ranked by their lowest activation rate over the domains"),
     )
     _token_view(model, data, out)
     return stats
 
 
-def _token_view(model, data: dict[str, list[str]], out: Path) -> None:
-    import torch
+def _token_view(model, data: dict[str, list[str]], out: Path, per_domain: int = 1) -> None:
+    from .report import el, write_section
+    from .viz import routing_tokens
 
-    from .report import tokens_html, write_section
-
-    layer = model.cfg.moe_layers[len(model.cfg.moe_layers) // 2]
-    name = f"blocks.{layer}.moe.hook_topk_indices"
-    parts = [f"<p class='note'>Tokens coloured by their top-1 expert at MoE layer {layer}; hover for all selected experts.</p>"]
+    parts = [el("p", "Each text's tokens coloured by the gate weight of one expert (choose the MoE layer and the expert "
+                     "above the text; zero where the token did not go to that expert). Interactive circuitsvis views, "
+                     "rendered offline from the bundle inlined once in this page.", cls="note")]
     for domain, texts in data.items():
-        for text in texts[:2]:
-            with torch.inference_mode():
-                _, cache = model.run_with_cache(text, names_filter=name)
-            ids = model.to_tokens(text)[0][0]
-            tokens = [model.tokenizer.decode([int(t)]) for t in ids]
-            parts.append(f"<h3>{domain}</h3>" + tokens_html(tokens, cache[name][0].tolist(), f"layer {layer}"))
+        for text in texts[:per_domain]:
+            parts += [el("h3", domain), routing_tokens(model, text).fragment()]
     write_section(out, 60, "Tokens by expert", "\n".join(parts))
 
 
 def run_drivers(model, data: dict[str, list[str]], out: Path, exact: bool, progress: bool = True, per_domain: int = 8):
     """Driver-expert step: effects, plots, report section; agreement with CWAS when stats exist."""
     from .analysis.drivers import driver_effects
-    from .report import figure_html, table_html, write_section
+    from .report import el, figure_html, table_html, write_section
+    from .viz.findings import as_sentence, driver_sentence
 
     texts = [text for domain_texts in data.values() for text in domain_texts[:per_domain]]
     method = "exact" if exact else "first_order"
@@ -154,10 +157,11 @@ def run_drivers(model, data: dict[str, list[str]], out: Path, exact: bool, progr
     effects.to_frame().to_csv(out / "driver_effects.csv", index=False)
     top = effects.top(10)
     body = (
-        f"<p class='note'>Effect of (layer, expert) = mean KL(P || Q) at the last token when the expert's router logit "
-        f"is perturbed ({method.replace('_', '-')}; {len(texts)} texts).</p>"
+        el("p", f"Effect of (layer, expert) = mean KL(P ‖ Q) at the last token when the expert's router logit is perturbed "
+                f"({method.replace('_', '-')}; {len(texts)} texts).", cls="note")
+        + el("p", as_sentence(driver_sentence(effects)))
         + figure_html(effects.plot_heatmap(), "driver heatmap") + figure_html(effects.plot_layer_totals(), "driver totals by layer")
-        + table_html(top)
+        + table_html(top, caption="The 10 strongest drivers (mean KL in nats)")
     )
     write_section(out, 40, "Driver experts", body)
     if (out / "routing_stats.safetensors").exists():
@@ -165,37 +169,58 @@ def run_drivers(model, data: dict[str, list[str]], out: Path, exact: bool, progr
     return effects
 
 
-def _agreement_section(out: Path, effects) -> None:
+def _agreement(stats, effects) -> tuple[float, int, int]:
+    """Spearman of best CWAS lift vs driver effect over (layer, expert), and the top-n overlap."""
     from scipy.stats import spearmanr
 
-    from .analysis import RoutingStats
-    from .report import write_section
-
-    stats = RoutingStats.load(out / "routing_stats")
     lift = stats.cwas_lift().nan_to_num(0).amax(0).reshape(-1).numpy()  # best lift over domains [moe_layer*expert]
     drive = effects.effect.reshape(-1).numpy()
-    rho = spearmanr(lift, drive).statistic
     n = min(10, len(drive))
     overlap = len(set(lift.argsort()[-n:]) & set(drive.argsort()[-n:]))
+    return float(spearmanr(lift, drive).statistic), overlap, n
+
+
+def _agreement_section(out: Path, effects) -> None:
+    from .analysis import RoutingStats
+    from .report import el, write_section
+    from .viz.findings import agreement_sentence, as_sentence
+
+    rho, overlap, n = _agreement(RoutingStats.load(out / "routing_stats"), effects)
     write_section(
         out, 50, "Domain experts vs driver experts",
-        f"<p>Spearman correlation between the best CWAS lift of each (layer, expert) and its driver effect: "
-        f"<b>{rho:.3f}</b>; overlap of the top-{n} sets: <b>{overlap}/{n}</b>. The paper's claim is that "
-        f"the experts a domain activates most are not always the ones that drive the output.</p>",
+        el("p", as_sentence(agreement_sentence(rho, overlap, n)), " The paper's claim is that the experts a domain "
+                "activates most are not always the ones that drive the output."),
     )
 
 
-def _summary(out: Path, name: str, model, data: dict[str, list[str]], seconds: dict[str, float]) -> None:
-    from .report import write_section
+def _summary(out: Path, name: str, model, data: dict[str, list[str]], seconds: dict[str, float], stats=None, effects=None) -> None:
+    import pandas as pd
+
+    from .report import el, table_html, write_section
+    from .viz.findings import (
+        agreement_sentence,
+        as_sentence,
+        domain_expert_sentences,
+        driver_sentence,
+        general_expert_sentence,
+    )
 
     cfg = model.cfg
-    rows = "".join(f"<tr><td>{d}</td><td>{len(t)}</td></tr>" for d, t in data.items())
+    findings = []
+    if stats is not None:
+        findings += domain_expert_sentences(stats) + [general_expert_sentence(stats)]
+    if effects is not None:
+        findings.append(driver_sentence(effects))
+    if stats is not None and effects is not None:
+        findings.append(agreement_sentence(*_agreement(stats, effects)))
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
     write_section(
         out, 10, "Summary",
-        f"<p><b>{name}</b>: {cfg.architecture}, {cfg.n_layers} layers (MoE layers {list(cfg.moe_layers)}), "
-        f"{cfg.n_experts} experts, top-{cfg.top_k}, {cfg.scoring} routing.</p>"
-        f"<table><tr><th>domain</th><th>texts</th></tr>{rows}</table><p class='note'>Timings: {timing}.</p>",
+        el("p", el("b", name), f": {cfg.architecture}, {cfg.n_layers} layers (MoE layers {list(cfg.moe_layers)}), "
+                               f"{cfg.n_experts} experts, top-{cfg.top_k}, {cfg.scoring} routing.")
+        + (el("p", "What we found:") + el("ul", *[el("li", as_sentence(f)) for f in findings]) if findings else "")
+        + table_html(pd.DataFrame({"domain": list(data), "texts": [len(t) for t in data.values()]}), caption="Data")
+        + el("p", f"Timings: {timing}.", cls="note"),
     )
     _write_json(out / "run.json", {"model": name, "cfg": cfg.__dict__, "domains": {d: len(t) for d, t in data.items()}, "seconds": seconds})
 
@@ -214,12 +239,12 @@ def analyze(
     texts = _load_data(data, limit)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    run_stats(hooked, texts, out)
+    stats_result = run_stats(hooked, texts, out)
     seconds["routing stats"] = time.perf_counter() - start
     start = time.perf_counter()
-    run_drivers(hooked, texts, out, exact)
+    effects = run_drivers(hooked, texts, out, exact)
     seconds["driver effects"] = time.perf_counter() - start
-    _summary(out, name, hooked, texts, seconds)
+    _summary(out, name, hooked, texts, seconds, stats_result, effects)
     typer.echo(f"report: {assemble(out)}")
 
 

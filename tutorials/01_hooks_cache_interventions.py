@@ -49,6 +49,25 @@ for layer, layer_mask in zip(model.cfg.moe_layers, topk):
     print(f"layer {layer}: expert load", [round(x, 2) for x in load.tolist()])
 
 # %% [markdown]
+# ## Seeing the routing
+# In a notebook a cache displays as a table of its hook points with a heatmap of how often each
+# expert was chosen, and `moelens.viz.routing_tokens` shows a text's tokens coloured by the gate
+# weight of one expert (choose the MoE layer and the expert above the text). Both work offline; a
+# view saves to one standalone HTML file with `view.save("routing.html")`.
+
+# %%
+from moelens.viz import routing_tokens  # noqa: E402
+
+try:  # Jupyter (and the docs build) displays rich output; as a script this is a no-op
+    display  # noqa: B018
+except NameError:
+    def display(*objects):  # noqa: D103
+        return None
+
+display(cache)
+display(routing_tokens(model, texts[0]))
+
+# %% [markdown]
 # ## Interventions
 # Ablating the expert that the sentiment prompt's last token uses most, at every layer, and
 # measuring how much the " positive" vs " negative" preference moves.

@@ -341,6 +341,11 @@ class RoutingStats:
             setattr(out, name, got)
         return out
 
+    def _repr_html_(self) -> str:  # notebooks: summary table and heatmap
+        from moelens.viz.notebook import routing_stats_html
+
+        return routing_stats_html(self)
+
     def __repr__(self) -> str:
         tokens = {d: int(self.n_tokens[i].max()) for i, d in enumerate(self.domains)}
         return (

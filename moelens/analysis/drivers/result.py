@@ -203,6 +203,11 @@ class DriverEffects:
             meta.get("settings", {}), tensors.get("per_input"),
         )
 
+    def _repr_html_(self) -> str:  # notebooks: summary table and heatmap
+        from moelens.viz.notebook import driver_effects_html
+
+        return driver_effects_html(self)
+
     def __repr__(self) -> str:
         best = self.top(1)
         lead = f", top L{int(best.layer[0])}E{int(best.expert[0])}={best.effect[0]:.3g}" if len(best) else ""

@@ -1,0 +1,181 @@
+"""The one place where text from the user or the data becomes HTML.
+
+Everything the report and the notebook displays build goes through :func:`el` (an element whose
+text children and attribute values are escaped) or :func:`escape`; only :class:`Markup` (HTML this
+package built itself) passes through unchanged. A domain name, model name, token or table cell is
+therefore shown as text, never parsed as markup:
+
+>>> str(el("h3", "<script>alert(1)</script>", cls="domain"))
+'<h3 class="domain">&lt;script&gt;alert(1)&lt;/script&gt;</h3>'
+>>> str(el("p", "model ", el("b", '"><img onerror=x>')))
+'<p>model <b>&quot;&gt;&lt;img onerror=x&gt;</b></p>'
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Iterable, Sequence
+
+__all__ = ["SORT_SCRIPT", "Markup", "circuitsvis_text", "el", "escape", "heatmap_svg", "join", "script_json", "table"]
+
+
+class Markup(str):
+    """HTML built by moelens itself: inserted as is by :func:`el` (any other ``str`` is escaped)."""
+
+    __slots__ = ()
+
+
+def escape(value: object) -> Markup:
+    """``value`` as HTML text: Markup unchanged, anything else ``str()``-ed and escaped (quotes too).
+
+    >>> escape('"a" < b'), escape(Markup("<b>x</b>"))
+    ('&quot;a&quot; &lt; b', '<b>x</b>')
+    """
+    if isinstance(value, Markup):
+        return value
+    return Markup(html.escape(str(value), quote=True))
+
+
+def circuitsvis_text(tokens: Iterable[object]) -> list[str]:
+    """Token strings escaped for circuitsvis, whose token views insert each token with
+    ``innerHTML`` (so a raw ``<s>`` token would become a strike-through element and
+    ``<img/src/onerror=...>`` would run); escaped, the browser shows exactly the original text.
+
+    >>> circuitsvis_text(["<s>", " a&b"])
+    ['&lt;s&gt;', ' a&amp;b']
+    """
+    return [html.escape(str(token), quote=False) for token in tokens]
+
+
+def join(parts: Iterable[object], sep: str = "") -> Markup:
+    """Concatenate escaped parts.
+
+    >>> join(["<", Markup("<br>")])
+    '&lt;<br>'
+    """
+    return Markup(sep.join(escape(part) for part in parts))
+
+
+_VOID = frozenset({"br", "hr", "img", "input", "meta", "link", "col", "wbr"})
+
+
+def el(tag: str, *children: object, cls: str | None = None, **attrs: object) -> Markup:
+    """``<tag attrs>children</tag>`` with escaped text and attribute values; ``cls`` is ``class``.
+
+    Attribute names come from this package's code (keyword names), never from data. ``None`` values
+    are left out; ``True`` gives a bare attribute.
+
+    >>> str(el("td", 0.5, title="a<b"))
+    '<td title="a&lt;b">0.5</td>'
+    """
+    if cls is not None:
+        attrs["class"] = cls
+    rendered = "".join(
+        f" {name.rstrip('_').replace('_', '-')}" if value is True else f' {name.rstrip("_").replace("_", "-")}="{escape(value)}"'
+        for name, value in attrs.items()
+        if value is not None and value is not False
+    )
+    if tag in _VOID:
+        return Markup(f"<{tag}{rendered}>")
+    return Markup(f"<{tag}{rendered}>{join(children)}</{tag}>")
+
+
+def script_json(value: object) -> Markup:
+    """JSON safe to put inside ``<script>``: ``<``, ``>``, ``&`` and line separators are ``\\u``-escaped,
+    so a string holding ``</script>`` cannot end the script element.
+
+    >>> str(script_json({"t": "</script><b>"}))
+    '{"t": "\\\\u003c/script\\\\u003e\\\\u003cb\\\\u003e"}'
+    """
+    text = json.dumps(value, allow_nan=False)
+    for raw, safe in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(raw, safe)
+    return Markup(text)
+
+
+def _cell(value: object, float_format: str) -> Markup:
+    if isinstance(value, float):
+        return el("td", "nan" if math.isnan(value) else float_format.format(value), data_value=repr(value))
+    return el("td", value)
+
+
+def table(frame, float_format: str = "{:.4f}", caption: object = None, sortable: bool = True, max_rows: int | None = None) -> Markup:
+    """A pandas DataFrame as an escaped HTML table; ``sortable`` tables sort by a click on a header
+    (see :data:`SORT_SCRIPT`).
+
+    >>> import pandas as pd
+    >>> str(table(pd.DataFrame({"domain": ["<i>"], "x": [0.5]}), sortable=False))
+    '<table><thead><tr><th>domain</th><th>x</th></tr></thead><tbody><tr><td>&lt;i&gt;</td><td data-value="0.5">0.5000</td></tr></tbody></table>'
+    """
+    rows = frame.itertuples(index=False) if max_rows is None else frame.head(max_rows).itertuples(index=False)
+    head = el("thead", el("tr", *[el("th", column, title="click to sort" if sortable else None) for column in frame.columns]))
+    body = el("tbody", *[el("tr", *[_cell(_plain(v), float_format) for v in row]) for row in rows])
+    parts = [el("caption", caption)] if caption is not None else []
+    return el("table", *parts, head, body, cls="sortable" if sortable else None)
+
+
+def _plain(value: object) -> object:
+    """numpy scalars as Python ones (so floats format and sort as numbers)."""
+    return value.item() if hasattr(value, "item") and not isinstance(value, str) else value
+
+
+def _colour(fraction: float) -> str:
+    """White to dark blue; grey for NaN."""
+    if math.isnan(fraction):
+        return "#dddddd"
+    shade = round(255 - 200 * min(max(fraction, 0.0), 1.0))
+    return f"rgb({shade},{shade},255)"
+
+
+def heatmap_svg(values: Sequence[Sequence[float]], row_labels: Sequence[object], title: object, cell: int = 10) -> Markup:
+    """A small inline SVG heatmap (rows x columns), one ``<rect>`` per cell with a tooltip; no image
+    file and no JavaScript, so it shows in any notebook and offline.
+
+    >>> svg = heatmap_svg([[0.0, 1.0]], ["L0"], "rate")
+    >>> svg.count("<rect"), "rate" in svg
+    (2, True)
+    """
+    finite = [v for row in values for v in row if not math.isnan(v)]
+    low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    span = (high - low) or 1.0
+    label_width = 34
+    n_rows, n_cols = len(values), max((len(row) for row in values), default=0)
+    rects = [
+        el("rect", el("title", f"{row_labels[r]} expert {c}: {v:.4g}"), x=label_width + c * cell, y=14 + r * cell,
+           width=cell - 1, height=cell - 1, fill=_colour((v - low) / span))
+        for r, row in enumerate(values) for c, v in enumerate(row)
+    ]
+    labels = [el("text", row_labels[r], x=0, y=14 + r * cell + cell - 2, font_size=cell - 1) for r in range(n_rows)]
+    caption = el("text", f"{title} (min {low:.3g}, max {high:.3g})", x=0, y=10, font_size=10)
+    width, height = label_width + n_cols * cell + 2, 16 + n_rows * cell
+    return el("svg", caption, *labels, *rects, xmlns="http://www.w3.org/2000/svg", width=max(width, 240), height=height, role="img")
+
+
+# Sorts a table.sortable by the clicked column (numbers by value, text alphabetically); click
+# again to reverse. Plain DOM code, no library, no network.
+SORT_SCRIPT = Markup("""<script>
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  table.querySelectorAll("thead th").forEach(function (th, column) {
+    th.style.cursor = "pointer";
+    th.addEventListener("click", function () {
+      var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+      var ascending = th.getAttribute("data-sort") !== "ascending";
+      table.querySelectorAll("thead th").forEach(function (other) { other.removeAttribute("data-sort"); });
+      th.setAttribute("data-sort", ascending ? "ascending" : "descending");
+      function key(row) {
+        var cell = row.cells[column], raw = cell.getAttribute("data-value");
+        var number = parseFloat(raw !== null ? raw : cell.textContent);
+        return isNaN(number) ? cell.textContent : number;
+      }
+      rows.sort(function (a, b) {
+        var x = key(a), y = key(b);
+        var order = (typeof x === "number" && typeof y === "number") ? x - y : String(x).localeCompare(String(y));
+        return ascending ? order : -order;
+      });
+      rows.forEach(function (row) { body.appendChild(row); });
+    });
+  });
+});
+</script>""")
