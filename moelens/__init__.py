@@ -6,7 +6,16 @@
 1
 """
 
-from .analysis import Agreement, DriverEffects, RoutingStats, collect_routing_stats, compare_effects, driver_effects
+from .analysis import (
+    Agreement,
+    DriverEffects,
+    Mediation,
+    RoutingStats,
+    collect_routing_stats,
+    compare_effects,
+    driver_effects,
+    routing_mediation,
+)
 from .cache import ActivationCache
 from .errors import (
     HookShapeError,
@@ -26,26 +35,28 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Ablate",
-    "Force",
-    "Patch",
-    "Perturb",
-    "Scale",
     "ActivationCache",
     "Agreement",
     "DriverEffects",
+    "Force",
     "HookPoint",
     "HookShapeError",
     "HookedMoE",
     "InterventionError",
     "InvalidInputError",
-    "ModelLoadError",
+    "Mediation",
     "MoEConfig",
+    "ModelLoadError",
     "MoelensError",
+    "Patch",
+    "Perturb",
     "ReadOnlyHookError",
     "RoutingStats",
+    "Scale",
     "UnknownHookError",
     "UnsupportedArchitectureError",
     "collect_routing_stats",
     "compare_effects",
     "driver_effects",
+    "routing_mediation",
 ]

@@ -3,6 +3,10 @@
 from .agreement import Agreement, compare_effects
 from .collect import collect_routing_stats
 from .drivers import DriverEffects, driver_effects
+from .mediation import Mediation, logit_diff, routing_mediation
 from .routing_stats import RoutingStats
 
-__all__ = ["Agreement", "DriverEffects", "RoutingStats", "collect_routing_stats", "compare_effects", "driver_effects"]
+__all__ = [
+    "Agreement", "DriverEffects", "Mediation", "RoutingStats", "collect_routing_stats", "compare_effects", "driver_effects",
+    "logit_diff", "routing_mediation",
+]
