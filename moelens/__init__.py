@@ -11,10 +11,12 @@ from .analysis import (
     DriverEffects,
     Mediation,
     RoutingStats,
+    TokenTriggers,
     collect_routing_stats,
     compare_effects,
     driver_effects,
     routing_mediation,
+    token_triggers,
 )
 from .cache import ActivationCache
 from .errors import (
@@ -53,10 +55,12 @@ __all__ = [
     "ReadOnlyHookError",
     "RoutingStats",
     "Scale",
+    "TokenTriggers",
     "UnknownHookError",
     "UnsupportedArchitectureError",
     "collect_routing_stats",
     "compare_effects",
     "driver_effects",
     "routing_mediation",
+    "token_triggers",
 ]

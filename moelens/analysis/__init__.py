@@ -5,8 +5,19 @@ from .collect import collect_routing_stats
 from .drivers import DriverEffects, driver_effects
 from .mediation import Mediation, logit_diff, routing_mediation
 from .routing_stats import RoutingStats
+from .triggers import EarlyLate, TokenTriggers, token_triggers
 
 __all__ = [
-    "Agreement", "DriverEffects", "Mediation", "RoutingStats", "collect_routing_stats", "compare_effects", "driver_effects",
-    "logit_diff", "routing_mediation",
+    "Agreement",
+    "DriverEffects",
+    "EarlyLate",
+    "Mediation",
+    "RoutingStats",
+    "TokenTriggers",
+    "collect_routing_stats",
+    "compare_effects",
+    "driver_effects",
+    "logit_diff",
+    "routing_mediation",
+    "token_triggers",
 ]
