@@ -8,6 +8,7 @@
 
 from .analysis import (
     Agreement,
+    Attribution,
     DriverEffects,
     Mediation,
     RoutingStats,
@@ -16,6 +17,7 @@ from .analysis import (
     compare_effects,
     driver_effects,
     routing_mediation,
+    token_attribution,
     token_triggers,
 )
 from .cache import ActivationCache
@@ -39,6 +41,7 @@ __all__ = [
     "Ablate",
     "ActivationCache",
     "Agreement",
+    "Attribution",
     "DriverEffects",
     "Force",
     "HookPoint",
@@ -62,5 +65,6 @@ __all__ = [
     "compare_effects",
     "driver_effects",
     "routing_mediation",
+    "token_attribution",
     "token_triggers",
 ]

@@ -1,6 +1,7 @@
 """Dataset-level analyses: routing statistics, driver experts, and their plots."""
 
 from .agreement import Agreement, compare_effects
+from .attribution import Attribution, token_attribution
 from .collect import collect_routing_stats
 from .drivers import DriverEffects, driver_effects
 from .mediation import Mediation, logit_diff, routing_mediation
@@ -9,6 +10,7 @@ from .triggers import EarlyLate, TokenTriggers, token_triggers
 
 __all__ = [
     "Agreement",
+    "Attribution",
     "DriverEffects",
     "EarlyLate",
     "Mediation",
@@ -19,5 +21,6 @@ __all__ = [
     "driver_effects",
     "logit_diff",
     "routing_mediation",
+    "token_attribution",
     "token_triggers",
 ]
