@@ -35,12 +35,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import interleaved_medians, print_table  # noqa: E402
+from _timing import interleaved_medians, print_table
 
-from moelens import HookedMoE  # noqa: E402
-from moelens.analysis._routing_patch import dense_gates, expert_contribution  # noqa: E402
-from moelens.analysis.mediation import routing_mediation  # noqa: E402
-from moelens.testing import tiny_model  # noqa: E402
+from moelens import HookedMoE
+from moelens.analysis._routing_patch import dense_gates, expert_contribution
+from moelens.analysis.mediation import routing_mediation
+from moelens.testing import tiny_model
 
 SHAPE = {"num_hidden_layers": 8, "num_local_experts": 8, "num_experts_per_tok": 2, "hidden_size": 64, "intermediate_size": 224}
 SMOKE = {"num_hidden_layers": 2, "num_local_experts": 4, "num_experts_per_tok": 2, "hidden_size": 32, "intermediate_size": 64}
