@@ -5,6 +5,7 @@ from .attribution import Attribution, token_attribution
 from .collect import collect_routing_stats
 from .drivers import DriverEffects, driver_effects
 from .mediation import Mediation, logit_diff, routing_mediation
+from .representations import ExpertRepresentations, expert_representations
 from .routing_stats import RoutingStats
 from .triggers import EarlyLate, TokenTriggers, token_triggers
 
@@ -13,12 +14,14 @@ __all__ = [
     "Attribution",
     "DriverEffects",
     "EarlyLate",
+    "ExpertRepresentations",
     "Mediation",
     "RoutingStats",
     "TokenTriggers",
     "collect_routing_stats",
     "compare_effects",
     "driver_effects",
+    "expert_representations",
     "logit_diff",
     "routing_mediation",
     "token_attribution",
