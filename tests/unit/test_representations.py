@@ -8,7 +8,10 @@ import torch
 
 from moelens import HookedMoE, InvalidInputError
 from moelens.analysis._routing_patch import expert_contribution
-from moelens.analysis.representations import ExpertRepresentations, expert_representations
+from moelens.analysis.representations import (
+    ExpertRepresentations,
+    expert_representations,
+)
 from moelens.testing import tiny_model
 
 
