@@ -217,8 +217,13 @@ def analyze(
     run_stats(hooked, texts, out)
     seconds["routing stats"] = time.perf_counter() - start
     start = time.perf_counter()
-    run_drivers(hooked, texts, out, exact)
+    effects = run_drivers(hooked, texts, out, exact)
     seconds["driver effects"] = time.perf_counter() - start
+    start = time.perf_counter()
+    from .analysis.mediation_report import write_sections
+
+    write_sections(hooked, texts, out, effects)  # token triggers of the drivers, a mediation example
+    seconds["triggers and mediation"] = time.perf_counter() - start
     _summary(out, name, hooked, texts, seconds)
     typer.echo(f"report: {assemble(out)}")
 
