@@ -68,9 +68,8 @@ def sentiment_pair(model: HookedMoE, data: dict[str, list[str]]) -> tuple[str, s
 
 def mediation_html(model: HookedMoE, data: dict[str, list[str]]) -> str:
     """How much of a one-word sentiment flip reaches the answer through routing."""
-    from moelens.report import figure_html, table_html
-
     from moelens.errors import InvalidInputError
+    from moelens.report import figure_html, table_html
 
     from .mediation import logit_diff, routing_mediation
 
