@@ -33,7 +33,9 @@ class EarlyLate:
     least once: ``control_share_early`` is the share of them with first-decile rate above their rest
     rate (``..._significant``: bootstrap interval above 0), to compare with ``drivers_share_early``;
     ``diff_vs_control`` is the pooled ``diff`` minus the control experts' mean ``diff``, with its CI.
-    ``holds`` is True when both ``ci`` and ``diff_vs_control_ci`` lie above 0.
+    ``holds`` is True when both ``ci`` and ``diff_vs_control_ci`` lie above 0. Every token selects
+    exactly k experts per layer, so the other experts' mean ``diff`` tends to move opposite to the
+    selected ones' and ``diff_vs_control`` overstates the contrast: compare the shares too.
     """
 
     rate_first: float
