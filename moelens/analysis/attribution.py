@@ -46,7 +46,7 @@ from torch import Tensor
 from moelens.errors import InvalidInputError
 from moelens.names import moe_name
 
-from ._io import read_result, save_figure, write_result
+from ._io import load_sidecar, save_figure, save_sidecar
 
 if TYPE_CHECKING:
     from moelens.model import HookedMoE
@@ -102,14 +102,14 @@ class Attribution:
 
     def save(self, path: str | Path) -> Path:
         """Write ``<path>.safetensors`` and ``<path>.json``."""
-        meta = {"format": _FORMAT, "version": _VERSION, "tokens": self.tokens, "layer": self.layer, "expert": self.expert,
+        meta = {"tokens": self.tokens, "layer": self.layer, "expert": self.expert,
                 "position": self.position, "method": self.method, "target": self.target, "settings": self.settings}
-        return write_result(path, {"token_ids": self.token_ids, "scores": self.scores}, meta)
+        return save_sidecar(path, {"token_ids": self.token_ids, "scores": self.scores}, meta, _FORMAT, _VERSION)
 
     @classmethod
     def load(cls, path: str | Path) -> Attribution:
         """Read what :meth:`save` wrote."""
-        tensors, m = read_result(path, _FORMAT, _VERSION)
+        tensors, m = load_sidecar(path, _FORMAT, _VERSION, "Attribution")
         return cls(tensors["token_ids"], m["tokens"], tensors["scores"], m["layer"], m["expert"], m["position"],
                    m["method"], m["target"], m.get("settings", {}))
 

@@ -48,7 +48,7 @@ from moelens.metrics import kl_divergence
 from moelens.names import moe_name, resid_name
 
 from ._routing_patch import dense_gates, expert_contribution
-from .drivers import _layers, _positive_int
+from .drivers.options import parse_layers, positive_int
 from .mediation_result import Mediation
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ def _pairs(model: HookedMoE, clean: Any, corrupted: Any) -> list[tuple[Tensor, T
     corrupt_rows, corrupt_texts = _as_rows(model, corrupted, "corrupted")
     if len(clean_rows) != len(corrupt_rows):
         raise InvalidInputError(f"clean has {len(clean_rows)} inputs but corrupted has {len(corrupt_rows)}; pass one corrupted input per clean one.")
-    for i, (a, b) in enumerate(zip(clean_rows, corrupt_rows)):
+    for i, (a, b) in enumerate(zip(clean_rows, corrupt_rows, strict=True)):
         if len(a) != len(b):
             shown = f" ({clean_texts[i]!r} vs {corrupt_texts[i]!r})" if clean_texts and corrupt_texts else ""
             raise InvalidInputError(
@@ -126,7 +126,7 @@ def _pairs(model: HookedMoE, clean: Any, corrupted: Any) -> list[tuple[Tensor, T
             )
         if len(a) == 0:
             raise InvalidInputError(f"pair {i} is empty (0 tokens).")
-    return list(zip(clean_rows, corrupt_rows))
+    return list(zip(clean_rows, corrupt_rows, strict=True))
 
 
 def _experts(model: HookedMoE, experts: Any) -> list[int]:
@@ -199,11 +199,11 @@ def routing_mediation(
     """
     pairs = _pairs(model, clean, corrupted)
     metric_fn = _MetricFn(metric)
-    chosen = _layers(model, layers)
+    chosen = list(parse_layers(model, layers))
     chosen_experts = _experts(model, experts)
     if max_tokens is None:
         max_tokens = 2048 if model.device.type == "cpu" else 32768
-    max_tokens = _positive_int("max_tokens", max_tokens)
+    max_tokens = positive_int("max_tokens", max_tokens)
     n, n_layers, n_experts = len(pairs), len(chosen), model.cfg.n_experts
     max_pos = max(len(a) for a, _ in pairs)
     result = {

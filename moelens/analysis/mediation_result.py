@@ -13,7 +13,7 @@ from torch import Tensor
 
 from moelens.errors import InvalidInputError
 
-from ._io import read_result, save_figure, write_result
+from ._io import load_sidecar, save_figure, save_sidecar
 
 __all__ = ["Mediation"]
 
@@ -118,7 +118,7 @@ class Mediation:
     def summary(self) -> pd.DataFrame:
         """``effect, value``: total, all_routing, direct, and each layer's ``by_layer``."""
         rows = [("total", self.total), ("all_routing", self.all_routing), ("direct", self.direct)]
-        rows += [(f"layer {layer}", float(v)) for layer, v in zip(self.moe_layers, self.by_layer)]
+        rows += [(f"layer {layer}", float(v)) for layer, v in zip(self.moe_layers, self.by_layer, strict=True)]
         return pd.DataFrame(rows, columns=["effect", "value"])
 
     # -- plots ------------------------------------------------------------------------------------
@@ -157,14 +157,14 @@ class Mediation:
         torch.Size([1, 1, 2])
         """
         tensors = {name: getattr(self, f"per_pair_{name}") for name in _TENSORS}
-        meta = {"format": _FORMAT, "version": _VERSION, "moe_layers": list(self.moe_layers), "n_experts": self.n_experts,
+        meta = {"moe_layers": list(self.moe_layers), "n_experts": self.n_experts,
                 "settings": self.settings}
-        return write_result(path, tensors, meta)
+        return save_sidecar(path, tensors, meta, _FORMAT, _VERSION)
 
     @classmethod
     def load(cls, path: str | Path) -> Mediation:
         """Read what :meth:`save` wrote (either file's path, or the common stem)."""
-        tensors, meta = read_result(path, _FORMAT, _VERSION)
+        tensors, meta = load_sidecar(path, _FORMAT, _VERSION, "Mediation")
         return cls(*(tensors[name] for name in _TENSORS), tuple(meta["moe_layers"]), meta["n_experts"], meta.get("settings", {}))
 
     def _repr_html_(self) -> str:

@@ -33,9 +33,9 @@ from torch import Tensor
 from moelens.errors import InvalidInputError
 from moelens.names import moe_name
 
-from ._io import read_result, save_figure, write_result
+from ._io import load_sidecar, save_figure, save_sidecar
 from ._routing_patch import expert_contribution
-from .drivers import _Inputs, _positive_int
+from .drivers.options import SweepInputs, positive_int
 
 if TYPE_CHECKING:
     from moelens.model import HookedMoE
@@ -89,7 +89,7 @@ class ExpertRepresentations:
         from sklearn.cluster import KMeans
 
         points = self._points()
-        n_clusters = _positive_int("n_clusters", n_clusters)
+        n_clusters = positive_int("n_clusters", n_clusters)
         if len(points) < n_clusters:
             raise InvalidInputError(f"n_clusters={n_clusters} exceeds the {len(points)} experts with routed tokens.")
         labels = KMeans(n_clusters, n_init=10, random_state=seed).fit_predict(points)
@@ -132,14 +132,14 @@ class ExpertRepresentations:
 
     def save(self, path: str | Path) -> Path:
         """Write ``<path>.safetensors`` and ``<path>.json``."""
-        meta = {"format": _FORMAT, "version": _VERSION, "domains": self.domains, "moe_layers": list(self.moe_layers),
+        meta = {"domains": self.domains, "moe_layers": list(self.moe_layers),
                 "settings": self.settings}
-        return write_result(path, {"means": self.means, "counts": self.counts}, meta)
+        return save_sidecar(path, {"means": self.means, "counts": self.counts}, meta, _FORMAT, _VERSION)
 
     @classmethod
     def load(cls, path: str | Path) -> ExpertRepresentations:
         """Read what :meth:`save` wrote."""
-        tensors, meta = read_result(path, _FORMAT, _VERSION)
+        tensors, meta = load_sidecar(path, _FORMAT, _VERSION, "ExpertRepresentations")
         return cls(tensors["means"], tensors["counts"], meta["domains"], meta["moe_layers"], meta.get("settings", {}))
 
     def __repr__(self) -> str:
@@ -167,7 +167,7 @@ def expert_representations(
     data = texts if isinstance(texts, dict) else {"all": texts}
     if not data:
         raise InvalidInputError("texts is an empty dict; pass {domain: texts}.")
-    batch_size = _positive_int("batch_size", batch_size)
+    batch_size = positive_int("batch_size", batch_size)
     layers, n_e, d = list(model.cfg.moe_layers), model.cfg.n_experts, model.cfg.d_model
     sums = torch.zeros(len(layers), n_e, d, dtype=torch.float64)
     counts = torch.zeros(len(data), len(layers), n_e, dtype=torch.float64)
@@ -176,7 +176,7 @@ def expert_representations(
     names = [moe_name(layer, s) for layer in layers for s in suffixes]
     from tqdm.auto import tqdm
 
-    inputs = {domain: _Inputs(model, value, None) for domain, value in data.items()}
+    inputs = {domain: SweepInputs(model, value, None) for domain, value in data.items()}
     bar = tqdm(total=sum(x.n for x in inputs.values()), disable=not progress, desc="expert representations", unit="text")
     try:
         for di, source in enumerate(inputs.values()):

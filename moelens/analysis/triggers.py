@@ -37,7 +37,7 @@ from torch import Tensor
 from moelens.errors import InvalidInputError
 from moelens.names import moe_name
 
-from .drivers import _Inputs, _positive_int
+from .drivers.options import SweepInputs, positive_int
 from .triggers_result import EarlyLate, TokenTriggers
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def _selection(model: HookedMoE, experts: Any) -> list[tuple[int, int]]:
     if isinstance(experts, pd.DataFrame):
         if not {"layer", "expert"} <= set(experts.columns):
             raise InvalidInputError(f"experts is a DataFrame without 'layer' and 'expert' columns (columns: {list(experts.columns)}).")
-        experts = list(zip(experts["layer"].astype(int), experts["expert"].astype(int)))
+        experts = list(zip(experts["layer"].astype(int), experts["expert"].astype(int), strict=True))
     if not isinstance(experts, (list, tuple)) or not experts:
         raise InvalidInputError(
             f"experts={experts!r}: pass a non-empty list of (layer, expert) pairs, a DataFrame with layer/expert "
@@ -111,8 +111,8 @@ def token_triggers(
     8
     """
     selection = _selection(model, experts)
-    batch_size = _positive_int("batch_size", batch_size)
-    data = _Inputs(model, texts, attention_mask)
+    batch_size = positive_int("batch_size", batch_size)
+    data = SweepInputs(model, texts, attention_mask)
     special = _special_ids(model, special_ids, exclude_special)
     layers = list(model.cfg.moe_layers)
     sel_layer = torch.tensor([layers.index(layer) for layer, _ in selection])

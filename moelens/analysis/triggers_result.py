@@ -14,7 +14,7 @@ from torch import Tensor
 from moelens.errors import InvalidInputError
 
 from ._bootstrap import bootstrap_counts, percentile_ci
-from ._io import read_result, save_figure, write_result
+from ._io import load_sidecar, save_figure, save_sidecar
 
 __all__ = ["EarlyLate", "TokenTriggers"]
 
@@ -258,14 +258,14 @@ class TokenTriggers:
     def save(self, path: str | Path) -> Path:
         """Write ``<path>.safetensors`` (tables) and ``<path>.json`` (selection, vocabulary, settings)."""
         tensors = {**self.table, "seg_fires": self.seg_fires, "seg_tokens": self.seg_tokens}
-        meta = {"format": _FORMAT, "version": _VERSION, "selection": self.selection, "moe_layers": list(self.moe_layers),
+        meta = {"selection": self.selection, "moe_layers": list(self.moe_layers),
                 "n_experts": self.n_experts, "vocab": {str(k): v for k, v in self.vocab.items()}, "settings": self.settings}
-        return write_result(path, tensors, meta)
+        return save_sidecar(path, tensors, meta, _FORMAT, _VERSION)
 
     @classmethod
     def load(cls, path: str | Path) -> TokenTriggers:
         """Read what :meth:`save` wrote."""
-        tensors, meta = read_result(path, _FORMAT, _VERSION)
+        tensors, meta = load_sidecar(path, _FORMAT, _VERSION, "TokenTriggers")
         table = {k: tensors[k] for k in _TABLE}
         return cls(meta["selection"], meta["moe_layers"], meta["n_experts"], table, tensors["seg_fires"],
                    tensors["seg_tokens"], meta["vocab"], meta.get("settings", {}))

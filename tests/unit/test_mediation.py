@@ -86,7 +86,7 @@ def _topk_patch(model: HookedMoE, clean, corrupt, layers, position=None) -> floa
     corrupted = _gates(model, corrupt)
     hooks = []
     for L in layers:
-        for s, value in zip(("indices", "weights"), corrupted[L]):
+        for s, value in zip(("indices", "weights"), corrupted[L], strict=True):
             def patch(x, hook, value=value):
                 x = x.clone()
                 sl = slice(None) if position is None else slice(position, position + 1)

@@ -91,7 +91,8 @@ def test_early_vs_late_against_hand_counts(model):
     kept = ids[:, 1:] == PLANTED_TOKEN  # 13 kept tokens: decile floor(10 r / 13): first = rank 0..1, last = rank 12
     rank = torch.arange(13)
     first, last = (10 * rank) // 13 == 0, (10 * rank) // 13 == 9
-    rate = lambda sel: float(kept[:, sel].float().mean())
+    def rate(sel):
+        return float(kept[:, sel].float().mean())
     assert res.rate_first == pytest.approx(rate(first)) and res.rate_rest == pytest.approx(rate(~first))
     assert res.rate_last == pytest.approx(rate(last))
     assert res.diff == pytest.approx(rate(first) - rate(~first))
