@@ -3,6 +3,8 @@
 Driver effects are heavy-tailed over inputs: on a zoo model one input held 89% of a domain's total
 effect and flipped the per-layer shares. The mean in :attr:`DriverEffects.effect` hides that; these
 functions read ``per_input [input moe_layer expert]`` (run ``driver_effects(..., per_input=True)``).
+:class:`DriverEffects` offers each as a method (``median()``, ``input_shares()``, ``robust_frame()``,
+``layer_shares()``, ``DriverEffects.pool()``).
 
 >>> import torch
 >>> from moelens.analysis.drivers import DriverEffects
@@ -23,10 +25,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from moelens.analysis._bootstrap import bootstrap_counts, percentile_ci
 from moelens.errors import InvalidInputError
 
-from ._bootstrap import bootstrap_counts, percentile_ci
-from .drivers import DriverEffects
+from .result import DriverEffects
 
 __all__ = ["input_shares", "layer_shares", "median_effect", "pool_effects", "robust_frame"]
 

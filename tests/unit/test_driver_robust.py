@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from moelens import InvalidInputError
-from moelens.analysis.driver_stats import (
+from moelens.analysis.drivers import DriverEffects
+from moelens.analysis.drivers.robust import (
     input_shares,
     layer_shares,
     median_effect,
     pool_effects,
     robust_frame,
 )
-from moelens.analysis.drivers import DriverEffects
 
 
 def _effects(per_input, layers=(1, 2), settings=None):
@@ -66,6 +66,13 @@ def test_pooling_concatenates_inputs():
     assert torch.allclose(pooled.effect, _effects(PER_INPUT).effect) and pooled.n_inputs == 4
     with pytest.raises(InvalidInputError, match="cannot be pooled"):
         pool_effects([a, _effects(PER_INPUT[:2], settings={"sign": 1})])
+
+
+def test_methods_delegate():
+    e = _effects(PER_INPUT)
+    assert torch.equal(e.median(), median_effect(e)) and torch.equal(e.input_shares(), input_shares(e))
+    assert e.robust_frame().equals(robust_frame(e)) and e.layer_shares(n_boot=50).equals(layer_shares(e, n_boot=50))
+    assert torch.equal(DriverEffects.pool([e, e]).per_input, torch.cat([e.per_input, e.per_input]))
 
 
 def test_missing_per_input_is_explained():
