@@ -46,9 +46,10 @@ per_domain = 16 if small else 160
 out = Path(os.environ.get("MOELENS_TUTORIAL_OUT", "tutorials/_out"))
 out.mkdir(parents=True, exist_ok=True)
 data = paper_domains(per_domain)  # ../shared/data if present, else the packaged demo texts
-# drivers are selected on the first quarter of each domain, triggers measured on the rest
-select = {d: texts[: len(texts) // 4] for d, texts in data.items()}
-held_out = {d: texts[len(texts) // 4 :] for d, texts in data.items()}
+# drivers are selected on the first texts of each domain (32), triggers measured on the others (128)
+n_select = 4 if small else 32
+select = {d: texts[:n_select] for d, texts in data.items()}
+held_out = {d: texts[n_select:] for d, texts in data.items()}
 model = HookedMoE.from_pretrained("moelens/mixtral-tiny", dtype=torch.float32)
 print(model, {d: (len(select[d]), len(held_out[d])) for d in data})
 
@@ -101,7 +102,7 @@ for name in ("moelens/mixtral-tiny", "moelens/qwen2moe-tiny"):
     model = HookedMoE.from_pretrained(name, dtype=torch.float32)
     drivers = driver_effects(model, selection_texts, method="exact", progress=False).top(10)
     trig = token_triggers(model, test_texts, drivers, progress=False)
-    res = trig.early_vs_late()
+    res = trig.early_vs_late(n_boot=2000)
     print(f"\n{name}: top drivers {list(zip(drivers.layer, drivers.expert))}")
     print(res)
     print(res.summary().to_string(index=False))

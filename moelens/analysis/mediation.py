@@ -37,7 +37,9 @@ True
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -47,6 +49,7 @@ from moelens.errors import InvalidInputError
 from moelens.metrics import kl_divergence
 from moelens.names import moe_name, resid_name
 
+from ._io import Checkpoint
 from ._routing_patch import dense_gates, expert_contribution
 from .drivers.options import parse_layers, positive_int
 from .mediation_result import Mediation
@@ -178,6 +181,7 @@ def routing_mediation(
     positions: bool = True,
     max_tokens: int | None = None,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
 ) -> Mediation:
     """Total, indirect (per expert, per layer, per position), all-routing and direct effects.
 
@@ -187,8 +191,10 @@ def routing_mediation(
     ``metric``: a callable ``logits [batch pos d_vocab] -> [batch]`` (e.g. :func:`logit_diff`), or
     ``None``/``"kl"``: ``KL(P_clean || P)`` of the last-position distribution. ``layers``/``experts``:
     the MoE layers and experts whose indirect effect is computed (default all; the others are NaN).
-    ``positions=False`` skips ``by_position``. ``max_tokens``: tokens per stacked forward. Definitions
-    in the module docstring; everything runs under ``no_grad``.
+    ``positions=False`` skips ``by_position``. ``max_tokens``: tokens per stacked forward.
+    ``checkpoint``: a folder; the per-pair effects are saved atomically after each group of pairs and
+    a call with the same pairs and arguments resumes there (same result as an uninterrupted run).
+    Definitions in the module docstring; everything runs under ``no_grad``.
 
     >>> from moelens import HookedMoE
     >>> from moelens.testing import tiny_model
@@ -219,12 +225,19 @@ def routing_mediation(
         groups.setdefault(len(a), []).append(i)
     from tqdm.auto import tqdm
 
+    state, done = _checkpoint(checkpoint, pairs, metric_fn, chosen, chosen_experts, positions, max_tokens, n_experts), 0
+    saved = state.resume() if state is not None else None
+    if saved is not None:
+        result, done = saved[0], saved[1]["chunks_done"]
     chunks = [(length, idx[s : s + max(1, max_tokens // length)]) for length, idx in sorted(groups.items())
               for s in range(0, len(idx), max(1, max_tokens // length))]
     bar = tqdm(total=len(chunks) * (n_layers + 1), disable=not progress, desc="routing mediation", unit="layer", dynamic_ncols=True)
     try:
         with torch.no_grad():
-            for length, idx in chunks:
+            for ci, (length, idx) in enumerate(chunks):
+                if ci < done:  # restored from the checkpoint
+                    bar.update(n_layers + 1)
+                    continue
                 device = model.device
                 ids_c = torch.stack([pairs[i][0] for i in idx]).to(device)
                 ids_x = torch.stack([pairs[i][1] for i in idx]).to(device)
@@ -240,6 +253,8 @@ def routing_mediation(
                     if positions:
                         result["by_position"][rows, li, :length] = by_position
                     bar.update()
+                if state is not None:
+                    state.save(result, chunks_done=ci + 1)
     finally:
         bar.close()
     settings = {
@@ -247,6 +262,18 @@ def routing_mediation(
         "max_tokens": max_tokens,
     }
     return Mediation(moe_layers=tuple(chosen), n_experts=n_experts, settings=settings, **result)
+
+
+def _checkpoint(folder, pairs, metric_fn, layers, experts, positions, max_tokens, n_experts) -> Checkpoint | None:
+    if folder is None:
+        return None
+    digest = hashlib.sha256(b"".join(a.numpy().tobytes() + b"|" + b.numpy().tobytes() + b"#" for a, b in pairs)).hexdigest()
+    fingerprint = {
+        "format": "moelens.routing_mediation.checkpoint", "version": 1, "pairs": digest, "n_pairs": len(pairs),
+        "metric": metric_fn.name, "layers": list(layers), "experts": list(experts), "positions": bool(positions),
+        "max_tokens": max_tokens, "n_experts": n_experts,
+    }
+    return Checkpoint(Path(folder) / "state.safetensors", fingerprint, "routing_mediation")
 
 
 class _Group:

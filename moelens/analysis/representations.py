@@ -142,6 +142,10 @@ class ExpertRepresentations:
         tensors, meta = load_sidecar(path, _FORMAT, _VERSION, "ExpertRepresentations")
         return cls(tensors["means"], tensors["counts"], meta["domains"], meta["moe_layers"], meta.get("settings", {}))
 
+    def _repr_html_(self) -> str:
+        used = self.counts.sum(0)
+        return f"<p><code>{self!r}</code></p><p>routed tokens per layer: {used.sum(1).int().tolist()}</p>"
+
     def __repr__(self) -> str:
         n_l, n_e, d = self.means.shape
         return (f"ExpertRepresentations({n_l} MoE layers x {n_e} experts, d_model={d}, domains={self.domains}, "

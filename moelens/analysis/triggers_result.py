@@ -79,6 +79,9 @@ class EarlyLate:
         ]
         return pd.DataFrame(rows, columns=["statistic", "value", "lo", "hi"])
 
+    def _repr_html_(self) -> str:
+        return f"<p><code>{self!r}</code></p>" + self.summary().to_html(index=False, float_format="{:+.4f}".format, na_rep="")
+
     def __repr__(self) -> str:
         pct = f"{self.level:.0%}"
         return (

@@ -217,3 +217,37 @@ def test_bad_inputs_name_the_problem():
         routing_mediation(model, torch.tensor([[4, 5]]), torch.tensor([[4, 6]]), layers=[7], progress=False)
     with pytest.raises(InvalidInputError, match="token id 200"):
         logit_diff(model, 200, 3)
+
+
+def test_checkpoint_resumes_to_the_same_result(tmp_path, monkeypatch):
+    import moelens.analysis.mediation as mediation
+
+    model = _model("mixtral")
+    clean, corrupt = _pair(9, 4, 5, 2)
+    kwargs = {"metric": _metric, "progress": False, "max_tokens": 10}  # 2 pairs per group: 2 groups
+    full = routing_mediation(model, clean, corrupt, **kwargs)
+    calls = {"n": 0}
+    real = mediation._Group
+
+    def failing(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(mediation, "_Group", failing)
+    with pytest.raises(KeyboardInterrupt):
+        routing_mediation(model, clean, corrupt, checkpoint=tmp_path, **kwargs)
+    runs = []
+
+    def counting(*args, **kw):
+        runs.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(mediation, "_Group", counting)
+    resumed = routing_mediation(model, clean, corrupt, checkpoint=tmp_path, **kwargs)
+    assert len(runs) == 1  # the first group came from the checkpoint
+    assert torch.equal(resumed.per_pair_indirect, full.per_pair_indirect)
+    assert torch.equal(resumed.per_pair_by_position.nan_to_num(-1), full.per_pair_by_position.nan_to_num(-1))
+    with pytest.raises(InvalidInputError, match="other arguments of routing_mediation"):
+        routing_mediation(model, clean, corrupt, checkpoint=tmp_path, metric=_metric, progress=False, max_tokens=5)
