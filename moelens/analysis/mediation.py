@@ -37,10 +37,9 @@ True
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -49,9 +48,9 @@ from moelens.errors import InvalidInputError
 from moelens.metrics import kl_divergence
 from moelens.names import moe_name, resid_name
 
-from ._io import Checkpoint
 from ._routing_patch import dense_gates, expert_contribution
 from .drivers.options import parse_layers, positive_int
+from .mediation_inputs import checkpoint_for, experts_list, token_pairs
 from .mediation_result import Mediation
 
 if TYPE_CHECKING:
@@ -92,57 +91,6 @@ def _token_id(model: HookedMoE, token: str | int) -> int:
     if len(ids) != 1:
         raise InvalidInputError(f"answer {token!r} tokenizes to {len(ids)} tokens {ids}; pass one token (e.g. with a leading space) or its id.")
     return int(ids[0])
-
-
-# -- inputs -----------------------------------------------------------------------------------------
-
-
-def _as_rows(model: HookedMoE, inputs: Any, name: str) -> tuple[list[Tensor], list[str] | None]:
-    """One 1-D LongTensor per input (texts tokenized one by one: no padding)."""
-    if isinstance(inputs, str):
-        inputs = [inputs]
-    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs):
-        return [model.to_tokens(text)[0][0].cpu() for text in inputs], list(inputs)
-    if isinstance(inputs, Tensor) and inputs.ndim in (1, 2) and not inputs.dtype.is_floating_point:
-        rows = inputs[None] if inputs.ndim == 1 else inputs
-        return [row.long().cpu() for row in rows], None
-    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, Tensor) and t.ndim == 1 for t in inputs):
-        return [t.long().cpu() for t in inputs], None
-    raise InvalidInputError(
-        f"{name} must be a text, a non-empty list of texts, a LongTensor [batch pos] or a list of 1-D LongTensors; "
-        f"got {type(inputs).__name__}."
-    )
-
-
-def _pairs(model: HookedMoE, clean: Any, corrupted: Any) -> list[tuple[Tensor, Tensor]]:
-    clean_rows, clean_texts = _as_rows(model, clean, "clean")
-    corrupt_rows, corrupt_texts = _as_rows(model, corrupted, "corrupted")
-    if len(clean_rows) != len(corrupt_rows):
-        raise InvalidInputError(f"clean has {len(clean_rows)} inputs but corrupted has {len(corrupt_rows)}; pass one corrupted input per clean one.")
-    for i, (a, b) in enumerate(zip(clean_rows, corrupt_rows, strict=True)):
-        if len(a) != len(b):
-            shown = f" ({clean_texts[i]!r} vs {corrupt_texts[i]!r})" if clean_texts and corrupt_texts else ""
-            raise InvalidInputError(
-                f"pair {i}: clean has {len(a)} tokens and corrupted has {len(b)}{shown}. Routing is patched position "
-                "by position, so both inputs of a pair must tokenize to the same length (change words that "
-                "tokenize alike, e.g. ' good' -> ' bad')."
-            )
-        if len(a) == 0:
-            raise InvalidInputError(f"pair {i} is empty (0 tokens).")
-    return list(zip(clean_rows, corrupt_rows, strict=True))
-
-
-def _experts(model: HookedMoE, experts: Any) -> list[int]:
-    n = model.cfg.n_experts
-    if experts is None or experts == "all":
-        return list(range(n))
-    chosen = [experts] if isinstance(experts, int) and not isinstance(experts, bool) else experts
-    if not isinstance(chosen, (list, tuple, range)) or not all(isinstance(e, int) and not isinstance(e, bool) for e in chosen):
-        raise InvalidInputError(f"experts={experts!r}: pass None/'all', an expert index or a list of them (0..{n - 1}).")
-    bad = [e for e in chosen if not 0 <= e < n]
-    if bad:
-        raise InvalidInputError(f"experts={experts!r}: {bad} out of range; this model has experts 0..{n - 1}.")
-    return sorted(set(chosen))
 
 
 class _MetricFn:
@@ -203,10 +151,10 @@ def routing_mediation(
     >>> routing_mediation(model, same, same, progress=False).total
     0.0
     """
-    pairs = _pairs(model, clean, corrupted)
+    pairs = token_pairs(model, clean, corrupted)
     metric_fn = _MetricFn(metric)
     chosen = list(parse_layers(model, layers))
-    chosen_experts = _experts(model, experts)
+    chosen_experts = experts_list(model, experts)
     if max_tokens is None:
         max_tokens = 2048 if model.device.type == "cpu" else 32768
     max_tokens = positive_int("max_tokens", max_tokens)
@@ -225,7 +173,7 @@ def routing_mediation(
         groups.setdefault(len(a), []).append(i)
     from tqdm.auto import tqdm
 
-    state, done = _checkpoint(checkpoint, pairs, metric_fn, chosen, chosen_experts, positions, max_tokens, n_experts), 0
+    state, done = checkpoint_for(checkpoint, pairs, metric_fn.name, chosen, chosen_experts, positions, max_tokens, n_experts), 0
     saved = state.resume() if state is not None else None
     if saved is not None:
         result, done = saved[0], saved[1]["chunks_done"]
@@ -262,18 +210,6 @@ def routing_mediation(
         "max_tokens": max_tokens,
     }
     return Mediation(moe_layers=tuple(chosen), n_experts=n_experts, settings=settings, **result)
-
-
-def _checkpoint(folder, pairs, metric_fn, layers, experts, positions, max_tokens, n_experts) -> Checkpoint | None:
-    if folder is None:
-        return None
-    digest = hashlib.sha256(b"".join(a.numpy().tobytes() + b"|" + b.numpy().tobytes() + b"#" for a, b in pairs)).hexdigest()
-    fingerprint = {
-        "format": "moelens.routing_mediation.checkpoint", "version": 1, "pairs": digest, "n_pairs": len(pairs),
-        "metric": metric_fn.name, "layers": list(layers), "experts": list(experts), "positions": bool(positions),
-        "max_tokens": max_tokens, "n_experts": n_experts,
-    }
-    return Checkpoint(Path(folder) / "state.safetensors", fingerprint, "routing_mediation")
 
 
 class _Group:
