@@ -56,7 +56,8 @@ print(model, {d: (len(select[d]), len(held_out[d])) for d in data})
 # %% [markdown]
 # ## 1. Mediation through routing
 #
-# Pairs: a review and the same review with one sentiment word swapped (`funny -> dull`, ...), kept
+# Pairs: a review and the same review with one positive word swapped for a negative one (`funny ->
+# dull`, ...), kept
 # only when both tokenize to the same length (routing is patched position by position). Metric: the
 # logit difference `' positive' - ' negative'` at the last position. Patching one expert's routing
 # sets its gate weight at every position to the corrupted run's value, all other experts keep their
@@ -136,6 +137,10 @@ display(reps.plot(out / "representations.png", n_clusters=4))
 #   sense on these models, but "tokens at the edges of the prompt" describes the data better than
 #   "early tokens". Keeping BOS doubles the early effect on mixtral-tiny (+0.052): that is why
 #   special tokens are excluded by default.
-# - **Mediation.** A one-word flip moves the answer mostly *directly* (through the residual
-#   stream); the part that goes through routing decisions is small and spread over a few experts
-#   of the middle layers.
+# - **Mediation.** On 32 sst2 validation reviews with one positive word swapped for a negative one
+#   (`good -> bad`, `funny -> dull`, ...), the logit difference `' positive' - ' negative'` drops by
+#   3.68 (mixtral-tiny) and 4.04 (qwen2moe-tiny). Patching every MoE layer's routing from the
+#   corrupted run moves it by +0.013 and +0.106, i.e. slightly the *other* way: the flip reaches the
+#   answer almost entirely directly (through the residual stream and the experts' outputs at their
+#   clean routing), not through the routers' decisions. What routing effect there is sits in layer 0
+#   (+0.019 and +0.091), split over a few experts with opposite signs.

@@ -16,11 +16,12 @@ if TYPE_CHECKING:
 
 __all__ = ["mediation_html", "sentiment_pair", "triggers_html", "write_sections"]
 
-# Swaps that flip a review's sentiment; a pair is used only if both sides tokenize to one length.
+# Positive -> negative swaps (all pairs move the answer the same way, so averages over pairs mean
+# something); a pair is used only if both sides tokenize to one length.
 _SWAPS = {
     " good": " bad", " great": " awful", " best": " worst", " funny": " dull", " beautiful": " ugly",
-    " terrific": " terrible", " warm": " cold", " brilliant": " boring", " bad": " good", " dull": " funny",
-    " worst": " best", " boring": " brilliant", " terrible": " terrific", " mess": " gem",
+    " terrific": " terrible", " warm": " cold", " brilliant": " boring", " gem": " mess", " fun": " dull",
+    " love": " hate", " wonderful": " dreadful", " excellent": " terrible", " charming": " annoying",
 }
 
 
