@@ -149,7 +149,8 @@ def run_drivers(model, data: dict[str, list[str]], out: Path, exact: bool, progr
 
     texts = [text for domain_texts in data.values() for text in domain_texts[:per_domain]]
     method = "exact" if exact else "first_order"
-    effects = driver_effects(model, texts, method=method, progress=progress, checkpoint=out / "checkpoints" / f"drivers-{method}")
+    effects = driver_effects(model, texts, method=method, progress=progress, checkpoint=out / "checkpoints" / f"drivers-{method}",
+                             per_input=True)  # per-input effects: robust per-layer shares in the report
     effects.save(out / "driver_effects")
     effects.to_frame().to_csv(out / "driver_effects.csv", index=False)
     top = effects.top(10)

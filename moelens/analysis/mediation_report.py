@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from moelens.model import HookedMoE
 
-__all__ = ["mediation_html", "sentiment_pair", "triggers_html", "write_sections"]
+__all__ = ["driver_layers_html", "mediation_html", "sentiment_pair", "triggers_html", "write_sections"]
 
 # Positive -> negative swaps (all pairs move the answer the same way, so averages over pairs mean
 # something); a pair is used only if both sides tokenize to one length.
@@ -48,6 +48,24 @@ def triggers_html(model: HookedMoE, texts: list[str], effects: Any, n_drivers: i
         + table_html(summary, "{:+.4f}") + figure_html(trig.plot(), "firing rate by position")
         + "<p class='note'>Tokens with the highest firing rate (seen at least 5 times):</p>"
         + table_html(trig.top_tokens(3, min_count=5), "{:.3f}")
+    )
+
+
+def driver_layers_html(effects: Any) -> str:
+    """Per-layer shares of the driver effect with bootstrap intervals over inputs, the median-based
+    share and the largest single input's share (driver effects are heavy-tailed over inputs)."""
+    from moelens.report import table_html
+
+    if effects.per_input is None or effects.per_input.shape[0] < 2:
+        return "<p class='note'>Per-input effects are needed (driver_effects(..., per_input=True), two inputs or more).</p>"
+    shares = effects.layer_shares()
+    top = float(effects.input_shares().max())
+    return (
+        f"<p>Share of the summed driver effect per layer, with 95% bootstrap intervals over the {effects.n_inputs} "
+        f"inputs; <i>median_share</i> uses per-expert medians over inputs, <i>top_input_share</i> is the largest "
+        f"single input's part of the layer's effect. The largest input holds <b>{top:.0%}</b> of the whole effect: "
+        f"when it is large, the mean-based shares describe that input rather than the data.</p>"
+        + table_html(shares, "{:.3f}")
     )
 
 
@@ -99,5 +117,6 @@ def write_sections(model: HookedMoE, data: dict[str, list[str]], out: str | Path
     from moelens.report import write_section
 
     texts = [t for domain_texts in data.values() for t in domain_texts[:per_domain]]
+    write_section(out, 42, "Driver effects per layer (robust)", driver_layers_html(effects))
     write_section(out, 45, "Token triggers of driver experts", triggers_html(model, texts, effects))
     write_section(out, 47, "Mediation through routing", mediation_html(model, data))
