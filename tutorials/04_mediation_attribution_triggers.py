@@ -58,9 +58,9 @@ print(model, {d: (len(select[d]), len(held_out[d])) for d in data})
 #
 # Pairs: a review and the same review with one positive word swapped for a negative one
 # (`funny -> dull`, ...), kept only when both tokenize to the same length (routing is patched
-# position by position). Metric: the logit difference `' positive' - ' negative'` at the last position. Patching one expert's routing
-# sets its gate weight at every position to the corrupted run's value, all other experts keep their
-# clean gates; the layers after it route by their own rule.
+# position by position). Metric: the logit difference `' positive' - ' negative'` at the last
+# position. Patching one expert's routing sets its gate weight at every position to the corrupted
+# run's value, all other experts keep their clean gates; the layers after it route by their own rule.
 
 # %%
 reviews = paper_domains(120 if small else 872)["sentiment"]  # sst2 validation: about 1 review in 12 has a swap
