@@ -7,7 +7,20 @@
 """
 
 from . import viz  # noqa: F401  (so that moelens.viz.routing_tokens works right after `import moelens`)
-from .analysis import Agreement, DriverEffects, RoutingStats, collect_routing_stats, compare_effects, driver_effects
+from .analysis import (
+    Agreement,
+    Attribution,
+    DriverEffects,
+    Mediation,
+    RoutingStats,
+    TokenTriggers,
+    collect_routing_stats,
+    compare_effects,
+    driver_effects,
+    routing_mediation,
+    token_attribution,
+    token_triggers,
+)
 from .cache import ActivationCache
 from .errors import (
     HookShapeError,
@@ -27,26 +40,32 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Ablate",
-    "Force",
-    "Patch",
-    "Perturb",
-    "Scale",
     "ActivationCache",
     "Agreement",
+    "Attribution",
     "DriverEffects",
+    "Force",
     "HookPoint",
     "HookShapeError",
     "HookedMoE",
     "InterventionError",
     "InvalidInputError",
-    "ModelLoadError",
+    "Mediation",
     "MoEConfig",
+    "ModelLoadError",
     "MoelensError",
+    "Patch",
+    "Perturb",
     "ReadOnlyHookError",
     "RoutingStats",
+    "Scale",
+    "TokenTriggers",
     "UnknownHookError",
     "UnsupportedArchitectureError",
     "collect_routing_stats",
     "compare_effects",
     "driver_effects",
+    "routing_mediation",
+    "token_attribution",
+    "token_triggers",
 ]

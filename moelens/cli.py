@@ -152,7 +152,8 @@ def run_drivers(model, data: dict[str, list[str]], out: Path, exact: bool, progr
 
     texts = [text for domain_texts in data.values() for text in domain_texts[:per_domain]]
     method = "exact" if exact else "first_order"
-    effects = driver_effects(model, texts, method=method, progress=progress, checkpoint=out / "checkpoints" / f"drivers-{method}")
+    effects = driver_effects(model, texts, method=method, progress=progress, checkpoint=out / "checkpoints" / f"drivers-{method}",
+                             per_input=True)  # per-input effects: robust per-layer shares in the report
     effects.save(out / "driver_effects")
     effects.to_frame().to_csv(out / "driver_effects.csv", index=False)
     top = effects.top(10)
@@ -244,6 +245,11 @@ def analyze(
     start = time.perf_counter()
     effects = run_drivers(hooked, texts, out, exact)
     seconds["driver effects"] = time.perf_counter() - start
+    start = time.perf_counter()
+    from .analysis.mediation_report import write_sections
+
+    write_sections(hooked, texts, out, effects)  # token triggers of the drivers, a mediation example
+    seconds["triggers and mediation"] = time.perf_counter() - start
     _summary(out, name, hooked, texts, seconds, stats_result, effects)
     typer.echo(f"report: {assemble(out)}")
 
