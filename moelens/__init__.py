@@ -21,6 +21,7 @@ from .errors import (
 from .hook_points import HookPoint
 from .interventions import Ablate, Force, Patch, Perturb, Scale
 from .model import HookedMoE, MoEConfig
+from .tasks import EvalResult, StudyResult, TunedMoE, evaluate, reweighting_study, tune_router
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,7 @@ __all__ = [
     "ActivationCache",
     "Agreement",
     "DriverEffects",
+    "EvalResult",
     "HookPoint",
     "HookShapeError",
     "HookedMoE",
@@ -43,9 +45,14 @@ __all__ = [
     "MoelensError",
     "ReadOnlyHookError",
     "RoutingStats",
+    "StudyResult",
+    "TunedMoE",
     "UnknownHookError",
     "UnsupportedArchitectureError",
     "collect_routing_stats",
     "compare_effects",
     "driver_effects",
+    "evaluate",
+    "reweighting_study",
+    "tune_router",
 ]
