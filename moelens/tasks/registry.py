@@ -1,18 +1,15 @@
 """Evaluation tasks: what to score, how, and on which split.
 
-==============  ========  ========================================  ===========  ============
-task            kind      scored                                    evaluate on  select on
-==============  ========  ========================================  ===========  ============
-sst2            choice    `` negative`` / `` positive``              validation   train
-sst5            choice    5 label words (`` very negative`` ...)     validation   train
-sst5_binary     choice    2 label words, neutral dropped            validation   train
-yelp            choice    `` negative`` / `` positive``              validation   train (hub)
-mmlu[:name]     choice    `` A`` .. `` D``; ``name`` a subject,       test         validation
-                          subcategory or category
-gsm8k           generate  the number (after ``####`` or the last)   test         train
-math            generate  ``\\boxed{}`` or first line               test[4000:]  test[:4000]
-arithmetic      generate  the number                                test         train
-==============  ========  ========================================  ===========  ============
+| task | kind | scored | evaluate on | select on |
+|---|---|---|---|---|
+| sst2 | choice | `` negative`` / `` positive`` | validation | train |
+| sst5 | choice | 5 label words (`` very negative`` ...) | validation | train |
+| sst5_binary | choice | 2 label words, neutral dropped | validation | train |
+| yelp | choice | `` negative`` / `` positive`` | validation | train (hub) |
+| mmlu, mmlu:NAME | choice | `` A`` .. `` D``; NAME a subject, subcategory or category | test | validation |
+| gsm8k | generate | the number (after ``####``, else the last) | test | train |
+| math | generate | ``\\boxed{}``, else the first line | test[4000:] | test[:4000] |
+| arithmetic | generate | the number | test | train |
 
 ``math`` splits follow the zoo: its models trained on MATH test items ``[0, 4000)``. ``arithmetic``
 is the zoo's synthetic task ("What is a + b?"), regenerated here with the zoo's rule (a fixed 10%

@@ -213,8 +213,8 @@ def reweighting_study(
 
     >>> from moelens import HookedMoE
     >>> model = HookedMoE.from_pretrained("moelens/mixtral-tiny")
-    >>> study = reweighting_study(model, "sst2", select_on="train[:24]", evaluate_on="validation[:16]", n_experts=2,
-    ...                           n_random=1, driver_method="first_order", progress=False)
+    >>> study = reweighting_study(model, "sst2", select_on="train[:8]", evaluate_on="validation[:8]", n_experts=2,
+    ...                           n_random=1, factors=(1.2,), driver_method="first_order", progress=False)
     >>> sorted(set(study.table["expert_set"]))
     ['baseline', 'domain', 'driver', 'random (domain)', 'random (driver)']
     """
@@ -242,6 +242,11 @@ def reweighting_study(
         "driver": [(int(r.layer), int(r.expert)) for r in effects.top(n_experts).itertuples()],
     }
     randoms = {name: matched_random_sets(chosen, model.cfg.n_experts, n_random, seed + i) for i, (name, chosen) in enumerate(list(sets.items()))}
+    for name, draws in randoms.items():
+        if len({tuple(draw) for draw in draws}) < len(draws):
+            warnings.warn(f"the random controls of the {name} experts repeat: their layers have too few other experts for "
+                          f"{n_random} distinct draws (e.g. the complement of half a layer); they count as {len(draws)} draws anyway.",
+                          stacklevel=2)
     all_sets = {**sets, **{f"random ({name})#{d}": draw for name, draws in randoms.items() for d, draw in enumerate(draws)}}
     neg = _negative_share(model, prompts[:64], all_sets, batch_size)
 

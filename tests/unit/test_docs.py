@@ -219,7 +219,7 @@ def test_strict_build(tmp_path):
         timeout=1200,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for tutorial in ("02_domain_experts", "03_driver_experts"):  # executed, with their figures
+    for tutorial in ("02_domain_experts", "03_driver_experts", "05_reweighting_study"):  # executed, with their figures
         page = (site / "tutorials" / tutorial / "index.html").read_text(encoding="utf-8")
         assert "data:image/png" in page and "Traceback" not in page
     for spec in SPECS:

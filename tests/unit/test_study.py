@@ -30,13 +30,13 @@ def model():
 @needs_data
 def test_study_end_to_end(model, tmp_path):
     study = moelens.reweighting_study(
-        model, "sst2", select_on="train[:16]", evaluate_on="validation[:12]", n_experts=3, n_random=2,
-        recipes=("scale-logits", "scale-weights", "perturb"), driver_method="first_order", tune_steps=2, progress=False,
+        model, "sst2", select_on="train[:12]", evaluate_on="validation[:10]", n_experts=3, n_random=2,
+        recipes=("scale-logits", "perturb"), driver_method="first_order", tune_steps=1, progress=False,
     )
     table = study.table
     assert table.iloc[0]["expert_set"] == "baseline" and table.iloc[0]["delta"] == 0.0
     sets = {"domain", "driver", "random (domain)", "random (driver)"}
-    for recipe in ("scale-logits", "scale-weights", "perturb"):
+    for recipe in ("scale-logits", "perturb"):
         part = table[table["recipe"] == recipe]
         assert set(part["expert_set"]) == sets and len(part) == 8  # 4 sets x 2 factors
     assert set(table[table["recipe"] == "perturb"]["factor"]) == {-1.0, 1.0}
@@ -115,3 +115,21 @@ def test_router_lora_trains_only_the_routers(name, tmp_path):
     assert torch.equal(again(x), tuned(x)) and not torch.equal(tuned(x), base(x))
     with pytest.raises(moelens.InvalidInputError, match="adapter.json"):
         TunedMoE.load_adapter(base, tmp_path)
+
+
+@needs_data
+def test_study_cli_writes_table_plot_and_section(tmp_path):
+    from typer.testing import CliRunner
+
+    from moelens.cli import app
+
+    args = ["study", "--select-on", "train[:8]", "--evaluate-on", "validation[:6]", "--n-experts", "2", "--n-random", "1",
+            "--first-order", "--factor", "1.2", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "study.csv").is_file() and (tmp_path / "study.png").is_file()
+    assert "Re-weighting study" in (tmp_path / "sections" / "70-re-weighting-study.html").read_text()
+    table = StudyResult.load(tmp_path / "study").table
+    assert list(table["expert_set"]) == ["baseline", "domain", "random (domain)", "driver", "random (driver)"]
+    bad = CliRunner().invoke(app, ["study", "--select-on", "validation[:4]", "--evaluate-on", "validation[:4]", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "share 4 id" in bad.output
