@@ -250,12 +250,12 @@ def evaluate(
             raise InvalidInputError(f"task {spec.name!r} has {n_choices} choices, but gold labels {bad[:5]} are outside [0, {n_choices}).")
         scores = choice_logprobs(model, prompts, list(spec.choices), **common)
         predictions = scores.argmax(-1).tolist()
-        correct = np.array([p == g for p, g in zip(predictions, golds)], dtype=bool)
+        correct = np.array([p == g for p, g in zip(predictions, golds, strict=True)], dtype=bool)
         return EvalResult(spec.name, ids, golds, predictions, correct, scores=scores, groups=groups,
                           interventions=[_as_dict(i) for i in items])
     outputs = greedy_generate(model, prompts, max_new_tokens=spec.max_new_tokens, **common)
     predictions = [spec.extract(o) for o in outputs]
-    correct = np.array([spec.match(p, g) for p, g in zip(predictions, golds)], dtype=bool)
+    correct = np.array([spec.match(p, g) for p, g in zip(predictions, golds, strict=True)], dtype=bool)
     return EvalResult(spec.name, ids, golds, predictions, correct, outputs=outputs, groups=groups,
                       interventions=[_as_dict(i) for i in items])
 

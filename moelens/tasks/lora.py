@@ -69,7 +69,7 @@ def _with_adapter(model: HookedMoE, config: dict) -> TunedMoE:
     lora = LoraConfig(r=config["rank"], lora_alpha=config["alpha"], lora_dropout=0.0, target_modules=[],
                       target_parameters=config["parameters"])
     hf = inject_adapter_in_model(lora, hf)
-    for name, module in hf.named_modules():
+    for module in hf.modules():
         if type(module).__name__ == "ParamWrapper":
             _forward_attributes(module)
     for name, param in hf.named_parameters():
@@ -129,7 +129,7 @@ class TunedMoE(HookedMoE):
 def _examples(model: HookedMoE, spec: Task, records: list[dict], max_length: int) -> list[tuple[list[int], list[int]]]:
     prompts = _encode_prompts(model.tokenizer, [format_prompt(r) for r in records], max_length)
     targets = [list(model.tokenizer(spec.label_target(r), add_special_tokens=False)["input_ids"]) for r in records]
-    return list(zip(prompts, targets))
+    return list(zip(prompts, targets, strict=True))
 
 
 def _loss(model: HookedMoE, batch: list[tuple[list[int], list[int]]]) -> torch.Tensor:

@@ -120,7 +120,7 @@ def choice_logprobs(
     device, pad = _device(model), tokenizer.pad_token_id or 0
     cont_ids = [list(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in continuations]
     if any(not c for c in cont_ids):
-        raise InvalidInputError(f"a continuation tokenizes to nothing: {[c for c, i in zip(continuations, cont_ids) if not i]}.")
+        raise InvalidInputError(f"a continuation tokenizes to nothing: {[c for c, i in zip(continuations, cont_ids, strict=True) if not i]}.")
     prompt_ids = _encode_prompts(tokenizer, prompts, max_length)
     out = torch.empty(len(prompts), len(continuations))
     single = all(len(c) == 1 for c in cont_ids)
@@ -190,7 +190,7 @@ def greedy_generate(
                     seqs[i].append(token)
                 if all(done):
                     break
-            for i, tokens in zip(rows, generated):
+            for i, tokens in zip(rows, generated, strict=True):
                 results[i] = tokenizer.decode(tokens).strip()
     return results
 
@@ -204,7 +204,7 @@ def accuracy(predictions: Sequence, golds: Sequence) -> float:
     """
     if len(predictions) != len(golds):
         raise InvalidInputError(f"{len(predictions)} predictions for {len(golds)} gold labels.")
-    return float(np.mean([p == g for p, g in zip(predictions, golds)])) if golds else float("nan")
+    return float(np.mean([p == g for p, g in zip(predictions, golds, strict=True)])) if golds else float("nan")
 
 
 def weighted_f1(predictions: Sequence, golds: Sequence) -> float:

@@ -62,9 +62,9 @@ class StudyResult:
         rows = self.table[self.table["recipe"].isin(sorted(set(self.table["recipe"]) - {"none"}))]
         recipes = list(dict.fromkeys(rows["recipe"]))
         fig, axes = plt.subplots(1, max(1, len(recipes)), figsize=(4.2 * max(1, len(recipes)), 3.6), squeeze=False)
-        for ax, recipe in zip(axes[0], recipes):
+        for ax, recipe in zip(axes[0], recipes, strict=False):
             part = rows[rows["recipe"] == recipe].reset_index(drop=True)
-            labels = [f"{s}\n{_factor(f, recipe)}" for s, f in zip(part["expert_set"], part["factor"])]
+            labels = [f"{s}\n{_factor(f, recipe)}" for s, f in zip(part["expert_set"], part["factor"], strict=True)]
             colors = ["#bbbbbb" if s.startswith("random") else "#4c72b0" if s == "domain" else "#dd8452"
                       if s == "driver" else "#55a868" for s in part["expert_set"]]
             err = np.vstack([part["delta"] - part["delta_ci_low"], part["delta_ci_high"] - part["delta"]])
