@@ -35,6 +35,7 @@ from .errors import (
 from .hook_points import HookPoint
 from .interventions import Ablate, Force, Patch, Perturb, Scale
 from .model import HookedMoE, MoEConfig
+from .tasks import EvalResult, StudyResult, TunedMoE, evaluate, reweighting_study, tune_router
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,7 @@ __all__ = [
     "Attribution",
     "DriverEffects",
     "Force",
+    "EvalResult",
     "HookPoint",
     "HookShapeError",
     "HookedMoE",
@@ -60,6 +62,8 @@ __all__ = [
     "RoutingStats",
     "Scale",
     "TokenTriggers",
+    "StudyResult",
+    "TunedMoE",
     "UnknownHookError",
     "UnsupportedArchitectureError",
     "collect_routing_stats",
@@ -68,4 +72,7 @@ __all__ = [
     "routing_mediation",
     "token_attribution",
     "token_triggers",
+    "evaluate",
+    "reweighting_study",
+    "tune_router",
 ]

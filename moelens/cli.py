@@ -3,6 +3,7 @@
     moelens analyze                      # zoo default model + demo texts -> moelens-report/report.html
     moelens analyze --model allenai/OLMoE-1B-7B-0924 --data sentiment=../shared/data/sst2/validation.jsonl --data mmlu
     moelens stats --out DIR | moelens drivers --out DIR | moelens report DIR
+    moelens study --task sst2 --select-on train --evaluate-on validation --recipe scale-logits --recipe perturb
 
 Each step writes its tables and a report section into ``--out``; an interrupted step resumes from its
 checkpoint there. Bad input exits with status 2 and one line.
@@ -29,6 +30,7 @@ DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="at most N texts per domain")]
 ExactOpt = Annotated[bool, typer.Option("--exact", help="exact driver sweep instead of the first-order estimate")]
+StudyOpt = Annotated[str | None, typer.Option("--study", help="also run the re-weighting study on this task (sst2, mmlu, ...)")]
 
 
 class _Fail(Exception):
@@ -230,7 +232,7 @@ def _summary(out: Path, name: str, model, data: dict[str, list[str]], seconds: d
 @_guard
 def analyze(
     model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("moelens-report"), device: DeviceOpt = None,
-    dtype: DtypeOpt = "float32", limit: LimitOpt = None, exact: ExactOpt = False,
+    dtype: DtypeOpt = "float32", limit: LimitOpt = None, exact: ExactOpt = False, study: StudyOpt = None,
 ) -> None:
     """Routing statistics, domain and general experts, driver experts, and an HTML report."""
     from .report import assemble
@@ -250,6 +252,12 @@ def analyze(
 
     write_sections(hooked, texts, out, effects)  # token triggers of the drivers, a mediation example
     seconds["triggers and mediation"] = time.perf_counter() - start
+    if study:
+        from .tasks import reweighting_study, write_study
+
+        start = time.perf_counter()
+        write_study(out, reweighting_study(hooked, study, limit=limit, driver_method="exact" if exact else "first_order"))
+        seconds["re-weighting study"] = time.perf_counter() - start
     _summary(out, name, hooked, texts, seconds, stats_result, effects)
     typer.echo(f"report: {assemble(out)}")
 
@@ -274,6 +282,31 @@ def drivers(model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("mo
     _, hooked = _load_model(model, device, dtype)
     run_drivers(hooked, _load_data(data, limit), out, exact)
     typer.echo(f"tables and sections written to {out}; `moelens report {out}` builds the report")
+
+
+@app.command(name="study")
+@_guard
+def study_command(
+    model: ModelOpt = None, task: Annotated[str, typer.Option("--task")] = "sst2", out: OutOpt = Path("moelens-study"),
+    select_on: Annotated[str | None, typer.Option("--select-on", help="split name (train, validation[:200]) or JSONL path")] = None,
+    evaluate_on: Annotated[str | None, typer.Option("--evaluate-on", help="split name or JSONL path")] = None,
+    factor: Annotated[list[float] | None, typer.Option("--factor", help="repeatable; default 0.8 and 1.2")] = None,
+    recipe: Annotated[list[str] | None, typer.Option("--recipe", help="scale-logits | scale-weights | perturb; repeatable")] = None,
+    n_experts: Annotated[int, typer.Option("--n-experts")] = 4, n_random: Annotated[int, typer.Option("--n-random")] = 3,
+    select_limit: Annotated[int, typer.Option("--select-limit")] = 256, limit: LimitOpt = None,
+    tune_steps: Annotated[int, typer.Option("--tune-steps", help="router LoRA steps for the 'tune the router' row (0: none)")] = 0,
+    exact: Annotated[bool, typer.Option("--exact/--first-order", help="driver selection method")] = True,
+    device: DeviceOpt = None, dtype: DtypeOpt = "float32", seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Re-weighting study: domain/driver experts up and down vs random experts; table, plot and report section."""
+    from .tasks import reweighting_study, write_study
+
+    name, hooked = _load_model(model, device, dtype)
+    result = reweighting_study(hooked, task, select_on, evaluate_on, tuple(factor or (0.8, 1.2)), n_experts=n_experts, n_random=n_random,
+                               recipes=recipe, select_limit=select_limit, limit=limit, tune_steps=tune_steps, seed=seed,
+                               driver_method="exact" if exact else "first_order", model_name=name)
+    typer.echo(result.table.drop(columns=["model", "task"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    typer.echo(f"table: {write_study(out, result)}")
 
 
 @app.command()

@@ -260,7 +260,7 @@ def test_strict_build(tmp_path):
     first = _built(site, "tutorials/01_hooks_cache_interventions").read_text(encoding="utf-8")
     assert first.count('data-moelens="circuitsvis-bundle"') == 1 and "CircuitsVis.render(" in first  # the routing view
     assert "<b>ActivationCache</b>" in first  # the cache's notebook display
-    for tutorial in ("04_mediation_attribution_triggers",):  # executed, with its figures
+    for tutorial in ("04_mediation_attribution_triggers", "05_reweighting_study"):  # executed, with its figures
         page = (site / "tutorials" / tutorial / "index.html").read_text(encoding="utf-8")
         assert "data:image/png" in page and "Traceback" not in page
     for spec in SPECS:
