@@ -74,3 +74,13 @@ def test_sst2_figure_is_reproduced_on_a_slice(name):
     items = "".join("1" if int(p) == int(r["label"]) else "0" for p, r in zip(lp.argmax(-1).tolist(), rows))
     assert items == log_of(name)["sentiment_sst2_validation"]["items"][:SLICE]
     assert result["correct"] == items.count("1")
+
+
+def test_docs_comparison_quotes_the_logged_figures():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "zoo" / "index.md").read_text()
+    for name in ZOO_MODELS:
+        for key in ("sentiment_sst2_validation", "arithmetic_heldout_exact_match", "mmlu_test_accuracy"):
+            m = log_of(name)[key]
+            assert f"{m['accuracy']:.3f} ({m['ci95'][0]:.3f} - {m['ci95'][1]:.3f})" in page, (name, key)
