@@ -56,9 +56,9 @@ def test_arithmetic_figure_is_reproduced_on_a_slice(name):
     split = log["args"].get("arith_split", "units")
     problems = zd.arithmetic_problems(random.Random(log["seed"] + 2), 300, heldout=True, split=split)[:SLICE]
     preds = ev.greedy_answers(model, tok, [ev.math_prompt(q) for q, _ in problems], 6)
-    items = "".join("1" if p == a else "0" for p, (_, a) in zip(preds, problems))
+    items = "".join("1" if p == a else "0" for p, (_, a) in zip(preds, problems, strict=True))
     assert items == log["arithmetic_heldout_exact_match"]["items"][:SLICE]
-    q, a = zip(*problems)
+    q, a = zip(*problems, strict=True)
     assert ev.exact_match_accuracy(model, tok, q, a, 6)["correct"] == items.count("1")
 
 
@@ -71,7 +71,7 @@ def test_sst2_figure_is_reproduced_on_a_slice(name):
     rows = zd.read_jsonl(path)[:SLICE]
     result = ev.sentiment_accuracy(model, tok, [r["text"] for r in rows], [r["label"] for r in rows])
     lp = ev.choice_logprobs(model, tok, [ev.sentiment_prompt(r["text"]) for r in rows], list(ev.SENTIMENT_LABEL_WORDS))
-    items = "".join("1" if int(p) == int(r["label"]) else "0" for p, r in zip(lp.argmax(-1).tolist(), rows))
+    items = "".join("1" if int(p) == int(r["label"]) else "0" for p, r in zip(lp.argmax(-1).tolist(), rows, strict=True))
     assert items == log_of(name)["sentiment_sst2_validation"]["items"][:SLICE]
     assert result["correct"] == items.count("1")
 
