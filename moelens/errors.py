@@ -18,6 +18,7 @@ __all__ = [
     "InvalidInputError",
     "InterventionError",
     "ModelLoadError",
+    "BackendError",
 ]
 
 
@@ -121,4 +122,14 @@ class ModelLoadError(MoelensError, OSError):
     Traceback (most recent call last):
     ...
     moelens.errors.ModelLoadError: could not load 'nobody/no-such-moe': it is not a moelens zoo name ...
+    """
+
+
+class BackendError(MoelensError, RuntimeError):
+    """An optional backend that cannot run: nnsight not installed, a remote model not served, no
+    NDIF API key configured.
+
+    >>> from moelens.errors import BackendError
+    >>> isinstance(BackendError("not served"), RuntimeError)
+    True
     """

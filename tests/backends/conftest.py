@@ -1,0 +1,31 @@
+"""Shared pieces of the nnsight backend tests: tiny models wrapped twice (HookedMoE, NNsightMoE)."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+pytest.importorskip("nnsight")  # the backend is an optional extra
+
+from transformers import AutoTokenizer  # noqa: E402
+
+from moelens import HookedMoE  # noqa: E402
+from moelens.testing import tiny_model  # noqa: E402
+from moelens.zoo import ZOO_DIR  # noqa: E402
+
+FAMILIES = ("mixtral", "qwen2_moe", "olmoe", "deepseek_v3", "gpt_oss")
+
+
+@functools.lru_cache(maxsize=None)
+def tokenizer():
+    """Any tokenizer: nnsight's pipeline wants one; these tests pass token ids."""
+    return AutoTokenizer.from_pretrained(ZOO_DIR / "tokenizer")
+
+
+@functools.lru_cache(maxsize=None)
+def pair(family: str):
+    """``(HookedMoE, NNsightMoE)`` over two identical copies of the same tiny model (same seed)."""
+    from moelens.backends.nnsight import NNsightMoE
+
+    return HookedMoE.from_hf(tiny_model(family)), NNsightMoE.from_hf(tiny_model(family), tokenizer=tokenizer())
