@@ -351,7 +351,7 @@ def check_remote_ready(model_or_name: str) -> None:
         raise BackendError(
             f"could not ask NDIF whether {name!r} is served ({type(error).__name__}). Check the network, or "
             "use remote=False to run it here."
-        ) from error
+        ) from None  # the original error may quote request headers
     if not served:
         raise BackendError(
             f"{name!r} is not served on NDIF right now, so a remote trace would fail. Use remote=False to load "
