@@ -88,6 +88,7 @@ class NNsightMoE:
 
         config = self.hf_model.config
         layers = resolve(self.hf_model, self.spec.layers)
+        self.layers = layers  # the HF decoder layers (meta tensors for a remote model): routing rules read them
         self.cfg = MoEConfig(
             architecture=config.model_type,
             n_layers=len(layers),

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import functools
 
-import pytest
+from transformers import AutoTokenizer
 
-pytest.importorskip("nnsight")  # the backend is an optional extra
-
-from transformers import AutoTokenizer  # noqa: E402
-
-from moelens import HookedMoE  # noqa: E402
-from moelens.testing import tiny_model  # noqa: E402
-from moelens.zoo import ZOO_DIR  # noqa: E402
+from moelens import HookedMoE
+from moelens.testing import tiny_model
+from moelens.zoo import ZOO_DIR
 
 FAMILIES = ("mixtral", "qwen2_moe", "olmoe", "deepseek_v3", "gpt_oss")
 

@@ -13,19 +13,18 @@ import io
 import pytest
 import torch
 
-nnsight = pytest.importorskip("nnsight")
+import nnsight
+from nnsight.intervention.backends.local import LocalSimulationBackend
+from nnsight.intervention.backends.remote import RemoteBackend
+from nnsight.modeling import huggingface as nnsight_hf
+from nnsight.schema.config import CONFIG
+from nnsight.schema.request import RequestModel
+from nnsight.tracing.tracer import _saves
 
-from nnsight.intervention.backends.local import LocalSimulationBackend  # noqa: E402
-from nnsight.intervention.backends.remote import RemoteBackend  # noqa: E402
-from nnsight.modeling import huggingface as nnsight_hf  # noqa: E402
-from nnsight.schema.config import CONFIG  # noqa: E402
-from nnsight.schema.request import RequestModel  # noqa: E402
-from nnsight.tracing.tracer import _saves  # noqa: E402
-
-from moelens.backends.nnsight import NNsightMoE  # noqa: E402
-from moelens.errors import BackendError  # noqa: E402
-from moelens.interventions import Ablate, Perturb  # noqa: E402
-from moelens.model import _resolve_zoo  # noqa: E402
+from moelens.backends.nnsight import NNsightMoE
+from moelens.errors import BackendError
+from moelens.interventions import Ablate, Perturb
+from moelens.model import _resolve_zoo
 
 ZOO = "moelens/mixtral-tiny"
 SECRET = "ndif-test-key-do-not-print"
