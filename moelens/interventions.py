@@ -197,8 +197,9 @@ def _position_mask(positions: PosSel, attention_mask: Tensor, who: str) -> Tenso
 class _Targeted(Intervention):
     """Shared machinery of the (layers, experts, positions) interventions."""
 
-    def _targets(self, model: HookedMoE, shape: torch.Size) -> Tensor:
-        """Bool ``[batch pos n_experts]`` of the targeted (position, expert) pairs for this call."""
+    def _targets(self, model: HookedMoE, shape: torch.Size, device: torch.device | None = None) -> Tensor:
+        """Bool ``[batch pos n_experts]`` of the targeted (position, expert) pairs for this call, on
+        ``device`` (the hooked tensor's: layers spread by ``device_map`` live on several devices)."""
         batch = shape[0]
         attention_mask = model.current_attention_mask
         if attention_mask is None or attention_mask.shape != shape[:2]:
@@ -206,7 +207,7 @@ class _Targeted(Intervention):
         who = type(self).__name__
         positions = _position_mask(self.positions, attention_mask, who)
         experts = _expert_mask(model, self.experts, batch, who)
-        return (positions[:, :, None] & experts[:, None, :]).to(model.device)
+        return (positions[:, :, None] & experts[:, None, :]).to(device if device is not None else model.device)
 
     def validate(self) -> None:
         _check_selector("layers", self.layers)
@@ -216,7 +217,7 @@ class _Targeted(Intervention):
 
     def _on(self, model: HookedMoE, suffix: str, edit: Callable[[Tensor, Tensor], Tensor | None]) -> list[tuple[str, Callable]]:
         def fn(x: Tensor, hook) -> Tensor | None:
-            return edit(x, self._targets(model, x.shape))
+            return edit(x, self._targets(model, x.shape, x.device))
 
         return [(moe_name(layer, suffix), fn) for layer in _moe_layers(model, self.layers, type(self).__name__)]
 
@@ -236,7 +237,7 @@ def _weights_edit(model: HookedMoE, owner: _Targeted, factor: float) -> list[tup
             seen[layer] = x  # the indices hook always fires before the weights hook of the same layer
 
         def scale(x, hook, layer=layer):
-            chosen = _selected_targets(owner._targets(model, x.shape[:2] + (model.cfg.n_experts,)), seen.pop(layer))
+            chosen = _selected_targets(owner._targets(model, x.shape[:2] + (model.cfg.n_experts,), x.device), seen.pop(layer))
             return torch.where(chosen, x * factor, x)
 
         hooks += [(moe_name(layer, "hook_topk_indices"), remember), (moe_name(layer, "hook_topk_weights"), scale)]
@@ -365,7 +366,7 @@ class Force(_Targeted):
 
             def force(x, hook, layer=layer):
                 logits = seen.pop(layer)
-                targets = self._targets(model, logits.shape)
+                targets = self._targets(model, logits.shape, logits.device)
                 if int(targets.sum(-1).max()) > model.cfg.top_k:
                     raise InterventionError(f"Force targets more experts than top_k={model.cfg.top_k} at one position.")
                 index = x.clone()

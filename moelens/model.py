@@ -369,7 +369,9 @@ class HookedMoE(nn.Module):
     # -- helpers ------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.hf_model.parameters()).device
+        """Where inputs go: the device the input embedding runs on (accelerate's execution device
+        when ``device_map=`` offloaded it; each layer's hooks follow their own tensors' device)."""
+        return _execution_device(self.hf_model.get_input_embeddings())
 
     def to_tokens(self, texts: str | list[str]) -> tuple[Tensor, Tensor]:
         """Token ids and attention mask ``([batch pos], [batch pos])`` for texts, padded."""
@@ -392,6 +394,15 @@ class HookedMoE(nn.Module):
             f"HookedMoE({cfg.architecture}: {cfg.n_layers} layers, MoE layers {list(cfg.moe_layers)}, "
             f"{cfg.n_experts} experts, top-{cfg.top_k}, {cfg.scoring} routing)"
         )
+
+
+def _execution_device(module: nn.Module) -> torch.device:
+    hook = getattr(module, "_hf_hook", None)  # accelerate's AlignDevicesHook, set by device_map=
+    device = getattr(hook, "execution_device", None)
+    if device is not None:
+        return torch.device(device if not isinstance(device, int) else f"cuda:{device}")
+    weight = next(module.parameters())
+    return weight.device if weight.device.type != "meta" else torch.device("cpu")
 
 
 def _as_list(interventions: Any) -> list:
