@@ -58,6 +58,8 @@ class HookedMoE(nn.Module):
     torch.Size([2, 1, 3, 4])
     """
 
+    resumes_from_residual = True  # run_with_interventions takes start_at_layer= (moelens.backends.protocol)
+
     def __init__(self, hf_model: nn.Module, tokenizer: Any = None, spec: ArchitectureSpec | None = None):
         super().__init__()
         self.hf_model = hf_model  # registered as a submodule: .to()/.eval() reach it; weights are not copied

@@ -157,7 +157,10 @@ def exact_batch(
     """Exact effects ``[batch moe_layer expert]`` (float64, CPU) of one batch."""
     batch = ids.shape[0]
     final = model.cfg.n_layers - 1
-    names = [resid_name(layer, "pre") for layer in layers] + [resid_name(final, "post")]
+    # A backend that resumes from the residual stream (HookedMoE) runs layers l..end only; others
+    # (nnsight) run full forwards of the same stacked rows (moelens.backends.protocol).
+    resume = model.resumes_from_residual
+    names = [resid_name(layer, "pre") for layer in layers] + [resid_name(final, "post")] if resume else []
     if skip_unchanged:
         names += [
             moe_name(layer, s) for layer in layers for s in ("hook_router_logits", "hook_topk_indices", "hook_topk_weights")
@@ -168,7 +171,7 @@ def exact_batch(
         logits, cache = model.run_with_cache(ids, names_filter=names, attention_mask=mask)
         last = last_token_positions(mask)
         rows = torch.arange(batch, device=ids.device)
-        head = _last_token_head(model, cache[resid_name(final, "post")], logits, last) if positions == "last" else None
+        head = _last_token_head(model, cache[resid_name(final, "post")], logits, last) if positions == "last" and resume else None
         clean = logits[rows, last] if positions == "last" else logits  # [batch d_vocab] | [batch pos d_vocab]
         for li, layer in enumerate(layers):
             if skip_unchanged:
@@ -181,11 +184,14 @@ def exact_batch(
                 bi, ei = b[rows], e[rows]
                 # Columns after every row's last real token change nothing before it (causal): drop them.
                 width = int(last[bi].max()) + 1
-                kwargs: dict[str, Any] = {"attention_mask": mask[bi, :width], "start_at_layer": layer}
+                kwargs: dict[str, Any] = {"attention_mask": mask[bi, :width]}
+                if resume:
+                    kwargs["start_at_layer"] = layer
                 if head is not None:
                     kwargs["stop_at_layer"] = model.cfg.n_layers  # residual entering the final norm
-                resid = cache[resid_name(layer, "pre")][bi, :width]  # [rows width d_model]
-                new = model.run_with_interventions(resid, [spec.at(layer, ei)], **kwargs)
+                # [rows width d_model] residual entering the layer, or the rows' token ids
+                rows_in = cache[resid_name(layer, "pre")][bi, :width] if resume else ids[bi, :width]
+                new = model.run_with_interventions(rows_in, [spec.at(layer, ei)], **kwargs)
                 if positions == "last":
                     new = new[torch.arange(len(bi), device=new.device), last[bi]]  # [rows d_model|d_vocab]
                     kl = kl_divergence(clean[bi], head(new) if head is not None else new)

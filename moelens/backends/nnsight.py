@@ -76,6 +76,8 @@ class NNsightMoE:
     nnsight here).
     """
 
+    resumes_from_residual = False  # every trace starts from token ids (moelens.backends.protocol)
+
     def __init__(self, nn_model: Any, tokenizer: Any = None, remote: bool | str = False):
         self.nn_model = nn_model
         self.hf_model: nn.Module = nn_model._module  # meta tensors for a remote model

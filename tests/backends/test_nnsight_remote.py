@@ -95,3 +95,15 @@ def test_unreachable_service_is_a_clear_error(ndif, monkeypatch):
     with pytest.raises(BackendError, match="remote=False") as caught:
         NNsightMoE.from_pretrained(ZOO, remote=True)
     assert SECRET not in str(caught.value)
+
+
+def test_routing_stats_of_a_remote_model_are_summed_on_the_client(ndif):
+    from moelens import collect_routing_stats
+
+    local = NNsightMoE.from_pretrained(ZOO)
+    remote = NNsightMoE.from_pretrained(ZOO, remote=True)
+    texts = {"a": ["one short text", "and a second one"], "b": ["numbers 1 2 3 4 5"]}
+    ref = collect_routing_stats(local, texts, progress=False)
+    got = collect_routing_stats(remote, texts, progress=False)
+    assert len(ndif) == 2  # one round trip per batch
+    assert torch.equal(got.cwas(), ref.cwas()) and torch.equal(got.n_tokens, ref.n_tokens)
