@@ -10,7 +10,8 @@ a hand-written nnsight trace; ``NNsightMoE.run_with_cache``; TransformerLens 4.x
 ``pip install "moelens[bench]"``). Every variant then route-ablates one expert (never selected,
 the next-best expert takes the slot) and its logits are asserted identical to moelens'
 ``Ablate``. Reported: median wall time and CPU time, peak RSS of a process that runs only that
-variant, and the lines of user code each variant needs.
+variant (and in brackets how much of it the runs added to the built model), and the lines of
+user code each variant needs.
 """
 
 from __future__ import annotations
@@ -235,11 +236,22 @@ def _time(variants: dict, repeats: int) -> dict[str, tuple[float, float]]:
     return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in variants}
 
 
-def _peak_rss_mb(name: str, smoke: bool) -> float:
-    """Peak RSS of a fresh process that builds the models and runs only ``name`` a few times."""
+def _high_water_mb() -> float:
+    """This process's peak resident memory (``VmHWM``; ``ru_maxrss`` would carry the parent's peak
+    across fork and exec on Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _peak_rss_mb(name: str, smoke: bool) -> tuple[float, float]:
+    """(peak RSS, peak RSS once its model was built) of a fresh process that builds only ``name``'s
+    model and runs it three times."""
     args = [sys.executable, __file__, "--only", name] + (["--smoke"] if smoke else [])
     result = subprocess.run(args, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    return found["peak_rss_mb"], found["built_mb"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -252,9 +264,10 @@ def main(argv: list[str] | None = None) -> dict:
     with torch.inference_mode():
         variants, ids, notes = _build(args.smoke, args.only)
         if args.only is not None:
+            built = _high_water_mb()
             for _ in range(3):
                 variants[args.only][0]()
-            print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+            print(json.dumps({"peak_rss_mb": _high_water_mb(), "built_mb": built}))
             return {}
         _check_ablations(variants)
         sizes, batch, seq, repeats = _sizes(args.smoke)
@@ -267,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{wall * 1e3:.1f} ms",
             f"{cpu * 1e3:.1f} ms",
             f"{cpu / bare:.3f}x",
-            "n/a (smoke)" if peaks[name] is None else f"{peaks[name]:.0f} MB",
+            "n/a (smoke)" if peaks[name] is None else f"{peaks[name][0]:.0f} MB (+{peaks[name][0] - peaks[name][1]:.0f})",
             str(variants[name][2]),
         )
         for name, (wall, cpu) in medians.items()

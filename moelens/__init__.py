@@ -9,6 +9,7 @@
 from .analysis import Agreement, DriverEffects, RoutingStats, collect_routing_stats, compare_effects, driver_effects
 from .cache import ActivationCache
 from .errors import (
+    BackendError,
     HookShapeError,
     InterventionError,
     InvalidInputError,
@@ -39,6 +40,7 @@ __all__ = [
     "InterventionError",
     "InvalidInputError",
     "ModelLoadError",
+    "BackendError",
     "MoEConfig",
     "MoelensError",
     "ReadOnlyHookError",

@@ -120,12 +120,10 @@ class NNsightMoE:
         ``remote=True`` sends every trace to NDIF (the model must be served there);
         ``remote="local"`` is nnsight's dry run of the remote path (serialise, then run here).
         """
-        if remote is True:
-            check_remote_ready(_repo_id(model))
-        return cls._wrap(model, tokenizer, remote)
+        return cls._wrap(model, tokenizer, remote, check_remote=True)
 
     @classmethod
-    def _wrap(cls, model: Any, tokenizer: Any, remote: bool | str) -> NNsightMoE:
+    def _wrap(cls, model: Any, tokenizer: Any, remote: bool | str, check_remote: bool = False) -> NNsightMoE:
         nnsight = _nnsight()
         if not isinstance(model, nnsight.Envoy):
             raise InvalidInputError(
@@ -133,6 +131,8 @@ class NNsightMoE:
                 "For an HF model use NNsightMoE.from_hf(model)."
             )
         spec_for_model(model._module)  # refuse dense or unknown models before anything else
+        if remote is True and check_remote:
+            check_remote_ready(_repo_id(model))
         if model._module.training:
             warnings.warn("the model was in training mode; moelens calls eval() (routers add noise in train()).", stacklevel=2)
             model._module.eval()

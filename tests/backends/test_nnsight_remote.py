@@ -107,3 +107,12 @@ def test_routing_stats_of_a_remote_model_are_summed_on_the_client(ndif):
     got = collect_routing_stats(remote, texts, progress=False)
     assert len(ndif) == 2  # one round trip per batch
     assert torch.equal(got.cwas(), ref.cwas()) and torch.equal(got.n_tokens, ref.n_tokens)
+
+
+def test_from_model_checks_readiness_too(ndif, monkeypatch):
+    asked = []
+    monkeypatch.setattr(nnsight, "is_model_running", lambda name, *args, **kwargs: asked.append(name) or False)
+    local = NNsightMoE.from_pretrained(ZOO)
+    with pytest.raises(BackendError, match="not served"):
+        NNsightMoE.from_model(local.nn_model, remote=True)
+    assert asked and asked[0].endswith("mixtral-tiny")
