@@ -10,3 +10,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _doctest_torch(doctest_namespace):
+    """Doctests may use ``torch`` without importing it (as the modules they document do)."""
+    doctest_namespace["torch"] = torch

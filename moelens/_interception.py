@@ -10,18 +10,20 @@ propagate by themselves.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .architectures.registry import resolve
 from .architectures.spec import ArchitectureSpec, RouterOutput
 from .errors import HookShapeError, ReadOnlyHookError
 from .hook_points import HookPoint
+from .names import HOOK_TABLE, moe_name, resid_name
 
-__all__ = ["LayerHooks", "MoEHooks", "StopForward"]
+__all__ = ["LayerHooks", "MoEHooks", "StopForward", "build_hook_points"]
 
 
 class StopForward(Exception):
@@ -217,9 +219,10 @@ class MoEHooks:
         per_slot = module.forward(rows, index.reshape(n_tokens * k, 1), ones)
         per_slot = per_slot.view(batch, pos, k, -1)  # [tokens*k d] -> [batch pos k d]
         before = per_slot.clone()
-        edited = self.points["hook_expert_out"](per_slot)
-        if torch.equal(edited, before):
-            return None
+        point = self.points["hook_expert_out"]
+        edited = point(per_slot)
+        if not point.has_bwd and torch.equal(edited, before):
+            return None  # read only: HF's own output stands (a backward hook needs the mixed path)
         # [batch pos k d] weighted by [batch pos k] -> [tokens d]
         mixed = (edited.float() * weights.view(batch, pos, k, 1).float()).sum(dim=2)
         return mixed.reshape(n_tokens, -1).to(output.dtype)
@@ -232,3 +235,32 @@ def _patched_forward(module: nn.Module, forward: Callable):
         yield
     finally:
         del module.forward
+
+
+def build_hook_points(
+    layers: Sequence[nn.Module], spec: ArchitectureSpec, moe_layers: tuple[int, ...], n_experts: int
+) -> tuple[list[HookPoint], list[LayerHooks], list[MoEHooks]]:
+    """Every hook point of a model in forward order, with the interception of each layer and MoE block."""
+    points: list[HookPoint] = []
+    layer_hooks: list[LayerHooks] = []
+    moe_hooks: list[MoEHooks] = []
+    for index, layer in enumerate(layers):
+        pre = HookPoint(resid_name(index, "pre"), index, HOOK_TABLE["hook_resid_pre"])
+        post = HookPoint(resid_name(index, "post"), index, HOOK_TABLE["hook_resid_post"])
+        layer_hooks.append(LayerHooks(layer, pre, post))
+        points.append(pre)
+        if index in moe_layers:
+            block = resolve(layer, spec.moe_block)
+            shared = resolve(block, spec.shared_experts) if spec.shared_experts else None
+            moe_points = {}
+            for suffix, row in HOOK_TABLE.items():
+                if row.scope == "layer" or (row.scope == "shared" and shared is None):
+                    continue
+                if suffix == "hook_expert_out" and spec.experts_layout != "fused":
+                    continue  # per-slot outputs need HF's fused (hidden, index, weights) experts call
+                moe_points[suffix] = HookPoint(moe_name(index, suffix), index, row)
+            router, experts = resolve(block, spec.router), resolve(block, spec.experts)
+            moe_hooks.append(MoEHooks(spec, block, router, experts, shared, moe_points, n_experts))
+            points.extend(moe_points.values())
+        points.append(post)
+    return points, layer_hooks, moe_hooks

@@ -6,16 +6,18 @@ Stacked helpers return ``[moe_layer batch pos ...]`` over the model's MoE layers
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from .errors import UnknownHookError
+from .errors import InvalidInputError, UnknownHookError
+from .hook_points import CallContext, HookPoint
 from .names import moe_name
 
-__all__ = ["ActivationCache"]
+__all__ = ["ActivationCache", "metric_gradients"]
 
 
 class ActivationCache(Mapping[str, Tensor]):
@@ -80,3 +82,33 @@ class ActivationCache(Mapping[str, Tensor]):
         index, weights = self.topk_indices(), self.topk_weights()
         dense = torch.zeros(*index.shape[:-1], self.n_experts, dtype=weights.dtype, device=weights.device)
         return dense.scatter_(-1, index, weights)
+
+
+def no_op_hook(grad: Tensor, hook: Any) -> None:
+    """A backward function that only enters its activation into the autograd graph."""
+    return
+
+
+def metric_gradients(
+    output: Tensor, metric: Callable[[Tensor], Tensor] | None, points: list[HookPoint], call: CallContext, device: Any
+) -> dict[str, Tensor]:
+    """``"<name>_grad"`` of ``metric(output)`` for each hook point, taken with respect to the activations
+    that the call handed to backward functions (``call.grad_targets``); zero where the metric does
+    not depend on one. Used by ``HookedMoE.run_with_cache(incl_bwd=True)``."""
+    value = output.sum() if metric is None else metric(output)
+    if not isinstance(value, Tensor) or value.numel() != 1:
+        raise InvalidInputError(
+            f"metric must return a scalar tensor; got {getattr(value, 'shape', type(value).__name__)}. "
+            "Reduce it, e.g. lambda logits: logits[:, -1, token].sum()."
+        )
+    targets = [call.grad_targets.get(hp.name) for hp in points]
+    reached = [t for t in targets if t is not None]
+    grads = iter(torch.autograd.grad(value.reshape(()), reached, allow_unused=True) if reached and value.requires_grad else [])
+    out = {}
+    for hp, target in zip(points, targets, strict=True):
+        if target is None:
+            continue  # not run in this call (before start_at_layer, after stop_at_layer)
+        grad = next(grads, None)
+        grad = torch.zeros_like(target) if grad is None else grad
+        out[hp.name + "_grad"] = grad.detach().to(device) if device is not None else grad.detach()
+    return out

@@ -18,6 +18,7 @@ __all__ = [
     "InvalidInputError",
     "InterventionError",
     "ModelLoadError",
+    "ResultFileError",
     "BackendError",
 ]
 
@@ -122,6 +123,17 @@ class ModelLoadError(MoelensError, OSError):
     Traceback (most recent call last):
     ...
     moelens.errors.ModelLoadError: could not load 'nobody/no-such-moe': it is not a moelens zoo name ...
+    """
+
+
+class ResultFileError(MoelensError, FileNotFoundError, ValueError):
+    """A saved result (``RoutingStats``, ``DriverEffects``) that is missing or not in the expected format.
+
+    >>> from moelens.analysis import RoutingStats
+    >>> RoutingStats.load("no/such/stats")
+    Traceback (most recent call last):
+    ...
+    moelens.errors.ResultFileError: RoutingStats needs both no/such/stats.safetensors and no/such/stats.json (written by save()).
     """
 
 

@@ -1,28 +1,79 @@
-"""Named hook points and the verbs that attach functions to them.
+"""Named hook points, the per-call context their functions see, and the verbs that attach them.
 
 A :class:`HookPoint` is not an ``nn.Module``: moelens never copies or rewraps HF modules. The model
 intercepts HF's own tensors (router outputs, expert inputs, block inputs and outputs) and passes them
-through the hook point of the same name, which runs the user's functions in order. A function takes
-``(tensor, hook)`` and returns None (read, or edit in place) or a tensor of the same shape and dtype
-that replaces the activation.
-"""
+through the hook point of the same name, which runs the user's functions in order. A forward function
+takes ``(tensor, hook)`` and returns None (read, or edit in place) or a tensor of the same shape and
+dtype that replaces the activation. A backward function takes ``(grad, hook)``: ``grad`` is the
+gradient of whatever is differentiated later with respect to the activation (after every forward
+edit), and a returned tensor replaces that gradient upstream.
 
-from __future__ import annotations
+During a model call, ``hook.call`` is the call's :class:`CallContext` (its attention mask and a
+scratch dict shared by all hook points) and ``hook.ctx`` a scratch dict of this hook point alone
+(TransformerLens's ``hook.ctx``); both are emptied when the call ends, also when it raises.
+"""
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Union
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
 
 import torch
 from torch import Tensor
 
-from .errors import HookShapeError, ReadOnlyHookError, UnknownHookError
+from .errors import (
+    HookShapeError,
+    InterventionError,
+    InvalidInputError,
+    ReadOnlyHookError,
+    UnknownHookError,
+)
 from .names import HookSpec
 
-__all__ = ["HookPoint", "HookFn", "NameFilter", "HookRegistry"]
+__all__ = ["CallContext", "HookFn", "HookPoint", "HookRegistry", "NameFilter", "expand"]
 
-HookFn = Callable[..., Union[Tensor, None]]
+HookFn = Callable[..., Tensor | None]
 NameFilter = Union[str, Iterable[str], Callable[[str], bool], None]
+# Activations with no gradient to take: integer indices, and scores that nothing downstream reads.
+NO_GRADIENT = ("hook_topk_indices", "hook_router_scores")
+
+
+@dataclass
+class CallContext:
+    """What the hook functions of one model call share.
+
+    ``attention_mask [batch pos]`` is the call's mask (1 on real tokens; None outside a call);
+    ``scratch`` is a dict for passing values between hook points of the same call (e.g. the
+    top-k indices a weights hook needs), emptied when the call ends.
+
+    >>> from moelens import HookedMoE
+    >>> from moelens.testing import tiny_model
+    >>> model = HookedMoE.from_hf(tiny_model("mixtral"))
+    >>> seen = []
+    >>> def read_mask(x, hook):
+    ...     seen.append(hook.call.attention_mask.tolist())
+    >>> _ = model.run_with_hooks(torch.tensor([[4, 5, 0]]), [("blocks.0.moe.hook_out", read_mask)],
+    ...                          attention_mask=torch.tensor([[1, 1, 0]]))
+    >>> seen
+    [[[1, 1, 0]]]
+    """
+
+    attention_mask: Tensor | None = None
+    scratch: dict[Any, Any] = field(default_factory=dict)
+    # Activations handed to backward functions during this call, for run_with_cache(incl_bwd=True).
+    grad_targets: dict[str, Tensor] = field(default_factory=dict)
+
+
+class _CallState:
+    """The call in progress of one model, shared by all its hook points (a stack: calls may nest)."""
+
+    def __init__(self) -> None:
+        self.stack: list[CallContext] = []
+        self.idle = CallContext()
+
+    @property
+    def current(self) -> CallContext:
+        return self.stack[-1] if self.stack else self.idle
 
 
 class HookPoint:
@@ -35,25 +86,67 @@ class HookPoint:
     12.0
     """
 
-    __slots__ = ("name", "layer", "spec", "fns")
+    __slots__ = ("_ctx", "_state", "bwd_fns", "fns", "layer", "name", "spec")
 
     def __init__(self, name: str, layer: int, spec: HookSpec):
         self.name = name
         self.layer = layer
         self.spec = spec
         self.fns: list[HookFn] = []
+        self.bwd_fns: list[HookFn] = []
+        self._state = _CallState()  # replaced by the registry's, shared by every point of a model
+        self._ctx: dict[Any, Any] = {}
 
     @property
     def active(self) -> bool:
-        return bool(self.fns)
+        return bool(self.fns or self.bwd_fns)
 
-    def add(self, fn: HookFn) -> Callable[[], None]:
-        """Attach ``fn``; returns a function that detaches it."""
-        self.fns.append(fn)
-        return lambda: self.fns.remove(fn) if fn in self.fns else None
+    @property
+    def has_bwd(self) -> bool:
+        """Whether a backward function is attached (the activation then enters the autograd graph)."""
+        return bool(self.bwd_fns)
+
+    @property
+    def call(self) -> CallContext:
+        """The context of the model call in progress (see :class:`CallContext`)."""
+        return self._state.current
+
+    @property
+    def ctx(self) -> dict[Any, Any]:
+        """This hook point's scratch dict for the call in progress, emptied when the call ends.
+
+        >>> from moelens import HookedMoE
+        >>> from moelens.testing import tiny_model
+        >>> model = HookedMoE.from_hf(tiny_model("mixtral"))
+        >>> def count(x, hook):
+        ...     hook.ctx["calls"] = hook.ctx.get("calls", 0) + 1
+        >>> _ = model.run_with_hooks(torch.tensor([[4, 5]]), [("blocks.0.moe.hook_out", count)])
+        >>> model.hook_point("blocks.0.moe.hook_out").ctx  # emptied at the end of the call
+        {}
+        """
+        return self._ctx
+
+    def add(self, fn: HookFn, dir: Literal["fwd", "bwd"] = "fwd") -> Callable[[], None]:
+        """Attach ``fn`` (forward, or backward with ``dir="bwd"``); returns a function that detaches it."""
+        if not callable(fn):
+            raise InvalidInputError(f"hook for {self.name!r} is {fn!r}, not a function (tensor, hook) -> tensor | None.")
+        if dir == "bwd":
+            if self.name.rsplit(".", 1)[-1] in NO_GRADIENT:
+                raise InvalidInputError(
+                    f"{self.name!r} carries no gradient (integer indices, or scores nothing downstream reads); "
+                    "attach backward hooks to hook_router_logits or hook_topk_weights of the same layer."
+                )
+            fns = self.bwd_fns
+        elif dir == "fwd":
+            fns = self.fns
+        else:
+            raise InvalidInputError(f"dir={dir!r}: pass 'fwd' or 'bwd'.")
+        fns.append(fn)
+        return lambda: fns.remove(fn) if fn in fns else None
 
     def __call__(self, tensor: Tensor) -> Tensor:
-        """Run every function in order; returns the (possibly replaced) activation."""
+        """Run every forward function in order; returns the (possibly replaced) activation, entered
+        into the autograd graph with the backward functions when there are any."""
         for fn in list(self.fns):
             result = fn(tensor, hook=self)
             if result is None or result is tensor:
@@ -64,6 +157,28 @@ class HookPoint:
                     f"value. Edit blocks.{self.layer}.moe.hook_router_logits to re-route instead."
                 )
             tensor = self._check(result, tensor, fn)
+        if self.bwd_fns and torch.is_grad_enabled() and tensor.is_floating_point():
+            tensor = self._attach_backward(tensor)
+        return tensor
+
+    def _attach_backward(self, tensor: Tensor) -> Tensor:
+        # A new node (an identity view, or + a zero leaf when nothing upstream needs gradients) whose
+        # gradient is this activation's: it is what flows downstream from here on.
+        if tensor.requires_grad:
+            tensor = tensor.view_as(tensor)
+        else:
+            tensor = tensor + torch.zeros((), dtype=tensor.dtype, device=tensor.device, requires_grad=True)
+        fns = list(self.bwd_fns)
+
+        def backward(grad: Tensor) -> Tensor:
+            for fn in fns:
+                result = fn(grad, hook=self)
+                if result is not None:
+                    grad = self._check(result, grad, fn)
+            return grad
+
+        tensor.register_hook(backward)
+        self.call.grad_targets[self.name] = tensor
         return tensor
 
     def _check(self, result: Any, original: Tensor, fn: HookFn) -> Tensor:
@@ -87,18 +202,25 @@ class HookPoint:
         return result
 
     def __repr__(self) -> str:
-        return f"HookPoint({self.name!r}, {len(self.fns)} fn)"
+        return f"HookPoint({self.name!r}, {len(self.fns)} fn, {len(self.bwd_fns)} bwd fn)"
 
 
 def _fn_name(fn: Callable) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
+Hooks = Iterable[tuple[str | Callable[[str], bool], HookFn]]
+
+
 class HookRegistry:
-    """The hook points of one model, by name, and the verbs that attach functions to them."""
+    """The hook points of one model, by name, the verbs that attach functions to them, and the
+    context of the call in progress."""
 
     def __init__(self, points: Iterable[HookPoint]):
         self.points: dict[str, HookPoint] = {hp.name: hp for hp in points}
+        self._state = _CallState()
+        for hp in self.points.values():
+            hp._state = self._state
 
     def __getitem__(self, name: str) -> HookPoint:
         try:
@@ -116,20 +238,36 @@ class HookRegistry:
             return [hp for name, hp in self.points.items() if name_filter(name)]
         return [self[name] for name in name_filter]
 
-    def active_points(self) -> list[HookPoint]:
-        return [hp for hp in self.points.values() if hp.active]
+    @property
+    def call(self) -> CallContext:
+        return self._state.current
 
     @contextmanager
-    def attached(self, fwd_hooks: Iterable[tuple[str | Callable[[str], bool], HookFn]]) -> Iterator[None]:
+    def calling(self, context: CallContext) -> Iterator[CallContext]:
+        """Make ``context`` the call in progress for the block; empty every scratch dict on exit."""
+        self._state.stack.append(context)
+        try:
+            yield context
+        finally:
+            self._state.stack.pop()
+            context.scratch.clear()
+            if not self._state.stack:
+                for hp in self.points.values():
+                    hp._ctx.clear()
+
+    @contextmanager
+    def attached(self, fwd_hooks: Hooks = (), bwd_hooks: Hooks = ()) -> Iterator[None]:
         """Attach ``(name_or_predicate, fn)`` pairs for the duration of the block, removing them on exit,
         also when the block raises."""
         detach: list[Callable[[], None]] = []
         try:
-            for target, fn in fwd_hooks:
-                if not callable(fn):
-                    raise TypeError(f"hook for {target!r} is {fn!r}, not a function (tensor, hook) -> tensor | None")
-                points = self.select(target)
-                detach.extend(hp.add(fn) for hp in points)
+            for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
+                for target, fn in pairs:
+                    if not callable(fn):
+                        raise InvalidInputError(
+                            f"hook for {target!r} is {fn!r}, not a function (tensor, hook) -> tensor | None."
+                        )
+                    detach.extend(hp.add(fn, direction) for hp in self.select(target))
             yield
         finally:
             for undo in reversed(detach):
@@ -138,4 +276,29 @@ class HookRegistry:
     def remove_all(self) -> None:
         for hp in self.points.values():
             hp.fns.clear()
+            hp.bwd_fns.clear()
 
+
+def expand(items: Any, model: Any) -> list[tuple]:
+    """Turn a list mixing hook-producing objects (anything with ``.hooks(model)``, e.g. the
+    interventions) and ``(name, fn)`` pairs into ``(name, fn)`` pairs, in order.
+
+    >>> from moelens import HookedMoE, Ablate
+    >>> from moelens.testing import tiny_model
+    >>> model = HookedMoE.from_hf(tiny_model("mixtral"))
+    >>> [name for name, fn in expand([Ablate(0, 1), ("blocks.1.moe.hook_out", print)], model)]
+    ['blocks.0.moe.hook_router_logits', 'blocks.1.moe.hook_out']
+    """
+    if callable(getattr(items, "hooks", None)):
+        items = [items]
+    pairs: list[tuple] = []
+    for item in items:
+        if callable(getattr(item, "hooks", None)):
+            pairs.extend(item.hooks(model))
+        elif isinstance(item, tuple) and len(item) == 2:
+            pairs.append(item)
+        else:
+            raise InterventionError(
+                f"{item!r} is neither an intervention (Perturb, Scale, Ablate, Force, Patch) nor a (name, fn) pair."
+            )
+    return pairs

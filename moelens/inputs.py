@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .errors import InvalidInputError
 
-__all__ = ["ModelInputs", "prepare_inputs", "last_token_positions"]
+__all__ = ["ModelInputs", "prepare_inputs", "last_token_positions", "layer_range"]
 
 
 @dataclass
@@ -119,3 +119,27 @@ def last_token_positions(attention_mask: Tensor) -> Tensor:
     """
     positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
     return (attention_mask.bool() * (positions + 1)).argmax(-1)
+
+
+def layer_range(n_layers: int, start_at_layer: int | None, stop_at_layer: int | None) -> tuple[int | None, int | None]:
+    """Validated ``(start, stop)`` layer indices (negative ones count from the end; None stays None).
+
+    >>> layer_range(4, -1, None), layer_range(4, 0, 4)
+    ((3, None), (0, 4))
+    """
+    start = _check_layer(start_at_layer, "start_at_layer", n_layers, 0, n_layers - 1)
+    stop = _check_layer(stop_at_layer, "stop_at_layer", n_layers, 0, n_layers)
+    if start is not None and stop is not None and stop <= start:
+        raise InvalidInputError(f"stop_at_layer={stop} must be greater than start_at_layer={start}.")
+    return start, stop
+
+
+def _check_layer(value: int | None, name: str, n_layers: int, low: int, high: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(f"{name} must be an int in [{low}, {high}]; got {value!r}.")
+    resolved = value + n_layers if value < 0 else value
+    if not low <= resolved <= high:
+        raise InvalidInputError(f"{name}={value} is out of range; this model takes [{low}, {high}].")
+    return resolved

@@ -21,25 +21,31 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
+from ._selectors import (
+    ExpertSel,
+    LayerSel,
+    PosSel,
+    check_selector,
+    expert_mask,
+    moe_layers,
+    position_mask,
+)
 from .errors import InterventionError
-from .inputs import last_token_positions
+from .hook_points import HookPoint, expand
 from .names import moe_name, parse_hook_name
 
 if TYPE_CHECKING:
     from .model import HookedMoE
 
-__all__ = ["Intervention", "Perturb", "Scale", "Ablate", "Force", "Patch", "from_dict"]
+__all__ = ["Ablate", "Force", "Intervention", "Patch", "Perturb", "Scale", "expand", "from_dict"]
 
-LayerSel = Union[int, Sequence[int], Literal["all"]]
-ExpertSel = Union[int, Sequence[int], Literal["all"], Tensor]
-PosSel = Union[int, Sequence[int], slice, None]
 
 
 def _freeze(value: Any) -> Any:
@@ -47,20 +53,6 @@ def _freeze(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(value)
     return value
-
-
-def _check_selector(name: str, value: Any, allow_tensor: bool = False) -> None:
-    if isinstance(value, str) and value == "all":
-        return
-    if isinstance(value, int) and not isinstance(value, bool):
-        return
-    if isinstance(value, tuple) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return
-    if allow_tensor and isinstance(value, Tensor):
-        if value.ndim != 1 or value.dtype not in (torch.int64, torch.int32):
-            raise InterventionError(f"{name} as a tensor must be a LongTensor [batch]; got {value.dtype} {tuple(value.shape)}.")
-        return
-    raise InterventionError(f"{name}={value!r}: pass an int, a non-empty list of ints, or 'all'.")
 
 
 class Intervention:
@@ -77,7 +69,8 @@ class Intervention:
         """Checks that need no model (types, finite numbers); model-dependent checks run in hooks()."""
 
     def hooks(self, model: HookedMoE) -> list[tuple[str, Callable]]:
-        raise NotImplementedError
+        """The ``(hook name, fn)`` pairs that apply this intervention to ``model`` (subclasses)."""
+        raise InterventionError(f"{type(self).__name__} does not implement hooks(model); subclass an intervention.")
 
     # -- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -128,98 +121,36 @@ def from_dict(data: dict) -> Intervention:
     return classes[kind](**{k: _decode(v) for k, v in data.items() if k != "type"})
 
 
-# -- target resolution ------------------------------------------------------------------------------
-
-
-def _moe_layers(model: HookedMoE, layers: LayerSel, who: str) -> list[int]:
-    valid = list(model.cfg.moe_layers)
-    chosen = valid if layers == "all" else ([layers] if isinstance(layers, int) else list(layers))
-    for layer in chosen:
-        if layer not in valid:
-            raise InterventionError(f"{who}: layer {layer} is not an MoE layer of this model; MoE layers are {valid}.")
-    return chosen
-
-
-def _expert_mask(model: HookedMoE, experts: ExpertSel, batch: int, who: str) -> Tensor:
-    """Bool ``[batch n_experts]`` of the targeted experts of each row."""
-    n = model.cfg.n_experts
-    mask = torch.zeros(batch, n, dtype=torch.bool)
-    if isinstance(experts, Tensor):
-        if experts.shape[0] != batch:
-            raise InterventionError(f"{who}: experts has {experts.shape[0]} entries but the batch has {batch} rows.")
-        chosen = experts.long().cpu()
-        _check_experts(chosen.tolist(), n, who)
-        return mask.scatter_(1, chosen[:, None], True)
-    chosen = list(range(n)) if experts == "all" else ([experts] if isinstance(experts, int) else list(experts))
-    _check_experts(chosen, n, who)
-    mask[:, chosen] = True
-    return mask
-
-
-def _check_experts(chosen: list[int], n: int, who: str) -> None:
-    for expert in chosen:
-        if not 0 <= expert < n:
-            raise InterventionError(f"{who}: expert {expert} is out of range; this model has experts 0..{n - 1}.")
-
-
-def _position_mask(positions: PosSel, attention_mask: Tensor, who: str) -> Tensor:
-    """Bool ``[batch pos]`` of the targeted positions; negative ones count from each row's last token."""
-    batch, n_pos = attention_mask.shape
-    if positions is None:
-        return torch.ones(batch, n_pos, dtype=torch.bool)
-    last = last_token_positions(attention_mask.cpu())  # [batch]
-    arange = torch.arange(n_pos)
-    if isinstance(positions, slice):
-        start, stop, step = positions.start, positions.stop, positions.step or 1
-        if step <= 0:
-            raise InterventionError(f"{who}: positions slice needs a positive step; got {positions!r}.")
-
-        def bound(value, default):
-            if value is None:
-                return default
-            return (last + 1 + value) if value < 0 else torch.full((batch,), value)
-
-        lo, hi = bound(start, torch.zeros(batch, dtype=torch.long)), bound(stop, torch.full((batch,), n_pos))
-        return (arange >= lo[:, None]) & (arange < hi[:, None]) & ((arange - lo[:, None]) % step == 0)
-    chosen = [positions] if isinstance(positions, int) else list(positions)
-    mask = torch.zeros(batch, n_pos, dtype=torch.bool)
-    for position in chosen:
-        absolute = last + 1 + position if position < 0 else torch.full((batch,), position)
-        if bool(((absolute < 0) | (absolute >= n_pos)).any()):
-            raise InterventionError(
-                f"{who}: position {position} is outside the sequence; valid positions are 0..{n_pos - 1} "
-                f"and -1..-{int((last + 1).min())} (from the last real token)."
-            )
-        mask[torch.arange(batch), absolute] = True
-    return mask
-
-
 class _Targeted(Intervention):
     """Shared machinery of the (layers, experts, positions) interventions."""
 
-    def _targets(self, model: HookedMoE, shape: torch.Size, device: torch.device | None = None) -> Tensor:
+    def _targets(self, model: HookedMoE, hook: HookPoint, like: Tensor) -> Tensor:
         """Bool ``[batch pos n_experts]`` of the targeted (position, expert) pairs for this call, on
-        ``device`` (the hooked tensor's: layers spread by ``device_map`` live on several devices)."""
-        batch = shape[0]
-        attention_mask = model.current_attention_mask
-        if attention_mask is None or attention_mask.shape != shape[:2]:
-            attention_mask = torch.ones(shape[:2], dtype=torch.long)
-        who = type(self).__name__
-        positions = _position_mask(self.positions, attention_mask, who)
-        experts = _expert_mask(model, self.experts, batch, who)
-        return (positions[:, :, None] & experts[:, None, :]).to(device if device is not None else model.device)
+        ``like``'s device; built (and tensor selectors validated) once per call, not per layer."""
+        shape = tuple(like.shape[:2])
+        key = (id(self), "targets", shape)
+        scratch = hook.call.scratch
+        if key not in scratch:
+            attention_mask = hook.call.attention_mask
+            if attention_mask is None or tuple(attention_mask.shape) != shape:
+                attention_mask = torch.ones(shape, dtype=torch.long)
+            who = type(self).__name__
+            positions = position_mask(self.positions, attention_mask, who).to(like.device)
+            experts = expert_mask(model, self.experts, shape[0], who, like.device)
+            scratch[key] = positions[:, :, None] & experts[:, None, :]
+        return scratch[key]
 
     def validate(self) -> None:
-        _check_selector("layers", self.layers)
-        _check_selector("experts", self.experts, allow_tensor=True)
+        check_selector("layers", self.layers)
+        check_selector("experts", self.experts, allow_tensor=True)
         if not (self.positions is None or isinstance(self.positions, (int, slice, tuple))) or isinstance(self.positions, bool):
             raise InterventionError(f"positions={self.positions!r}: pass an int, a list, a slice, or None.")
 
     def _on(self, model: HookedMoE, suffix: str, edit: Callable[[Tensor, Tensor], Tensor | None]) -> list[tuple[str, Callable]]:
-        def fn(x: Tensor, hook) -> Tensor | None:
-            return edit(x, self._targets(model, x.shape, x.device))
+        def fn(x: Tensor, hook: HookPoint) -> Tensor | None:
+            return edit(x, self._targets(model, hook, x))
 
-        return [(moe_name(layer, suffix), fn) for layer in _moe_layers(model, self.layers, type(self).__name__)]
+        return [(moe_name(layer, suffix), fn) for layer in moe_layers(model, self.layers, type(self).__name__)]
 
 
 def _selected_targets(targets: Tensor, index: Tensor) -> Tensor:
@@ -229,17 +160,19 @@ def _selected_targets(targets: Tensor, index: Tensor) -> Tensor:
 
 def _weights_edit(model: HookedMoE, owner: _Targeted, factor: float) -> list[tuple[str, Callable]]:
     """Multiply the applied weights of the targeted experts: reads the final top-k indices first."""
-    seen: dict[str, Tensor] = {}
-    hooks = []
-    for layer in _moe_layers(model, owner.layers, type(owner).__name__):
+    token = object()  # this expansion's key in the call's scratch (the same object may be listed twice)
 
-        def remember(x, hook, layer=layer):
-            seen[layer] = x  # the indices hook always fires before the weights hook of the same layer
+    def remember(x: Tensor, hook: HookPoint) -> None:
+        # The indices hook always fires before the weights hook of the same layer.
+        hook.call.scratch[(token, hook.layer)] = x
 
-        def scale(x, hook, layer=layer):
-            chosen = _selected_targets(owner._targets(model, x.shape[:2] + (model.cfg.n_experts,), x.device), seen.pop(layer))
-            return torch.where(chosen, x * factor, x)
+    def scale(x: Tensor, hook: HookPoint) -> Tensor:
+        index = hook.call.scratch.pop((token, hook.layer))
+        chosen = _selected_targets(owner._targets(model, hook, x), index)
+        return torch.where(chosen, x * factor, x)
 
+    hooks: list[tuple[str, Callable]] = []
+    for layer in moe_layers(model, owner.layers, type(owner).__name__):
         hooks += [(moe_name(layer, "hook_topk_indices"), remember), (moe_name(layer, "hook_topk_weights"), scale)]
     return hooks
 
@@ -357,26 +290,27 @@ class Force(_Targeted):
     positions: PosSel = None
 
     def hooks(self, model: HookedMoE) -> list[tuple[str, Callable]]:
-        seen: dict[int, Tensor] = {}
-        hooks = []
-        for layer in _moe_layers(model, self.layers, "Force"):
+        token = object()  # this expansion's key in the call's scratch (the same object may be listed twice)
 
-            def remember(x, hook, layer=layer):
-                seen[layer] = x.detach().clone()  # final (possibly edited) logits of this call
+        def remember(x: Tensor, hook: HookPoint) -> None:
+            # the final (possibly edited) logits of this call; the indices hook of the layer follows
+            hook.call.scratch[(token, hook.layer)] = x.detach().clone()
 
-            def force(x, hook, layer=layer):
-                logits = seen.pop(layer)
-                targets = self._targets(model, logits.shape, logits.device)
-                if int(targets.sum(-1).max()) > model.cfg.top_k:
-                    raise InterventionError(f"Force targets more experts than top_k={model.cfg.top_k} at one position.")
-                index = x.clone()
-                for expert in targets.any(0).any(0).nonzero().flatten().tolist():
-                    want = targets[..., expert] & ~(index == expert).any(-1)  # [batch pos]
-                    slot_logits = logits.gather(-1, index).masked_fill(targets.gather(-1, index), float("inf"))
-                    slot = slot_logits.argmin(-1, keepdim=True)  # lowest non-forced slot
-                    index = torch.where(want[..., None], index.scatter(-1, slot, expert), index)
-                return index
+        def force(x: Tensor, hook: HookPoint) -> Tensor:
+            logits = hook.call.scratch.pop((token, hook.layer))
+            targets = self._targets(model, hook, logits)
+            if int(targets.sum(-1).max()) > model.cfg.top_k:
+                raise InterventionError(f"Force targets more experts than top_k={model.cfg.top_k} at one position.")
+            index = x.clone()
+            for expert in targets.any(0).any(0).nonzero().flatten().tolist():
+                want = targets[..., expert] & ~(index == expert).any(-1)  # [batch pos]
+                slot_logits = logits.gather(-1, index).masked_fill(targets.gather(-1, index), float("inf"))
+                slot = slot_logits.argmin(-1, keepdim=True)  # lowest non-forced slot
+                index = torch.where(want[..., None], index.scatter(-1, slot, expert), index)
+            return index
 
+        hooks: list[tuple[str, Callable]] = []
+        for layer in moe_layers(model, self.layers, "Force"):
             hooks += [(moe_name(layer, "hook_router_logits"), remember), (moe_name(layer, "hook_topk_indices"), force)]
         return hooks
 
@@ -417,21 +351,7 @@ class Patch(Intervention):
         return [(self.hook_name, patch)]
 
     def __hash__(self) -> int:
-        return hash((self.hook_name, id(self.value)))
+        # Equal patches (same name, same values) must hash equal; shape and dtype are cheap and
+        # follow from equal values, unlike id(value).
+        return hash((self.hook_name, tuple(self.value.shape), str(self.value.dtype)))
 
-
-def expand(items: Sequence[Intervention | tuple], model: HookedMoE) -> list[tuple]:
-    """Turn a list mixing interventions and ``(name, fn)`` pairs into ``(name, fn)`` pairs, in order."""
-    if isinstance(items, Intervention):
-        items = [items]
-    pairs: list[tuple] = []
-    for item in items:
-        if isinstance(item, Intervention):
-            pairs.extend(item.hooks(model))
-        elif isinstance(item, tuple) and len(item) == 2:
-            pairs.append(item)
-        else:
-            raise InterventionError(
-                f"{item!r} is neither an intervention (Perturb, Scale, Ablate, Force, Patch) nor a (name, fn) pair."
-            )
-    return pairs

@@ -25,6 +25,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from moelens.errors import InvalidInputError
+
 __all__ = [
     "RoutingSums",
     "activation_rate",
@@ -61,12 +63,12 @@ def _check_mask(
     if mask is None:
         return torch.ones(leading, dtype=torch.bool, device=device)
     if mask.shape != leading:
-        raise ValueError(
+        raise InvalidInputError(
             f"mask has shape {_shape(mask)} but {name} has leading shape {tuple(leading)}: "
             f"pass one mask entry per token (e.g. the attention_mask [batch pos])."
         )
     if mask.dtype.is_floating_point or mask.is_complex():
-        raise ValueError(
+        raise InvalidInputError(
             f"mask must be bool (True = real token) or integer 0/1, got dtype {mask.dtype}."
         )
     return mask if mask.dtype == torch.bool else mask != 0
@@ -74,7 +76,7 @@ def _check_mask(
 
 def _check_topk_mask(topk_mask: Tensor) -> None:
     if topk_mask.dtype != torch.bool or topk_mask.ndim < 1:
-        raise ValueError(
+        raise InvalidInputError(
             f"topk_mask must be a bool tensor [*batch n_experts], got dtype {topk_mask.dtype} "
             f"shape {_shape(topk_mask)}. If you have top-k indices [*batch k], convert them with "
             f"topk_mask_from_indices(indices, n_experts)."
@@ -83,18 +85,18 @@ def _check_topk_mask(topk_mask: Tensor) -> None:
 
 def _check_scores(scores: Tensor, topk_mask: Tensor, mask: Tensor) -> None:
     if scores.shape != topk_mask.shape:
-        raise ValueError(
+        raise InvalidInputError(
             f"scores has shape {_shape(scores)} but topk_mask has shape {_shape(topk_mask)}: "
             f"pass the router's scores over all experts [*batch n_experts] for the same tokens."
         )
     if not scores.dtype.is_floating_point:
-        raise ValueError(f"scores must be floating point, got dtype {scores.dtype}.")
+        raise InvalidInputError(f"scores must be floating point, got dtype {scores.dtype}.")
     s = scores.to(_compute_dtype(scores))
     bad = ((s < 0) | ~torch.isfinite(s)).any(-1) | (s.sum(-1) <= 0)
     bad &= mask  # padding may hold anything
     if bool(bad.any()):
         where = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(
+        raise InvalidInputError(
             f"scores at token {where} are not a valid score distribution (negative, non-finite, "
             f"or summing to 0): {scores[where].tolist()}. Pass router *scores* (softmax or "
             f"sigmoid outputs), not logits: e.g. scores=router_logits.softmax(-1)."
@@ -110,17 +112,17 @@ def topk_mask_from_indices(
     [[1, 0, 1], [0, 1, 1]]
     """
     if topk_indices.dtype.is_floating_point or topk_indices.dtype == torch.bool:
-        raise ValueError(
+        raise InvalidInputError(
             f"topk_indices must be an integer tensor [*batch k], got dtype {topk_indices.dtype} "
             f"shape {_shape(topk_indices)}."
         )
     if n_experts < 1 or topk_indices.ndim < 1:
-        raise ValueError(
+        raise InvalidInputError(
             f"need n_experts >= 1 and topk_indices with a last axis k, got n_experts={n_experts}, "
             f"shape {_shape(topk_indices)}."
         )
     if topk_indices.numel() and (topk_indices.min() < 0 or topk_indices.max() >= n_experts):
-        raise ValueError(
+        raise InvalidInputError(
             f"topk_indices must lie in [0, {n_experts}), got values in "
             f"[{int(topk_indices.min())}, {int(topk_indices.max())}]: check n_experts."
         )
@@ -273,7 +275,7 @@ def cwas(
     [0.5, 0.25, 0.0]
     """
     if activation_rate.shape != entropy.shape:
-        raise ValueError(
+        raise InvalidInputError(
             f"activation_rate has shape {_shape(activation_rate)} but entropy has shape "
             f"{_shape(entropy)}: pass both per expert, over the same tokens."
         )
@@ -297,11 +299,11 @@ def domain_specificity(
     [0.0, 1.0, nan]
     """
     if activation_rate.ndim == 0:
-        raise ValueError("activation_rate must have a domain axis, got a 0-d tensor.")
+        raise InvalidInputError("activation_rate must have a domain axis, got a 0-d tensor.")
     a = activation_rate.to(_compute_dtype(activation_rate))
     n_domains = a.shape[dim]
     if bool((a < 0).any()):
-        raise ValueError(
+        raise InvalidInputError(
             f"activation_rate of shape {_shape(activation_rate)} has negative entries; "
             f"pass rates in [0, 1]."
         )
@@ -333,12 +335,12 @@ def kl_divergence(
     0.143841
     """
     if p_logits.shape != q_logits.shape or p_logits.ndim < 1:
-        raise ValueError(
+        raise InvalidInputError(
             f"p_logits has shape {_shape(p_logits)} and q_logits {_shape(q_logits)}: both must be "
             f"[*batch d_vocab] with the same shape (same tokens, same vocabulary)."
         )
     if reduction not in ("none", "mean", "sum"):
-        raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}.")
+        raise InvalidInputError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}.")
     dt = torch.promote_types(_compute_dtype(p_logits), _compute_dtype(q_logits))
     log_p = torch.log_softmax(p_logits.to(dt), -1)
     log_q = torch.log_softmax(q_logits.to(dt), -1)

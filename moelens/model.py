@@ -3,47 +3,34 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ._interception import StopForward, build_hook_points
 from .architectures import ArchitectureSpec, find_moe_layers, resolve, spec_for_model
-from .cache import ActivationCache
-from .errors import InvalidInputError, ModelLoadError
-from .hook_points import HookFn, HookPoint, HookRegistry, NameFilter
-from .inputs import ModelInputs, prepare_inputs, prepare_residual
-from .names import HOOK_TABLE, moe_name, resid_name
-from ._interception import LayerHooks, MoEHooks, StopForward
+from .cache import ActivationCache, metric_gradients, no_op_hook
+from .config import MoEConfig
+from .errors import InvalidInputError
+from .hook_points import (
+    NO_GRADIENT,
+    CallContext,
+    HookFn,
+    HookPoint,
+    HookRegistry,
+    NameFilter,
+    expand,
+)
+from .inputs import ModelInputs, layer_range, prepare_inputs, prepare_residual
+from .loading import load_hf
 
 __all__ = ["HookedMoE", "MoEConfig"]
 
 FwdHooks = Sequence[tuple[str | Callable[[str], bool], HookFn]]
-
-
-@dataclass(frozen=True)
-class MoEConfig:
-    """What moelens knows about the wrapped model's architecture (``model.cfg``).
-
-    >>> from moelens.testing import tiny_model
-    >>> cfg = HookedMoE.from_hf(tiny_model("deepseek_v3")).cfg
-    >>> cfg.moe_layers, cfg.n_experts, cfg.top_k, cfg.n_shared_experts, cfg.scoring
-    ((1, 2), 8, 2, 1, 'sigmoid')
-    """
-
-    architecture: str  # HF model_type
-    n_layers: int
-    moe_layers: tuple[int, ...]
-    n_experts: int
-    top_k: int
-    d_model: int
-    d_vocab: int
-    n_shared_experts: int
-    scoring: str  # "softmax" | "sigmoid" | "sparsemixer"
+BwdHooks = FwdHooks
 
 
 class HookedMoE(nn.Module):
@@ -73,23 +60,23 @@ class HookedMoE(nn.Module):
             )
         self.layers: nn.ModuleList = resolve(hf_model, self.spec.layers)
         self.final_norm: nn.Module = resolve(hf_model, self.spec.final_norm)
-        moe_layers = find_moe_layers(hf_model, self.spec)
-        config = hf_model.config
-        self.cfg = MoEConfig(
-            architecture=config.model_type,
-            n_layers=len(self.layers),
-            moe_layers=moe_layers,
-            n_experts=getattr(config, self.spec.n_experts_attr),
-            top_k=getattr(config, self.spec.top_k_attr),
-            d_model=config.hidden_size,
-            d_vocab=config.vocab_size,
-            n_shared_experts=self.spec.shared_expert_count(config),
-            scoring=self.spec.routing.scoring,
+        self.cfg = MoEConfig.of(hf_model.config, self.spec, len(self.layers), find_moe_layers(hf_model, self.spec))
+        points, self._layer_hooks, self._moe_hooks = build_hook_points(
+            self.layers, self.spec, self.cfg.moe_layers, self.cfg.n_experts
         )
-        self.current_attention_mask: Tensor | None = None  # [batch pos] of the call in progress
-        self._layer_hooks: list[LayerHooks] = []
-        self._moe_hooks: list[MoEHooks] = []
-        self._registry = HookRegistry(self._build_hook_points())
+        self._registry = HookRegistry(points)
+        self._lm_head: nn.Module | None = hf_model.get_output_embeddings()
+        self._routers: dict[int, nn.Module] = {
+            layer: hooks.router for layer, hooks in zip(self.cfg.moe_layers, self._moe_hooks, strict=True)
+        }
+
+    @property
+    def current_attention_mask(self) -> Tensor | None:
+        """The attention mask ``[batch pos]`` of the call in progress (None outside a call).
+
+        Kept for compatibility: hook functions read ``hook.call.attention_mask`` instead.
+        """
+        return self._registry.call.attention_mask
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -119,59 +106,8 @@ class HookedMoE(nn.Module):
         ``hf_kwargs`` go to ``AutoModelForCausalLM.from_pretrained`` (e.g. ``trust_remote_code=True``,
         ``experts_implementation="eager"``).
         """
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        path = _resolve_zoo(name_or_path)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **hf_kwargs)
-        except OSError as error:
-            raise ModelLoadError(
-                f"could not load {name_or_path!r}: it is not a moelens zoo name ({_zoo_names()}), not a local "
-                f"folder with a config.json, and the hub did not answer ({error.__class__.__name__}: "
-                f"{str(error).splitlines()[0][:200]}). Check the name, or download it first while online."
-            ) from error
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as error:
-            warnings.warn(f"no tokenizer could be loaded for {name_or_path!r} ({error}); pass token ids.", stacklevel=2)
-            tokenizer = None
-        if device is not None:
-            model = model.to(device)
-        model.eval()
+        model, tokenizer = load_hf(name_or_path, device, dtype, **hf_kwargs)
         return cls.from_hf(model, tokenizer)
-
-    def _build_hook_points(self) -> Iterator[HookPoint]:
-        for index, layer in enumerate(self.layers):
-            pre = HookPoint(resid_name(index, "pre"), index, HOOK_TABLE["hook_resid_pre"])
-            post = HookPoint(resid_name(index, "post"), index, HOOK_TABLE["hook_resid_post"])
-            self._layer_hooks.append(LayerHooks(layer, pre, post))
-            yield pre
-            if index in self.cfg.moe_layers:
-                yield from self._build_moe_points(index, layer)
-            yield post
-
-    def _build_moe_points(self, index: int, layer: nn.Module) -> Iterator[HookPoint]:
-        block = resolve(layer, self.spec.moe_block)
-        shared = resolve(block, self.spec.shared_experts) if self.spec.shared_experts else None
-        points = {}
-        for suffix, row in HOOK_TABLE.items():
-            if row.scope == "layer" or (row.scope == "shared" and shared is None):
-                continue
-            if suffix == "hook_expert_out" and self.spec.experts_layout != "fused":
-                continue  # per-slot outputs need HF's fused (hidden, index, weights) experts call
-            points[suffix] = HookPoint(moe_name(index, suffix), index, row)
-        self._moe_hooks.append(
-            MoEHooks(
-                self.spec,
-                block,
-                resolve(block, self.spec.router),
-                resolve(block, self.spec.experts),
-                shared,
-                points,
-                self.cfg.n_experts,
-            )
-        )
-        yield from points.values()
 
     # -- hook management ----------------------------------------------------------------------
     @property
@@ -197,8 +133,13 @@ class HookedMoE(nn.Module):
         self._registry.remove_all()
 
     @contextmanager
-    def hooks(self, fwd_hooks: FwdHooks = ()) -> Iterator[HookedMoE]:
+    def hooks(self, fwd_hooks: FwdHooks = (), bwd_hooks: BwdHooks = ()) -> Iterator[HookedMoE]:
         """Context manager: hooks attached inside, removed on exit, also on exceptions.
+
+        ``fwd_hooks`` may mix ``(name or predicate, fn)`` pairs and interventions. ``bwd_hooks`` are
+        ``(name or predicate, fn)`` pairs; ``fn(grad, hook)`` runs when a backward pass reaches the
+        activation (also after the block has exited: the function is part of the forward's graph)
+        and may return a tensor that replaces the gradient.
 
         >>> from moelens.testing import tiny_model
         >>> model = HookedMoE.from_hf(tiny_model("mixtral"))
@@ -206,10 +147,16 @@ class HookedMoE(nn.Module):
         ...     _ = model(torch.tensor([[1, 2]]))
         >>> model.hook_point("blocks.0.moe.hook_out").active
         False
+        >>> grads = {}
+        >>> def keep(grad, hook):
+        ...     grads[hook.name] = grad
+        >>> with model.hooks(bwd_hooks=[("blocks.1.moe.hook_topk_weights", keep)]):
+        ...     logits = model(torch.tensor([[1, 2]]))
+        >>> logits[0, -1, 3].backward()
+        >>> grads["blocks.1.moe.hook_topk_weights"].shape  # [batch pos k]
+        torch.Size([1, 2, 2])
         """
-        from .interventions import expand
-
-        with self._registry.attached(expand(list(fwd_hooks), self)):
+        with self._registry.attached(expand(list(fwd_hooks), self), list(bwd_hooks)):
             yield self
 
     # -- running ------------------------------------------------------------------------------
@@ -226,17 +173,9 @@ class HookedMoE(nn.Module):
         With ``start_at_layer=L`` the input is the residual stream ``[batch pos d_model]`` entering
         layer L (pass ``attention_mask=`` if it was padded).
         """
-        start, stop = self._layer_range(start_at_layer, stop_at_layer)
+        start, stop = layer_range(self.cfg.n_layers, start_at_layer, stop_at_layer)
         model_inputs = self.to_inputs(inputs, attention_mask=attention_mask, start_at_layer=start)
         return self._run(model_inputs, start or 0, stop)
-
-    def _layer_range(self, start_at_layer: int | None, stop_at_layer: int | None) -> tuple[int | None, int | None]:
-        n_layers = self.cfg.n_layers
-        start = self._check_layer(start_at_layer, "start_at_layer", 0, n_layers - 1)
-        stop = self._check_layer(stop_at_layer, "stop_at_layer", 0, n_layers)
-        if start is not None and stop is not None and stop <= start:
-            raise InvalidInputError(f"stop_at_layer={stop} must be greater than start_at_layer={start}.")
-        return start, stop
 
     def to_inputs(
         self, inputs: Any, attention_mask: Tensor | None = None, start_at_layer: int | None = None
@@ -247,7 +186,7 @@ class HookedMoE(nn.Module):
             return prepare_residual(inputs, attention_mask, self.cfg.d_model, device)
         return prepare_inputs(inputs, attention_mask, self.tokenizer, self.cfg.d_vocab, device)
 
-    def _run(self, model_inputs: ModelInputs, start: int, stop: int | None) -> Tensor:
+    def _run(self, model_inputs: ModelInputs, start: int, stop: int | None, call: CallContext | None = None) -> Tensor:
         with ExitStack() as stack:
             for index, layer_hooks in enumerate(self._layer_hooks):
                 if stop is not None and index > stop:
@@ -257,8 +196,8 @@ class HookedMoE(nn.Module):
                 stack.callback(self.final_norm.register_forward_pre_hook(_raise_stop).remove)
             for moe_hooks in self._moe_hooks:
                 moe_hooks.install(stack)
-            self.current_attention_mask = model_inputs.attention_mask
-            stack.callback(setattr, self, "current_attention_mask", None)
+            stack.enter_context(self._registry.calling(call or CallContext()))
+            self._registry.call.attention_mask = model_inputs.attention_mask
             try:
                 return self.hf_model(**model_inputs.hf_kwargs()).logits
             except StopForward as stopped:
@@ -268,12 +207,26 @@ class HookedMoE(nn.Module):
         self,
         inputs: str | list[str] | Tensor,
         fwd_hooks: FwdHooks = (),
+        bwd_hooks: BwdHooks = (),
         *,
         attention_mask: Tensor | None = None,
         **forward_kwargs,
     ) -> Tensor:
-        """Run with ``fwd_hooks`` (pairs of name or predicate, and fn) attached for this call only."""
-        with self.hooks(fwd_hooks):
+        """Run with ``fwd_hooks`` (pairs of name or predicate, and fn; or interventions) attached for
+        this call only. ``bwd_hooks`` (pairs) fire when a backward pass through this call's output
+        runs later, e.g. ``logits[0, -1, y].backward()`` (see :meth:`hooks`).
+
+        >>> from moelens.testing import tiny_model
+        >>> model = HookedMoE.from_hf(tiny_model("mixtral"))
+        >>> seen = []
+        >>> logits = model.run_with_hooks(
+        ...     torch.tensor([[1, 2]]), bwd_hooks=[("blocks.0.hook_resid_post", lambda g, hook: seen.append(g.shape))]
+        ... )
+        >>> logits.sum().backward()
+        >>> seen
+        [torch.Size([1, 2, 32])]
+        """
+        with self.hooks(fwd_hooks, bwd_hooks):
             return self(inputs, attention_mask=attention_mask, **forward_kwargs)
 
     def run_with_cache(
@@ -286,12 +239,29 @@ class HookedMoE(nn.Module):
         attention_mask: Tensor | None = None,
         start_at_layer: int | None = None,
         stop_at_layer: int | None = None,
+        incl_bwd: bool = False,
+        metric: Callable[[Tensor], Tensor] | None = None,
     ) -> tuple[Tensor, ActivationCache]:
         """Run and record activations: ``names_filter`` is a name, a list, a predicate, or None (all).
 
         ``device`` moves each tensor as it is recorded (e.g. ``"cpu"`` to keep GPU memory flat).
         Opt-in hooks (``hook_expert_out``) are computed only when they are cached or hooked, so a
         filter without them is cheaper.
+
+        ``incl_bwd=True`` also records ``d metric(output) / d activation`` as ``"<name>_grad"``
+        (TransformerLens's naming) for every selected activation that carries a gradient (not
+        ``hook_topk_indices`` nor ``hook_router_scores``). ``metric`` maps the output (logits, or
+        the residual stream with ``stop_at_layer``) to a scalar; it defaults to the sum. Gradients
+        are taken with ``torch.autograd.grad``: parameters' ``.grad`` stay as they are; an
+        activation the metric does not depend on gets a zero gradient. A gradient through a router
+        edit follows the family's routing rule; the top-k choice itself is piecewise constant.
+
+        >>> from moelens.testing import tiny_model
+        >>> model = HookedMoE.from_hf(tiny_model("mixtral"))
+        >>> logits, cache = model.run_with_cache(torch.tensor([[1, 2, 3]]), "blocks.1.moe.hook_router_logits",
+        ...                                      incl_bwd=True, metric=lambda logits: logits[0, -1, 7])
+        >>> cache["blocks.1.moe.hook_router_logits_grad"].shape  # [batch pos n_experts]
+        torch.Size([1, 3, 4])
         """
         store: dict[str, Tensor] = {}
 
@@ -299,12 +269,22 @@ class HookedMoE(nn.Module):
             store[hook.name] = tensor.detach().to(device) if device is not None else tensor.detach()
 
         points = self._registry.select(names_filter)
-        start, stop = self._layer_range(start_at_layer, stop_at_layer)
+        start, stop = layer_range(self.cfg.n_layers, start_at_layer, stop_at_layer)
         model_inputs = self.to_inputs(inputs, attention_mask, start)  # tokenized once, also for the cache's mask
+        call = CallContext()
+        grad_points = [hp for hp in points if hp.name.rsplit(".", 1)[-1] not in NO_GRADIENT] if incl_bwd else []
         with self.hooks(fwd_hooks), ExitStack() as stack:
             for hp in points:
                 stack.callback(hp.add(save))
-            logits = self._run(model_inputs, start or 0, stop)
+            for hp in grad_points:
+                stack.callback(hp.add(no_op_hook, "bwd"))  # enters the activation into the graph
+            if incl_bwd:
+                stack.enter_context(torch.enable_grad())
+            logits = self._run(model_inputs, start or 0, stop, call)
+        if incl_bwd:
+            with torch.enable_grad():  # the metric joins the graph, also inside a caller's no_grad()
+                store.update(metric_gradients(logits, metric, grad_points, call, device))
+            logits = logits.detach()
         cache = ActivationCache(store, self.cfg.moe_layers, self.cfg.n_experts, model_inputs.attention_mask.bool())
         return logits, cache
 
@@ -361,12 +341,57 @@ class HookedMoE(nn.Module):
         moe_hooks = self._moe_hooks[self.cfg.moe_layers.index(layer)]
         mask = attention_mask if attention_mask is not None else torch.ones(moe_input.shape[:2], dtype=torch.long)
         with self.hooks(fwd_hooks), ExitStack() as stack:
-            self.current_attention_mask = mask.to(moe_input.device)
-            stack.callback(setattr, self, "current_attention_mask", None)
+            stack.enter_context(self._registry.calling(CallContext(mask.to(moe_input.device))))
             moe_hooks.install(stack)
             output = moe_hooks.block(moe_input)
         hidden = output[0] if self.spec.moe_returns_tuple else output
         return hidden.view(moe_input.shape)  # some blocks return [tokens d_model]
+
+    # -- primitives for analyses --------------------------------------------------------------
+    def route(self, layer: int, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """The top-k ``(indices, weights)`` ``[... k]`` that MoE layer ``layer`` selects for router
+        logits ``[... n_experts]``, by the family's own rule and router parameters (biases, groups).
+
+        This is what a forward does after a hook edited ``hook_router_logits``: for the clean logits
+        it reproduces HF's selection bit for bit; weights are in the rule's dtype (HF's own).
+
+        >>> from moelens.testing import tiny_model
+        >>> model = HookedMoE.from_hf(tiny_model("mixtral"))
+        >>> _, cache = model.run_with_cache(torch.tensor([[4, 5, 6]]))
+        >>> index, weights = model.route(1, cache["blocks.1.moe.hook_router_logits"])
+        >>> torch.equal(index, cache["blocks.1.moe.hook_topk_indices"])
+        True
+        """
+        router = self._routers.get(layer) if isinstance(layer, int) else None
+        if router is None:
+            raise InvalidInputError(f"layer {layer!r} is not an MoE layer; MoE layers are {list(self.cfg.moe_layers)}.")
+        if not isinstance(logits, Tensor) or logits.ndim < 1 or logits.shape[-1] != self.cfg.n_experts:
+            raise InvalidInputError(
+                f"logits must be [... n_experts={self.cfg.n_experts}]; got {getattr(logits, 'shape', logits)!r}."
+            )
+        routing = self.spec.routing.route(logits.reshape(-1, logits.shape[-1]), router)
+        shape = (*logits.shape[:-1], -1)
+        return routing.index.view(shape), routing.weights.view(shape)
+
+    def unembed(self, resid: Tensor) -> Tensor:
+        """Logits ``[... d_vocab]`` from the residual stream ``[... d_model]`` entering the final
+        norm: final norm, LM head, and the family's own logit post-processing (Granite's scaling).
+
+        ``unembed(model(x, stop_at_layer=model.cfg.n_layers))`` equals ``model(x)`` bit for bit.
+
+        >>> from moelens.testing import tiny_model
+        >>> model = HookedMoE.from_hf(tiny_model("mixtral"))
+        >>> ids = torch.tensor([[4, 5, 6]])
+        >>> torch.equal(model.unembed(model(ids, stop_at_layer=model.cfg.n_layers)), model(ids))
+        True
+        """
+        if self._lm_head is None:
+            raise InvalidInputError(f"{type(self.hf_model).__name__} has no output embeddings (LM head) to unembed with.")
+        if not isinstance(resid, Tensor) or resid.ndim < 1 or resid.shape[-1] != self.cfg.d_model:
+            raise InvalidInputError(
+                f"resid must be [... d_model={self.cfg.d_model}]; got {getattr(resid, 'shape', resid)!r}."
+            )
+        return self.spec.logits_from_head(self._lm_head(self.final_norm(resid)), self.hf_model.config)
 
     # -- helpers ------------------------------------------------------------------------------
     @property
@@ -375,20 +400,19 @@ class HookedMoE(nn.Module):
         when ``device_map=`` offloaded it; each layer's hooks follow their own tensors' device)."""
         return _execution_device(self.hf_model.get_input_embeddings())
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf_model.parameters()).dtype
+
+    @property
+    def name_or_path(self) -> str:
+        """The hub id or folder the model was loaded from ("" for a model built in memory)."""
+        return str(getattr(self.hf_model.config, "_name_or_path", ""))
+
     def to_tokens(self, texts: str | list[str]) -> tuple[Tensor, Tensor]:
         """Token ids and attention mask ``([batch pos], [batch pos])`` for texts, padded."""
         model_inputs = self.to_inputs(texts)
         return model_inputs.input_ids, model_inputs.attention_mask
-
-    def _check_layer(self, value: int | None, name: str, low: int, high: int) -> int | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidInputError(f"{name} must be an int in [{low}, {high}]; got {value!r}.")
-        resolved = value + self.cfg.n_layers if value < 0 else value
-        if not low <= resolved <= high:
-            raise InvalidInputError(f"{name}={value} is out of range; this model takes [{low}, {high}].")
-        return resolved
 
     def __repr__(self) -> str:
         cfg = self.cfg
@@ -413,26 +437,3 @@ def _as_list(interventions: Any) -> list:
 
 def _raise_stop(module: nn.Module, args: tuple) -> None:
     raise StopForward(args[0])
-
-
-def _resolve_zoo(name: str) -> str:
-    """A zoo name ``moelens/<name>`` maps to its packaged folder; it never goes to the hub."""
-    from .zoo import ZOO_PREFIX, resolve as resolve_zoo
-
-    path = resolve_zoo(name)
-    if path is not None:
-        return str(path)
-    if isinstance(name, str) and name.startswith(ZOO_PREFIX) and not Path(name).exists():
-        raise ModelLoadError(
-            f"{name!r} is not an installed moelens zoo model; installed: {_zoo_names()}. Reinstall moelens, or "
-            f"train it with `python -m moelens.zoo.train` (see the zoo cards)."
-        )
-    return name
-
-
-def _zoo_names() -> str:
-    from .zoo import ZOO_PREFIX, resolve as resolve_zoo
-    from .zoo import ZOO_MODELS
-
-    installed = [ZOO_PREFIX + short for short in ZOO_MODELS if resolve_zoo(ZOO_PREFIX + short) is not None]
-    return ", ".join(installed) or "none"

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import InvalidInputError
+
 __all__ = ["TINY_FAMILIES", "tiny_config", "tiny_model", "sharpen_routers"]
 
 _COMMON = dict(
@@ -144,7 +146,7 @@ TINY_FAMILIES: dict[str, Callable[..., Any]] = {
 def tiny_config(family: str, **overrides):
     """A tiny config of a registered family (``overrides`` go to the config constructor)."""
     if family not in TINY_FAMILIES:
-        raise KeyError(f"no tiny config for {family!r}; known: {', '.join(TINY_FAMILIES)}")
+        raise InvalidInputError(f"no tiny config for {family!r}; known: {', '.join(TINY_FAMILIES)}")
     return TINY_FAMILIES[family](**overrides)
 
 

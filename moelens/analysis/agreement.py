@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import kendalltau, spearmanr
 
+from moelens.errors import InvalidInputError
+
 from .drivers import DriverEffects
 
 __all__ = ["Agreement", "compare_effects"]
@@ -76,14 +78,14 @@ def compare_effects(a: DriverEffects, b: DriverEffects, n: int = 10) -> Agreemen
     0.8
     """
     if not isinstance(a, DriverEffects) or not isinstance(b, DriverEffects):
-        raise TypeError(f"compare_effects takes two DriverEffects; got {type(a).__name__} and {type(b).__name__}.")
+        raise InvalidInputError(f"compare_effects takes two DriverEffects; got {type(a).__name__} and {type(b).__name__}.")
     if a.n_experts != b.n_experts:
-        raise ValueError(f"cannot compare effects over {a.n_experts} and {b.n_experts} experts: not the same model.")
+        raise InvalidInputError(f"cannot compare effects over {a.n_experts} and {b.n_experts} experts: not the same model.")
     layers = [layer for layer in a.moe_layers if layer in b.moe_layers]
     if not layers:
-        raise ValueError(f"no MoE layer in common: {list(a.moe_layers)} vs {list(b.moe_layers)}.")
+        raise InvalidInputError(f"no MoE layer in common: {list(a.moe_layers)} vs {list(b.moe_layers)}.")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n={n!r} must be a positive int.")
+        raise InvalidInputError(f"n={n!r} must be a positive int.")
     x = a.effect[[a.moe_layers.index(layer) for layer in layers]].reshape(-1).numpy()
     y = b.effect[[b.moe_layers.index(layer) for layer in layers]].reshape(-1).numpy()
     n = min(n, x.size)

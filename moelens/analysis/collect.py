@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -23,7 +22,8 @@ from tqdm.auto import tqdm
 from ..errors import InvalidInputError
 from ..metrics import topk_mask_from_indices
 from ..names import moe_name
-from .routing_stats import RoutingStats
+from ._io import Checkpoint
+from .routing_stats import SUM_FIELDS, RoutingStats
 
 if TYPE_CHECKING:
     from ..backends.protocol import MoEBackend
@@ -70,13 +70,13 @@ def collect_routing_stats(
         raise InvalidInputError("domains is empty; pass {domain_name: texts, ...}.")
     batches = {name: list(_batches(model, name, data, batch_size, max_length)) for name, data in domains.items()}
     stats = RoutingStats.from_config(model.cfg, list(domains))
-    state = _Checkpoint(checkpoint, model, batches) if checkpoint is not None else None
-    done = state.resume(stats) if state is not None else 0
+    state = _checkpoint(checkpoint, model, batches) if checkpoint is not None else None
+    done = _resume(state, stats) if state is not None else 0
     records_dir = Path(token_records) if token_records is not None else None
     if records_dir is not None:
         records_dir.mkdir(parents=True, exist_ok=True)
     todo = [(name, i, batch) for name in batches for i, batch in enumerate(batches[name])]
-    for step, (domain, index, (ids, mask, text_index)) in enumerate(
+    for step, (domain, _, (ids, mask, text_index)) in enumerate(
         tqdm(todo, desc="routing stats", unit="batch", disable=not progress, initial=done, total=len(todo))
     ):
         if step < done:
@@ -85,7 +85,7 @@ def collect_routing_stats(
         if records_dir is not None:
             _write_records(records_dir / f"{step:06d}.safetensors", stats.domains.index(domain), ids, mask, text_index, selected)
         if state is not None:
-            state.save(stats, step + 1)
+            state.save({name: getattr(stats, name) for name in SUM_FIELDS}, batches_done=step + 1)
     return stats
 
 
@@ -154,40 +154,23 @@ def _write_records(path: Path, domain: int, ids: Tensor, mask: Tensor, text_inde
     os.replace(tmp, path)
 
 
-class _Checkpoint:
-    """Running sums and the number of finished batches in one safetensors file, replaced atomically
-    after each batch (one file, so the sums and the count can never disagree)."""
+def _checkpoint(folder: str | Path, model: MoEBackend, batches: dict[str, list]) -> Checkpoint:
+    """The running sums and the number of finished batches, for these inputs and this model."""
+    digest = hashlib.sha256()
+    for name, items in batches.items():
+        digest.update(name.encode())
+        for ids, mask, _ in items:
+            digest.update(ids.numpy().tobytes())
+            digest.update(mask.numpy().tobytes())
+    fingerprint = {"model": repr(model.cfg), "inputs": digest.hexdigest()}
+    return Checkpoint(Path(folder) / "routing_stats.partial.safetensors", fingerprint, "collect_routing_stats")
 
-    _FIELDS = ("n_tokens", "counts", "entropy_sums", "score_sums")
 
-    def __init__(self, folder: str | Path, model: MoEBackend, batches: dict[str, list]):
-        self.path = Path(folder) / "routing_stats.partial.safetensors"
-        digest = hashlib.sha256()
-        digest.update(repr(model.cfg).encode())
-        for name, items in batches.items():
-            digest.update(name.encode())
-            for ids, mask, _ in items:
-                digest.update(ids.numpy().tobytes())
-                digest.update(mask.numpy().tobytes())
-        self.fingerprint = digest.hexdigest()
-
-    def resume(self, stats: RoutingStats) -> int:
-        if not self.path.exists():
-            return 0
-        with safe_open(str(self.path), framework="pt") as handle:
-            meta = handle.metadata()
-            if meta.get("fingerprint") != self.fingerprint:
-                raise InvalidInputError(
-                    f"checkpoint {self.path} was written for other inputs or another model; use a new "
-                    f"folder, or delete it to start over."
-                )
-            for name in self._FIELDS:
-                setattr(stats, name, handle.get_tensor(name))
-        return int(meta["batches_done"])
-
-    def save(self, stats: RoutingStats, batches_done: int) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tensors = {name: getattr(stats, name).contiguous() for name in self._FIELDS}
-        save_file(tensors, str(tmp), metadata={"fingerprint": self.fingerprint, "batches_done": str(batches_done)})
-        os.replace(tmp, self.path)
+def _resume(state: Checkpoint, stats: RoutingStats) -> int:
+    found = state.resume()
+    if found is None:
+        return 0
+    tensors, extras = found
+    for name in SUM_FIELDS:
+        setattr(stats, name, tensors[name])
+    return int(extras["batches_done"])

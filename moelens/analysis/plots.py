@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from moelens.analysis.routing_stats import RoutingStats
 from moelens.analysis._io import save_figure
+from moelens.analysis.routing_stats import RoutingStats
+from moelens.errors import InvalidInputError
 
 __all__ = ["plot_cwas_heatmap", "plot_general_vs_domain"]
 
@@ -36,7 +37,7 @@ _METRICS = ("cwas", "lift", "activation_rate", "entropy")
 
 def _metric(stats: RoutingStats, metric: str) -> torch.Tensor:
     if metric not in _METRICS:
-        raise ValueError(f"metric must be one of {list(_METRICS)}, got {metric!r}.")
+        raise InvalidInputError(f"metric must be one of {list(_METRICS)}, got {metric!r}.")
     if metric == "cwas":
         return stats.cwas()  # [domain moe_layer expert]
     if metric == "lift":
@@ -59,7 +60,7 @@ def plot_cwas_heatmap(
     domains = list(stats.domains) if domain is None else [domain]
     for d in domains:
         if d not in stats.domains:
-            raise ValueError(f"unknown domain {d!r}; stats has {list(stats.domains)}.")
+            raise InvalidInputError(f"unknown domain {d!r}; stats has {list(stats.domains)}.")
     panels = values[[stats.domains.index(d) for d in domains]].numpy()  # [panel layer expert]
     finite = panels[np.isfinite(panels)]  # entropy is NaN for never-routed experts
     if metric == "lift":
@@ -75,7 +76,7 @@ def plot_cwas_heatmap(
     height = min(max(2.0, 0.22 * n_layers + 1.0), 12.0)
     fig = Figure(figsize=(width, height * len(domains)), layout="constrained")
     axes = fig.subplots(len(domains), 1, squeeze=False)[:, 0]
-    for ax, d, panel in zip(axes, domains, panels):
+    for ax, d, panel in zip(axes, domains, panels, strict=True):
         image = ax.imshow(
             panel, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest"
         )

@@ -17,24 +17,23 @@ Metric definitions are in :mod:`moelens.metrics` (a reconstruction of arXiv 2601
 [0.6666666666666666, 0.3333333333333333, 0.0, 0.0]
 """
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from moelens.analysis._io import load_sidecar, save_sidecar, sidecar_paths
+from moelens.errors import InvalidInputError, ResultFileError
 from moelens.metrics import RoutingSums, cwas, domain_specificity, routing_sums
-from moelens.analysis._io import sidecar_paths
 
-__all__ = ["RoutingStats"]
+__all__ = ["SUM_FIELDS", "RoutingStats"]
 
 _FORMAT = "moelens.RoutingStats"
 _VERSION = 1
-_FIELDS = ("n_tokens", "counts", "entropy_sums", "score_sums")
+SUM_FIELDS = ("n_tokens", "counts", "entropy_sums", "score_sums")  # what save(), merge() and checkpoints carry
 
 
 
@@ -68,12 +67,12 @@ class RoutingStats:
         if not domains or len(set(domains)) != len(domains) or not all(
             isinstance(d, str) for d in domains
         ):
-            raise ValueError(f"domains must be unique non-empty strings, got {list(domains)}.")
+            raise InvalidInputError(f"domains must be unique non-empty strings, got {list(domains)}.")
         moe_layers = tuple(int(layer) for layer in moe_layers)
         if not moe_layers or len(set(moe_layers)) != len(moe_layers):
-            raise ValueError(f"moe_layers must be unique layer indices, got {list(moe_layers)}.")
+            raise InvalidInputError(f"moe_layers must be unique layer indices, got {list(moe_layers)}.")
         if int(n_experts) < 1 or (top_k is not None and not 1 <= int(top_k) <= int(n_experts)):
-            raise ValueError(
+            raise InvalidInputError(
                 f"need 1 <= top_k <= n_experts, got top_k={top_k}, n_experts={n_experts}."
             )
         self.domains: tuple[str, ...] = domains
@@ -94,7 +93,7 @@ class RoutingStats:
     # ------------------------------------------------------------------ accumulation
     def _domain_index(self, domain: str) -> int:
         if domain not in self.domains:
-            raise ValueError(
+            raise InvalidInputError(
                 f"unknown domain {domain!r}; this RoutingStats has {list(self.domains)}."
             )
         return self.domains.index(domain)
@@ -102,7 +101,7 @@ class RoutingStats:
     def _index(self, domain: str, layer: int) -> tuple[int, int]:
         d = self._domain_index(domain)
         if layer not in self.moe_layers:
-            raise ValueError(
+            raise InvalidInputError(
                 f"layer {layer} is not an MoE layer; moe_layers are {list(self.moe_layers)} "
                 f"(model layer indices, as in blocks.{{L}}.moe, not positions in that list)."
             )
@@ -110,16 +109,16 @@ class RoutingStats:
 
     def add(self, domain: str, layer: int, sums: RoutingSums) -> None:
         """Add precomputed :func:`~moelens.metrics.routing_sums` of one batch at one layer."""
-        d, l = self._index(domain, layer)
+        d, li = self._index(domain, layer)
         if sums.counts.shape != (self.n_experts,):
-            raise ValueError(
+            raise InvalidInputError(
                 f"sums.counts has shape {tuple(sums.counts.shape)}, expected ({self.n_experts},): "
                 f"pass the sums of one layer, over all {self.n_experts} experts."
             )
-        self.n_tokens[d, l] += int(sums.n_tokens)
-        self.counts[d, l] += sums.counts.cpu()
-        self.entropy_sums[d, l] += sums.entropy_sums.cpu().double()
-        self.score_sums[d, l] += sums.score_sums.cpu().double()
+        self.n_tokens[d, li] += int(sums.n_tokens)
+        self.counts[d, li] += sums.counts.cpu()
+        self.entropy_sums[d, li] += sums.entropy_sums.cpu().double()
+        self.score_sums[d, li] += sums.score_sums.cpu().double()
 
     def accumulate(
         self,
@@ -140,7 +139,7 @@ class RoutingStats:
         """
         self._index(domain, layer)  # fail before computing anything
         if topk_mask.shape[-1:] != (self.n_experts,):
-            raise ValueError(
+            raise InvalidInputError(
                 f"topk_mask has shape {tuple(topk_mask.shape)} but this RoutingStats has "
                 f"n_experts={self.n_experts}: the last axis must be the experts."
             )
@@ -156,7 +155,7 @@ class RoutingStats:
         """Add one batch for every MoE layer at once, stacked in ``moe_layers`` order
         (as ``cache.topk_mask()`` stacks them)."""
         if topk_mask.shape[0] != len(self.moe_layers) or scores.shape[0] != len(self.moe_layers):
-            raise ValueError(
+            raise InvalidInputError(
                 f"topk_mask {tuple(topk_mask.shape)} and scores {tuple(scores.shape)} must be "
                 f"stacked over the {len(self.moe_layers)} MoE layers {list(self.moe_layers)} "
                 f"on axis 0."
@@ -288,10 +287,10 @@ class RoutingStats:
         Domains are the union (this one's order first); layers, experts and top_k must match.
         """
         if not isinstance(other, RoutingStats):
-            raise TypeError(f"can only merge a RoutingStats, got {type(other).__name__}.")
+            raise InvalidInputError(f"can only merge a RoutingStats, got {type(other).__name__}.")
         same_k = None in (self.top_k, other.top_k) or self.top_k == other.top_k
         if (self.moe_layers, self.n_experts) != (other.moe_layers, other.n_experts) or not same_k:
-            raise ValueError(
+            raise InvalidInputError(
                 f"cannot merge RoutingStats of different models: moe_layers/n_experts/top_k "
                 f"{list(self.moe_layers)}/{self.n_experts}/{self.top_k} vs "
                 f"{list(other.moe_layers)}/{other.n_experts}/{other.top_k}."
@@ -301,7 +300,7 @@ class RoutingStats:
         out = RoutingStats(domains, self.moe_layers, self.n_experts, top_k)
         for src in (self, other):
             idx = torch.tensor([domains.index(d) for d in src.domains])
-            for name in _FIELDS:
+            for name in SUM_FIELDS:
                 getattr(out, name).index_add_(0, idx, getattr(src, name))
         return out
 
@@ -310,44 +309,27 @@ class RoutingStats:
 
         Returns the tensor file's path. ``path`` may or may not end in ``.safetensors``.
         """
-        tensor_path, meta_path = sidecar_paths(path)
-        save_file({n: getattr(self, n).contiguous() for n in _FIELDS}, str(tensor_path))
         meta = {
-            "format": _FORMAT,
-            "version": _VERSION,
             "domains": list(self.domains),
             "moe_layers": list(self.moe_layers),
             "n_experts": self.n_experts,
             "top_k": self.top_k,
-            "tensors": tensor_path.name,
         }
-        meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        return tensor_path
+        return save_sidecar(path, {n: getattr(self, n) for n in SUM_FIELDS}, meta, _FORMAT, _VERSION)
 
     @classmethod
     def load(cls, path: str | Path) -> "RoutingStats":
         """Read what :meth:`save` wrote (pass either file's path, or the common stem)."""
-        tensor_path, meta_path = sidecar_paths(path)
-        if not tensor_path.is_file() or not meta_path.is_file():
-            raise FileNotFoundError(
-                f"RoutingStats needs both {tensor_path} and {meta_path} (written by save())."
-            )
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
-            raise ValueError(
-                f"{meta_path} is not a {_FORMAT} v{_VERSION} file "
-                f"(format={meta.get('format')!r}, version={meta.get('version')!r})."
-            )
+        tensors, meta = load_sidecar(path, _FORMAT, _VERSION, "RoutingStats")
         out = cls(meta["domains"], meta["moe_layers"], meta["n_experts"], meta["top_k"])
-        tensors = load_file(str(tensor_path))
-        for name in _FIELDS:
+        for name in SUM_FIELDS:
             expected = getattr(out, name)
             got = tensors.get(name)
             if got is None or got.shape != expected.shape or got.dtype != expected.dtype:
-                raise ValueError(
-                    f"{tensor_path}: tensor {name!r} is "
+                raise ResultFileError(
+                    f"{sidecar_paths(path)[0]}: tensor {name!r} is "
                     f"{None if got is None else (tuple(got.shape), got.dtype)}, expected "
-                    f"{(tuple(expected.shape), expected.dtype)} from {meta_path}."
+                    f"{(tuple(expected.shape), expected.dtype)} from {sidecar_paths(path)[1]}."
                 )
             setattr(out, name, got)
         return out

@@ -6,6 +6,7 @@ from .spec import ArchitectureSpec, RoutingRule
 
 DEEPSEEK_V1 = ArchitectureSpec(
     model_types=("deepseek",),
+    logits_from_head=lambda logits, config: logits.float(),  # the remote DeepseekForCausalLM casts
     routing=RoutingRule(
         "softmax", deepseek_v1_softmax_topk, "softmax -> greedy top-k -> renormalise iff norm_topk_prob (k > 1)"
     ),

@@ -24,6 +24,7 @@ GPT_OSS = ArchitectureSpec(
 
 GRANITEMOE = ArchitectureSpec(
     model_types=("granitemoe",),
+    logits_from_head=lambda logits, config: logits / config.logits_scaling,  # GraniteMoeForCausalLM
     routing=_TOPK_THEN_SOFTMAX,
     router_io=LOGITS_WEIGHTS_INDEX,
     n_experts_attr="num_local_experts",

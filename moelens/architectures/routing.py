@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UnsupportedArchitectureError
+
 __all__ = [
     "Routing",
     "softmax_topk_renormalise",
@@ -73,7 +75,9 @@ def deepseek_v2_softmax_topk(logits: Tensor, router: nn.Module) -> Routing:
         group_scores = scores.view(n_tokens, router.num_group, n_experts // router.num_group).max(dim=-1).values
         choice = scores.masked_fill(~_group_mask(group_scores, router.topk_group, n_experts), 0.0)
     elif router.topk_method != "greedy":
-        raise NotImplementedError(f"deepseek_v2 topk_method {router.topk_method!r} is not supported")
+        raise UnsupportedArchitectureError(
+            f"deepseek_v2 topk_method {router.topk_method!r} is not supported; supported: 'greedy', 'group_limited_greedy'."
+        )
     weights, index = torch.topk(choice, k=router.top_k, dim=-1, sorted=False)
     return Routing(scores, weights * router.routed_scaling_factor, index)
 

@@ -67,6 +67,9 @@ class ArchitectureSpec:
     experts: str
     shared_experts: str | None
     shared_expert_count: Callable[[Any], int] = field(default=lambda config: 0)
+    # What the causal LM does to the LM head's output before returning it (logit scaling, casts);
+    # ``(logits, config) -> logits``. HookedMoE.unembed applies it so it matches the forward bit for bit.
+    logits_from_head: Callable[[Tensor, Any], Tensor] = field(default=lambda logits, config: logits)
     layers: str = "model.layers"
     final_norm: str = "model.norm"
     moe_block: str = "mlp"

@@ -13,14 +13,14 @@ as nnsight requires; a module is touched only when one of its hook points has fu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .._interception import LayerHooks, MoEHooks
-from ..hook_points import HookPoint, HookRegistry
+from ..hook_points import CallContext, HookPoint, HookRegistry
 from ..names import moe_name
 
 __all__ = ["LayerStep", "Recorder", "TraceView", "build_steps", "intercept"]
@@ -30,17 +30,13 @@ _ROUTING = ("hook_router_logits", "hook_router_scores", "hook_topk_indices", "ho
 
 @dataclass
 class TraceView:
-    """The few model attributes the intervention objects read (``cfg``, ``current_attention_mask``,
-    ``device``, ``hook_point``), without the model: interventions expanded against it ship by value.
-
-    ``device`` is set to each layer's device while that layer's hooks run, so the intervention
-    masks follow layers spread over devices.
-    """
+    """What the intervention objects read from a model when they make their hooks (``cfg``,
+    ``hook_names``, ``hook_point``), without the model: interventions expanded against it ship by
+    value. During the call they read ``hook.call`` (attention mask, scratch), set up by
+    :func:`intercept` on the server's side of the trace."""
 
     cfg: Any  # moelens.model.MoEConfig
     hook_names: frozenset[str]
-    current_attention_mask: Tensor | None = None  # [batch pos], CPU
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def hook_point(self, name: str) -> HookPoint:
         from ..errors import UnknownHookError
@@ -76,13 +72,25 @@ class Recorder:
         self.store[hook.name] = value.to(self.device) if self.device is not None else value
 
 
-def intercept(steps: list[LayerStep], view: TraceView, shape: tuple[int, int]) -> None:
-    """Run every active hook point on the live tensors of the trace, in forward order."""
+def intercept(steps: list[LayerStep], registry: HookRegistry, attention_mask: Tensor) -> None:
+    """Run every active hook point on the live tensors of the trace, in forward order, within one
+    call context (``hook.call``: the attention mask ``[batch pos]`` and the call's scratch)."""
+    # What HookRegistry.calling does, spelled out: a @contextmanager method does not survive
+    # nnsight's source-based serialisation of the functions a remote trace ships.
+    context = CallContext(attention_mask)
+    registry._state.stack.append(context)
+    try:
+        _intercept(steps, tuple(attention_mask.shape))
+    finally:
+        registry._state.stack.pop()
+        context.scratch.clear()
+
+
+def _intercept(steps: list[LayerStep], shape: tuple[int, int]) -> None:
     for step in steps:
         lh = step.layer_hooks
         if lh.resid_pre.active:
             args, kwargs = step.layer.inputs
-            _set_device(view, args[0] if args else kwargs["hidden_states"])
             new = lh._pre(False)(None, args, kwargs)
             if new is not None:
                 step.layer.inputs = new
@@ -91,33 +99,25 @@ def intercept(steps: list[LayerStep], view: TraceView, shape: tuple[int, int]) -
             moe.shape = shape
             if moe._active("hook_in"):
                 args, kwargs = step.block.inputs
-                _set_device(view, args[0])
                 new = moe._block_pre(None, args)
                 if new is not None:
                     step.block.inputs = (new, kwargs)
             if moe._active(*_ROUTING):
                 router_input = step.router.input
                 output = step.router.output
-                _set_device(view, router_input)
                 new = moe._router_post(step.router._module, (router_input,), output)
                 if new is not None:
                     step.router.output = new
             if moe._active("hook_out"):
                 output = step.block.output
-                _set_device(view, output[0] if isinstance(output, tuple) else output)
                 new = moe._block_post(None, (), output)
                 if new is not None:
                     step.block.output = new
         if lh.resid_post.active:
             output = step.layer.output
-            _set_device(view, output[0] if isinstance(output, tuple) else output)
             new = lh._post(None, (), output)
             if new is not None:
                 step.layer.output = new
-
-
-def _set_device(view: TraceView, tensor: Tensor) -> None:
-    view.device = tensor.device
 
 
 def build_steps(layers: list, blocks: dict, routers: dict, registry: HookRegistry, spec, n_experts: int) -> list[LayerStep]:

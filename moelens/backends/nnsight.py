@@ -38,9 +38,9 @@ from torch import Tensor, nn
 from ..architectures import ArchitectureSpec, find_moe_layers, resolve, spec_for_model
 from ..cache import ActivationCache
 from ..errors import BackendError, InvalidInputError, ModelLoadError
-from ..hook_points import HookPoint, HookRegistry, NameFilter
+from ..hook_points import HookPoint, HookRegistry, NameFilter, expand
 from ..inputs import ModelInputs, prepare_inputs
-from ..interventions import expand
+from ..model import HookedMoE, MoEConfig
 from ..names import HOOK_TABLE, moe_name, resid_name
 from ._trace import Recorder, TraceView, build_steps, intercept
 
@@ -77,6 +77,9 @@ class NNsightMoE:
     """
 
     resumes_from_residual = False  # every trace starts from token ids (moelens.backends.protocol)
+    # The family's routing rule on given logits, with the router parameters of this model (local
+    # copies; a remote model's are meta tensors, so rules that read a tensor need a local model).
+    route = HookedMoE.route
 
     def __init__(self, nn_model: Any, tokenizer: Any = None, remote: bool | str = False):
         self.nn_model = nn_model
@@ -86,8 +89,6 @@ class NNsightMoE:
         if self.tokenizer is not None and self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
             self.tokenizer.pad_token = self.tokenizer.eos_token  # padding is masked out; its id never matters
         self.remote = remote
-        from ..model import MoEConfig
-
         config = self.hf_model.config
         layers = resolve(self.hf_model, self.spec.layers)
         self.layers = layers  # the HF decoder layers (meta tensors for a remote model): routing rules read them
@@ -105,11 +106,12 @@ class NNsightMoE:
         envoys = {id(envoy._module): envoy for envoy in nn_model.modules()}
         self._layers = [envoys[id(layer)] for layer in layers]
         self._final_norm = envoys[id(resolve(self.hf_model, self.spec.final_norm))]
-        self._blocks, self._routers = {}, {}
+        self._blocks, self._router_envoys, self._routers = {}, {}, {}
         for index in self.cfg.moe_layers:
             block = resolve(layers[index], self.spec.moe_block)
+            self._routers[index] = resolve(block, self.spec.router)  # HF modules, for route()
             self._blocks[index] = envoys[id(block)]
-            self._routers[index] = envoys[id(resolve(block, self.spec.router))]
+            self._router_envoys[index] = envoys[id(self._routers[index])]
         self.hook_names = [name for _, name, _ in self._point_rows()]
 
     # -- construction -------------------------------------------------------------------------
@@ -166,7 +168,7 @@ class NNsightMoE:
         infer it, e.g. a folder without tokenizer files).
         """
         nnsight = _nnsight()
-        from ..model import _resolve_zoo
+        from ..loading import _resolve_zoo
 
         path = _resolve_zoo(name_or_path)
         if remote is True:
@@ -286,18 +288,18 @@ class NNsightMoE:
         model_inputs = self.to_inputs(inputs, attention_mask)
         stop = self._stop(stop_at_layer)
         registry = self._registry()
-        view = TraceView(self.cfg, frozenset(registry.points), model_inputs.attention_mask.cpu())
+        view = TraceView(self.cfg, frozenset(registry.points))
         recorder = Recorder(device)
         pairs = expand(list(fwd_hooks), view) + [(name, recorder) for name in cache_names]
         with registry.attached(pairs):
             if stop is not None:
-                after = [hp.name for hp in registry.active_points() if hp.layer >= stop]
+                after = [hp.name for hp in registry.points.values() if hp.active and hp.layer >= stop]
                 if after:
                     raise InvalidInputError(f"stop_at_layer={stop} stops before hooked points {after[:3]}.")
-            steps = build_steps(self._layers, self._blocks, self._routers, registry, self.spec, self.cfg.n_experts)
+            steps = build_steps(self._layers, self._blocks, self._router_envoys, registry, self.spec, self.cfg.n_experts)
             stop_envoy = None if stop is None else (self._layers[stop] if stop < self.cfg.n_layers else self._final_norm)
-            shape = tuple(model_inputs.attention_mask.shape)
-            out, store = _traced(self.nn_model, model_inputs.hf_kwargs(), steps, view, shape, recorder, stop_envoy, self.remote)
+            mask = model_inputs.attention_mask.cpu()
+            out, store = _traced(self.nn_model, model_inputs.hf_kwargs(), steps, registry, mask, recorder, stop_envoy, self.remote)
         cache = ActivationCache(dict(store), self.cfg.moe_layers, self.cfg.n_experts, model_inputs.attention_mask.bool())
         return out, cache
 
@@ -318,15 +320,15 @@ class NNsightMoE:
         )
 
 
-def _traced(nn_model, hf_kwargs: dict, steps, view, shape, recorder, stop_envoy, remote) -> tuple[Tensor, dict]:
-    """One nnsight trace. Its body is what a remote run ships: ``steps``/``view``/``recorder`` hold
-    envoys, hook points and small tensors only."""
+def _traced(nn_model, hf_kwargs: dict, steps, registry, mask, recorder, stop_envoy, remote) -> tuple[Tensor, dict]:
+    """One nnsight trace. Its body is what a remote run ships: ``steps``/``registry``/``recorder``
+    hold envoys, hook points and small tensors only."""
     import nnsight
 
     ids = hf_kwargs.pop("input_ids")
     out = None
     with nn_model.trace(ids, **hf_kwargs, remote=remote) as tracer:
-        intercept(steps, view, shape)
+        intercept(steps, registry, mask)
         store = nnsight.save(recorder.store)
         if stop_envoy is not None:
             out = nnsight.save(stop_envoy.input)

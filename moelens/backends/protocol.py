@@ -6,7 +6,8 @@ sums stay on the client even when the model runs on a remote server), and it per
 ``run_with_interventions`` with many targets stacked along the batch (``experts=`` a LongTensor
 ``[batch]``), so the number of round trips is one per batch, not one per (layer, expert).
 
-``resumes_from_residual`` says whether ``run_with_interventions`` accepts a residual stream with
+``route(layer, logits)`` applies the family's routing rule to given logits (the sweeps use it to
+skip pairs whose routing cannot move). ``resumes_from_residual`` says whether ``run_with_interventions`` accepts a residual stream with
 ``start_at_layer=`` (``HookedMoE``: yes; nnsight: no, every run starts from token ids).
 
 >>> from moelens import HookedMoE
@@ -65,3 +66,5 @@ class MoEBackend(Protocol):
     ) -> tuple[Tensor, ActivationCache]: ...
 
     def run_with_interventions(self, inputs: Any, interventions: Any, *, attention_mask: Tensor | None = None) -> Tensor: ...
+
+    def route(self, layer: int, logits: Tensor) -> tuple[Tensor, Tensor]: ...

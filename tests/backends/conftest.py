@@ -13,13 +13,13 @@ from moelens.zoo import ZOO_DIR
 FAMILIES = ("mixtral", "qwen2_moe", "olmoe", "deepseek_v3", "gpt_oss")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tokenizer():
     """Any tokenizer: nnsight's pipeline wants one; these tests pass token ids."""
     return AutoTokenizer.from_pretrained(ZOO_DIR / "tokenizer")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pair(family: str):
     """``(HookedMoE, NNsightMoE)`` over two identical copies of the same tiny model (same seed)."""
     from moelens.backends.nnsight import NNsightMoE

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import io
 
+import nnsight
 import pytest
 import torch
-
-import nnsight
 from nnsight.intervention.backends.local import LocalSimulationBackend
 from nnsight.intervention.backends.remote import RemoteBackend
 from nnsight.modeling import huggingface as nnsight_hf
@@ -24,7 +23,7 @@ from nnsight.tracing.tracer import _saves
 from moelens.backends.nnsight import NNsightMoE
 from moelens.errors import BackendError
 from moelens.interventions import Ablate, Perturb
-from moelens.model import _resolve_zoo
+from moelens.loading import _resolve_zoo
 
 ZOO = "moelens/mixtral-tiny"
 SECRET = "ndif-test-key-do-not-print"

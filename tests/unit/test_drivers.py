@@ -104,17 +104,18 @@ def test_layer_subset_matches_full_sweep():
 def test_rule_based_perturbed_routing_equals_the_perturb_hook(family):
     # The sweep re-routes from the clean router logits with the family's rule, for all targets at
     # once; a real forward under Perturb must select the same experts with the same weights.
-    from moelens.analysis.driver_kernels import PerturbSpec, perturbed_routing
+    from moelens.analysis.drivers.options import SweepOptions, parse_push
+    from moelens.analysis.drivers.routing import perturbed_routing
 
     model = model_of(family)
     layer = model.cfg.moe_layers[-1]
     ids, mask = batch()
     names = [f"blocks.{layer}.moe.{s}" for s in ("hook_router_logits", "hook_topk_indices", "hook_topk_weights")]
     _, clean = model.run_with_cache(ids, names_filter=names, attention_mask=mask)
-    spec = PerturbSpec(0.7, 1)
+    spec = SweepOptions("exact", parse_push((0.7, 1)), "last", (layer,))
     experts = torch.arange(model.cfg.n_experts)
     logits = clean[names[0]].reshape(-1, model.cfg.n_experts)
-    index, weights = perturbed_routing(model, layer, logits, experts, spec, clean[names[2]].dtype)
+    index, weights = perturbed_routing(model, layer, logits, experts, spec.delta, clean[names[2]].dtype)
     for expert in experts.tolist():
         _, cache = model.run_with_cache(ids, names_filter=names[1:], attention_mask=mask, fwd_hooks=[spec.at(layer, torch.full((3,), expert))])
         assert torch.equal(index[expert], cache[names[1]].reshape(index.shape[1:]))

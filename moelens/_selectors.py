@@ -1,0 +1,99 @@
+"""Selectors of the interventions (layers, experts, positions): checked without a model when an
+intervention is built, resolved to masks against a model and a call's attention mask."""
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+import torch
+from torch import Tensor
+
+from .errors import InterventionError
+from .inputs import last_token_positions
+
+if TYPE_CHECKING:
+    from .model import HookedMoE
+
+__all__ = ["ExpertSel", "LayerSel", "PosSel", "check_selector", "expert_mask", "moe_layers", "position_mask"]
+
+LayerSel = Union[int, Sequence[int], Literal["all"]]
+ExpertSel = Union[int, Sequence[int], Literal["all"], Tensor]
+PosSel = Union[int, Sequence[int], slice, None]
+
+
+def check_selector(name: str, value: Any, allow_tensor: bool = False) -> None:
+    if isinstance(value, str) and value == "all":
+        return
+    if isinstance(value, int) and not isinstance(value, bool):
+        return
+    if isinstance(value, tuple) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return
+    if allow_tensor and isinstance(value, Tensor):
+        if value.ndim != 1 or value.dtype not in (torch.int64, torch.int32):
+            raise InterventionError(f"{name} as a tensor must be a LongTensor [batch]; got {value.dtype} {tuple(value.shape)}.")
+        return
+    raise InterventionError(f"{name}={value!r}: pass an int, a non-empty list of ints, or 'all'.")
+
+
+def moe_layers(model: "HookedMoE", layers: LayerSel, who: str) -> list[int]:
+    valid = list(model.cfg.moe_layers)
+    chosen = valid if layers == "all" else ([layers] if isinstance(layers, int) else list(layers))
+    for layer in chosen:
+        if layer not in valid:
+            raise InterventionError(f"{who}: layer {layer} is not an MoE layer of this model; MoE layers are {valid}.")
+    return chosen
+
+
+def expert_mask(model: "HookedMoE", experts: ExpertSel, batch: int, who: str, device: torch.device) -> Tensor:
+    """Bool ``[batch n_experts]`` of the targeted experts of each row, on ``device``."""
+    n = model.cfg.n_experts
+    mask = torch.zeros(batch, n, dtype=torch.bool)
+    if isinstance(experts, Tensor):
+        if experts.shape[0] != batch:
+            raise InterventionError(f"{who}: experts has {experts.shape[0]} entries but the batch has {batch} rows.")
+        chosen = experts.long().to(device)
+        bad = (chosen < 0) | (chosen >= n)
+        if bool(bad.any()):  # one check per call (the caller caches the targets for the call)
+            _check_experts([int(chosen[bad][0])], n, who)
+        return mask.to(device).scatter_(1, chosen[:, None], True)
+    chosen = list(range(n)) if experts == "all" else ([experts] if isinstance(experts, int) else list(experts))
+    _check_experts(chosen, n, who)
+    mask[:, chosen] = True
+    return mask.to(device)
+
+
+def _check_experts(chosen: list[int], n: int, who: str) -> None:
+    for expert in chosen:
+        if not 0 <= expert < n:
+            raise InterventionError(f"{who}: expert {expert} is out of range; this model has experts 0..{n - 1}.")
+
+
+def position_mask(positions: PosSel, attention_mask: Tensor, who: str) -> Tensor:
+    """Bool ``[batch pos]`` of the targeted positions; negative ones count from each row's last token."""
+    batch, n_pos = attention_mask.shape
+    if positions is None:
+        return torch.ones(batch, n_pos, dtype=torch.bool)
+    last = last_token_positions(attention_mask.cpu())  # [batch]
+    arange = torch.arange(n_pos)
+    if isinstance(positions, slice):
+        start, stop, step = positions.start, positions.stop, positions.step or 1
+        if step <= 0:
+            raise InterventionError(f"{who}: positions slice needs a positive step; got {positions!r}.")
+
+        def bound(value, default):
+            if value is None:
+                return default
+            return (last + 1 + value) if value < 0 else torch.full((batch,), value)
+
+        lo, hi = bound(start, torch.zeros(batch, dtype=torch.long)), bound(stop, torch.full((batch,), n_pos))
+        return (arange >= lo[:, None]) & (arange < hi[:, None]) & ((arange - lo[:, None]) % step == 0)
+    chosen = [positions] if isinstance(positions, int) else list(positions)
+    mask = torch.zeros(batch, n_pos, dtype=torch.bool)
+    for position in chosen:
+        absolute = last + 1 + position if position < 0 else torch.full((batch,), position)
+        if bool(((absolute < 0) | (absolute >= n_pos)).any()):
+            raise InterventionError(
+                f"{who}: position {position} is outside the sequence; valid positions are 0..{n_pos - 1} "
+                f"and -1..-{int((last + 1).min())} (from the last real token)."
+            )
+        mask[torch.arange(batch), absolute] = True
+    return mask

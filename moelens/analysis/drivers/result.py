@@ -1,0 +1,212 @@
+"""``DriverEffects``: the result of a driver-effect sweep, with tables, plots and persistence."""
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from jaxtyping import Float
+from torch import Tensor
+
+from moelens.analysis._io import load_sidecar, save_figure, save_sidecar
+from moelens.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+__all__ = ["DriverEffects"]
+
+_FORMAT = "moelens.DriverEffects"
+_VERSION = 1
+
+
+@dataclass
+class DriverEffects:
+    """Driver effect of every (MoE layer, expert): mean KL over inputs, in nats.
+
+    ``effect [moe_layer expert]`` (float64, CPU); ``per_input [input moe_layer expert]`` when the
+    sweep was asked for it; ``moe_layers`` are model layer indices (the ``L`` of ``blocks.{L}.moe``)
+    in the order of the rows; ``settings`` records how the numbers were made (perturbation,
+    positions, method options, number of inputs).
+
+    >>> import torch
+    >>> effects = DriverEffects(torch.tensor([[0.1, 0.5], [0.3, 0.0]]), (0, 1), 2, "exact")
+    >>> effects.top(2)[["layer", "expert"]].values.tolist()
+    [[0, 1], [1, 0]]
+    """
+
+    effect: Float[Tensor, "moe_layer expert"]
+    moe_layers: tuple[int, ...]
+    n_experts: int
+    method: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    per_input: Float[Tensor, "input moe_layer expert"] | None = None
+
+    def __post_init__(self) -> None:
+        self.moe_layers = tuple(int(layer) for layer in self.moe_layers)
+        self.effect = self.effect.detach().cpu().double()
+        expected = (len(self.moe_layers), int(self.n_experts))
+        if tuple(self.effect.shape) != expected:
+            raise InvalidInputError(f"effect has shape {tuple(self.effect.shape)}; expected {expected} [moe_layer expert].")
+        if self.per_input is not None:
+            self.per_input = self.per_input.detach().cpu().double()
+            if tuple(self.per_input.shape[1:]) != expected:
+                raise InvalidInputError(
+                    f"per_input has shape {tuple(self.per_input.shape)}; expected (n_inputs, *{expected})."
+                )
+
+    @property
+    def n_inputs(self) -> int:
+        return int(self.settings.get("n_inputs", 0 if self.per_input is None else self.per_input.shape[0]))
+
+    # -- tables ---------------------------------------------------------------------------------
+    def to_frame(self) -> "pd.DataFrame":
+        """One row per (layer, expert), in that order: ``layer, expert, effect, rank, share``
+        (fraction of the summed effect), plus ``std`` and ``sem`` over inputs with ``per_input``."""
+        import pandas as pd
+
+        n_l, n_e = self.effect.shape
+        effect = self.effect.reshape(-1).numpy()
+        order = np.lexsort((np.arange(n_l * n_e), -effect))  # effect descending, then (layer, expert)
+        rank = np.empty(n_l * n_e, dtype=np.int64)
+        rank[order] = np.arange(1, n_l * n_e + 1)
+        total = float(effect.sum())
+        frame = pd.DataFrame(
+            {
+                "layer": np.repeat(np.array(self.moe_layers, dtype=np.int64), n_e),
+                "expert": np.tile(np.arange(n_e), n_l),
+                "effect": effect,
+                "rank": rank,
+                "share": effect / total if total > 0 else np.zeros_like(effect),
+            }
+        )
+        if self.per_input is not None and self.per_input.shape[0] > 1:
+            std = self.per_input.std(0).reshape(-1).numpy()
+            frame["std"] = std
+            frame["sem"] = std / math.sqrt(self.per_input.shape[0])
+        return frame
+
+    def top(self, n: int = 10) -> "pd.DataFrame":
+        """The ``n`` strongest drivers: ``layer, expert, effect, rank`` (ties by layer, expert).
+
+        >>> e = DriverEffects(torch.tensor([[0.1, 0.5], [0.3, 0.0]], dtype=torch.float64), (0, 2), 2, "exact")
+        >>> e.top(2)[["layer", "expert", "rank"]].values.tolist()
+        [[0, 1, 1], [2, 0, 2]]
+        """
+        frame = self.to_frame().sort_values("rank")
+        return frame[["layer", "expert", "effect", "rank"]].head(n).reset_index(drop=True)
+
+    def layer_totals(self) -> "pd.DataFrame":
+        """Per MoE layer: ``layer, total`` (sum over experts), ``share`` of the grand total,
+        ``max`` and ``top_expert`` — the "driver experts sit in the middle layers" profile.
+
+        >>> e = DriverEffects(torch.tensor([[0.1, 0.5], [0.3, 0.1]]), (0, 2), 2, "exact")
+        >>> e.layer_totals()["share"].round(2).tolist()
+        [0.6, 0.4]
+        """
+        import pandas as pd
+
+        total = self.effect.sum(1)
+        grand = float(total.sum())
+        return pd.DataFrame(
+            {
+                "layer": list(self.moe_layers),
+                "total": total.numpy(),
+                "share": (total / grand).numpy() if grand > 0 else np.zeros(len(self.moe_layers)),
+                "max": self.effect.max(1).values.numpy(),
+                "top_expert": self.effect.argmax(1).numpy(),
+            }
+        )
+
+    def middle_share(self) -> float:
+        """Share of the summed effect held by the middle third of the MoE layers (for uniform
+        effects, the fraction of layers in that third: about 1/3)."""
+        n = len(self.moe_layers)
+        lo, hi = n // 3, n - n // 3
+        total = float(self.effect.sum())
+        return float(self.effect[lo:hi].sum()) / total if total > 0 else float("nan")
+
+    # -- plots ----------------------------------------------------------------------------------
+    def plot_heatmap(self, path: str | Path | None = None, log: bool = False) -> "Figure":
+        """Layer (rows) x expert (columns) heatmap of the effect; ``log=True`` for a log colour
+        scale (effects often span orders of magnitude). Returns the Figure; writes it to ``path``."""
+        from matplotlib.colors import LogNorm
+        from matplotlib.figure import Figure
+
+        values = self.effect.numpy()
+        n_l, n_e = values.shape
+        size = (min(max(6.0, 0.18 * n_e + 2.0), 22.0), min(max(2.5, 0.25 * n_l + 1.2), 12.0))
+        fig = Figure(figsize=size, layout="constrained")
+        ax = fig.subplots()
+        norm = None
+        if log:
+            positive = values[values > 0]
+            floor = float(positive.min()) if positive.size else 1e-12
+            norm = LogNorm(vmin=floor, vmax=max(float(values.max()), floor * 10))
+            values = np.where(values > 0, values, np.nan)
+        image = ax.imshow(values, aspect="auto", cmap="magma", norm=norm, interpolation="nearest")
+        step = max(1, math.ceil(n_l / 24))
+        ax.set_yticks(range(0, n_l, step), [str(x) for x in self.moe_layers[::step]])
+        ax.set_xlabel("expert")
+        ax.set_ylabel("layer")
+        ax.set_title(f"driver effect, KL (nats) — {self.method}, {self._push()}")
+        fig.colorbar(image, ax=ax, label="KL (nats)")
+        return save_figure(fig, path)
+
+    def plot_layer_totals(self, path: str | Path | None = None) -> "Figure":
+        """Bar chart of the summed effect per MoE layer, the middle third shaded and its share in
+        the title. Returns the Figure; writes it to ``path``."""
+        from matplotlib.figure import Figure
+
+        totals = self.layer_totals()
+        n = len(self.moe_layers)
+        fig = Figure(figsize=(max(5.0, 0.3 * n + 2.0), 3.5), layout="constrained")
+        ax = fig.subplots()
+        ax.axvspan(n // 3 - 0.5, n - n // 3 - 0.5, color="grey", alpha=0.15, lw=0, label="middle third")
+        ax.bar(range(n), totals["total"], color="tab:red")
+        step = max(1, math.ceil(n / 24))
+        ax.set_xticks(range(0, n, step), [str(x) for x in self.moe_layers[::step]])
+        ax.set_xlabel("layer")
+        ax.set_ylabel("sum of driver effects (nats)")
+        ax.set_title(f"driver effect per layer — middle third holds {self.middle_share():.0%}")
+        ax.legend(loc="upper right", frameon=False)
+        return save_figure(fig, path)
+
+    def _push(self) -> str:
+        magnitude, sign = self.settings.get("magnitude"), self.settings.get("sign")
+        return f"push {'+' if sign == 1 else '-'}{magnitude}" if magnitude is not None else "push"
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write ``<path>.safetensors`` (tensors) and ``<path>.json`` (metadata); no pickle.
+
+        >>> import tempfile
+        >>> e = DriverEffects(torch.tensor([[0.1, 0.5]], dtype=torch.float64), (1,), 2, "exact", {"positions": "last"})
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     DriverEffects.load(e.save(f"{d}/drivers")).effect.tolist()
+        [[0.1, 0.5]]
+        """
+        tensors = {"effect": self.effect}
+        if self.per_input is not None:
+            tensors["per_input"] = self.per_input
+        meta = {"moe_layers": list(self.moe_layers), "n_experts": self.n_experts, "method": self.method, "settings": self.settings}
+        return save_sidecar(path, tensors, meta, _FORMAT, _VERSION)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DriverEffects":
+        """Read what :meth:`save` wrote (either file's path, or the common stem)."""
+        tensors, meta = load_sidecar(path, _FORMAT, _VERSION, "DriverEffects")
+        return cls(
+            tensors["effect"], tuple(meta["moe_layers"]), meta["n_experts"], meta["method"],
+            meta.get("settings", {}), tensors.get("per_input"),
+        )
+
+    def __repr__(self) -> str:
+        best = self.top(1)
+        lead = f", top L{int(best.layer[0])}E{int(best.expert[0])}={best.effect[0]:.3g}" if len(best) else ""
+        return (
+            f"DriverEffects({self.method}, moe_layers={list(self.moe_layers)}, n_experts={self.n_experts}, "
+            f"n_inputs={self.n_inputs}, {self._push()}{lead})"
+        )

@@ -1,0 +1,204 @@
+"""The driver-effect sweep: arguments, inputs, batches, checkpoints and progress around the
+per-batch kernels (:mod:`.exact`, :mod:`.first_order`)."""
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from moelens.analysis._io import Checkpoint
+from moelens.errors import InvalidInputError
+from moelens.interventions import Perturb
+
+from .exact import exact_batch
+from .first_order import first_order_batch
+from .options import (
+    METHODS,
+    POSITIONS,
+    TARGETS,
+    SweepInputs,
+    SweepOptions,
+    choice,
+    parse_layers,
+    parse_push,
+    positive_int,
+)
+from .result import DriverEffects
+
+if TYPE_CHECKING:
+    from moelens.model import HookedMoE
+
+__all__ = ["driver_effects"]
+
+_CKPT_FORMAT = "moelens.driver_effects.checkpoint"
+_VERSION = 1
+
+
+def driver_effects(
+    model: "HookedMoE",
+    texts: str | list[str] | Tensor,
+    *,
+    attention_mask: Tensor | None = None,
+    method: str = "exact",
+    perturbation: Perturb | Mapping[str, Any] | tuple[float, int] | None = None,
+    positions: str = "last",
+    layers: int | Sequence[int] | str | None = None,
+    batch_size: int = 8,
+    per_input: bool = False,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+    n_targets: int = 8,
+    targets: str = "top",
+    seed: int = 0,
+    skip_unchanged: bool = True,
+    max_tokens: int | None = None,
+) -> DriverEffects:
+    """Driver effect ``E_x KL(P || Q_{l,e})`` of every expert of every (chosen) MoE layer.
+
+    ``texts``: texts (the model needs a tokenizer) or token ids ``[batch pos]`` with an optional
+    ``attention_mask``. ``perturbation``: the push, ``None`` (magnitude 1, sign -1), a ``Perturb``
+    used as a template (its ``layers``/``experts`` are ignored; it must have ``positions=None``:
+    the push always applies at every position), ``{"magnitude": m, "sign": s}`` or ``(m, s)``.
+    ``positions``: ``"last"`` reads the KL at each input's last non-padding token, ``"all"``
+    averages it over its non-padding positions. ``layers``: MoE layer indices (default all).
+
+    ``method``: ``"exact"``, ``"first_order"`` or ``"router_gradient"`` (module docstring). The
+    gradient methods use ``n_targets`` backward passes per batch (times the number of positions for
+    ``positions="all"``), on the ``n_targets`` most probable next tokens (``targets="top"``,
+    probabilities renormalised; ``n_targets >= d_vocab`` takes the whole distribution) or as many
+    samples from ``P`` (``targets="sample"``, drawn with ``seed`` and the batch's position).
+
+    ``skip_unchanged``: pairs whose routing does not move beyond float32 rounding get effect 0
+    without a forward (False runs every pair). ``max_tokens``: tokens per stacked forward (default
+    1024 on CPU, 16384 on an accelerator; with ``positions="all"`` the exact method holds logits
+    of that many tokens).
+    ``checkpoint``: a folder; the per-input effects are saved atomically after each batch, and a
+    call with the same arguments resumes where the last one stopped, with the same result as an
+    uninterrupted run. ``per_input=True`` keeps ``[input moe_layer expert]`` in the result.
+
+    Returns a :class:`DriverEffects`. The exact method runs under ``no_grad``; the gradient methods
+    turn autograd on for their clean forward (also inside ``torch.no_grad()``) and differentiate with
+    ``torch.autograd.grad`` with respect to internal tensors only: parameters' ``.grad`` stay as
+    they are. Per batch, the exact method costs about ``n_experts * (n_layers - l)`` layer
+    passes for MoE layer ``l`` (minus skipped pairs); the first-order one a forward, ``n_targets``
+    backward passes and per MoE layer a router pass over all experts plus one block pass on the
+    tokens whose top-k set the push changes.
+
+    >>> from moelens import HookedMoE
+    >>> from moelens.testing import tiny_model
+    >>> model = HookedMoE.from_hf(tiny_model("mixtral"))
+    >>> ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    >>> exact = driver_effects(model, ids, progress=False, per_input=True)
+    >>> exact.per_input.shape  # [input moe_layer expert]
+    torch.Size([2, 2, 4])
+    >>> approx = driver_effects(model, ids, method="first_order", n_targets=97, progress=False)
+    >>> bool((approx.effect >= 0).all())
+    True
+    """
+    push = parse_push(perturbation)
+    if max_tokens is None:
+        # Stacked forwards beyond ~1k tokens run slower per token on a CPU (caches); GPUs want more.
+        max_tokens = 1024 if model.device.type == "cpu" else 16384
+    options = SweepOptions(
+        method=choice("method", method, METHODS),
+        push=push,
+        positions=choice("positions", positions, POSITIONS),
+        layers=parse_layers(model, layers),
+        skip_unchanged=bool(skip_unchanged),
+        max_tokens=positive_int("max_tokens", max_tokens),
+        n_targets=positive_int("n_targets", n_targets),
+        targets=choice("targets", targets, TARGETS),
+    )
+    batch_size = positive_int("batch_size", batch_size)
+    data = SweepInputs(model, texts, attention_mask)
+    gradient = options.method != "exact"
+    if gradient and torch.is_inference_mode_enabled():
+        raise InvalidInputError(
+            f"method={method!r} needs autograd (backward passes), but torch.inference_mode() is on. Call it "
+            "outside inference_mode (torch.no_grad() is fine), or use method='exact'."
+        )
+    settings = {
+        "magnitude": push.magnitude, "sign": push.sign, "positions": options.positions, "n_inputs": data.n,
+        "batch_size": batch_size, "skip_unchanged": options.skip_unchanged, "max_tokens": options.max_tokens,
+        "n_targets": options.n_targets if gradient else None, "targets": options.targets if gradient else None,
+        "seed": seed if gradient and options.targets == "sample" else None,
+    }
+    n_experts = model.cfg.n_experts
+    results = torch.zeros(data.n, len(options.layers), n_experts, dtype=torch.float64)
+    n_done, state, probe = 0, None, []
+    if checkpoint is not None:
+        fingerprint = {"format": _CKPT_FORMAT, "version": _VERSION, "method": options.method,
+                       "layers": list(options.layers), "inputs": data.digest, "model": _model_fingerprint(model),
+                       **settings}
+        state = Checkpoint(Path(checkpoint) / "state.safetensors", fingerprint, "driver_effects")
+        found = state.resume()
+        if found is not None:
+            tensors, extras = found
+            probe = extras.get("probe", [])
+            _check_probe(model, data, probe, state.path.parent)
+            n_done = tensors["per_input"].shape[0]
+            results[:n_done] = tensors["per_input"]
+        else:
+            probe = _probe(model, data)
+    from tqdm.auto import tqdm
+
+    n_layers = len(options.layers)
+    bar = tqdm(
+        total=math.ceil(data.n / batch_size) * n_layers, initial=math.ceil(n_done / batch_size) * n_layers,
+        disable=not progress, unit="layer", desc=f"driver effects ({options.method})", dynamic_ncols=True,
+    )
+    try:
+        for start in range(n_done, data.n, batch_size):
+            stop = min(start + batch_size, data.n)
+            ids, mask = data.batch(start, stop)
+            bar.set_postfix_str(f"inputs {start}-{stop - 1} of {data.n}")
+            if options.method == "exact":
+                results[start:stop] = exact_batch(model, ids, mask, options, bar.update)
+            else:
+                sampled = options.targets == "sample"
+                generator = torch.Generator().manual_seed(seed * 1_000_003 + start) if sampled else None
+                results[start:stop] = first_order_batch(model, ids, mask, options, generator, bar.update)
+            if state is not None:
+                state.save({"per_input": results[:stop]}, n_done=stop, probe=probe)
+    finally:
+        bar.close()
+    per = results if per_input else None
+    return DriverEffects(results.mean(0), options.layers, n_experts, options.method, settings, per)
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+
+
+def _model_fingerprint(model: "HookedMoE") -> dict[str, Any]:
+    cfg = model.cfg
+    return {
+        "architecture": cfg.architecture, "n_layers": cfg.n_layers, "moe_layers": list(cfg.moe_layers),
+        "n_experts": cfg.n_experts, "top_k": cfg.top_k, "d_model": cfg.d_model, "d_vocab": cfg.d_vocab,
+        "name_or_path": model.name_or_path, "dtype": str(model.dtype),
+    }
+
+
+def _probe_logp(model: "HookedMoE", data: SweepInputs) -> Tensor:
+    ids, mask = data.batch(0, 1)
+    with torch.no_grad():
+        return torch.log_softmax(model(ids, attention_mask=mask)[0, int(mask[0].nonzero().max())].float(), -1)
+
+
+def _probe(model: "HookedMoE", data: SweepInputs) -> list[list[float]]:
+    """Top-8 next-token log-probs of the first input: a cheap check that a resumed run uses the
+    same model (compared with a tolerance, so another kernel's rounding does not refuse a resume)."""
+    top = _probe_logp(model, data).topk(min(8, model.cfg.d_vocab))
+    return [[int(i), round(float(v), 5)] for i, v in zip(top.indices, top.values, strict=True)]
+
+
+def _check_probe(model: "HookedMoE", data: SweepInputs, saved: list[list[float]], where: Path) -> None:
+    logp = _probe_logp(model, data)
+    for token, value in saved:
+        if abs(float(logp[token]) - value) > 1e-3 * max(1.0, abs(value)):
+            raise InvalidInputError(
+                f"checkpoint {where} was written with another model: log P(token {token}) of the first input was "
+                f"{value:.5f} then and is {float(logp[token]):.5f} now. Use another checkpoint= path for this model."
+            )

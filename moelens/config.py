@@ -1,0 +1,51 @@
+"""``MoEConfig``: what moelens reads about a wrapped model's architecture (``model.cfg``)."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from .architectures import ArchitectureSpec
+
+__all__ = ["MoEConfig"]
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """What moelens knows about the wrapped model's architecture (``model.cfg``).
+
+    >>> from moelens import HookedMoE
+    >>> from moelens.testing import tiny_model
+    >>> cfg = HookedMoE.from_hf(tiny_model("deepseek_v3")).cfg
+    >>> cfg.moe_layers, cfg.n_experts, cfg.top_k, cfg.n_shared_experts, cfg.scoring
+    ((1, 2), 8, 2, 1, 'sigmoid')
+    """
+
+    architecture: str  # HF model_type
+    n_layers: int
+    moe_layers: tuple[int, ...]
+    n_experts: int
+    top_k: int
+    d_model: int
+    d_vocab: int
+    n_shared_experts: int
+    scoring: str  # "softmax" | "sigmoid" | "sparsemixer"
+
+    @classmethod
+    def of(cls, config: Any, spec: ArchitectureSpec, n_layers: int, moe_layers: tuple[int, ...]) -> "MoEConfig":
+        """Read from an HF config through the family's spec (attribute names differ by family).
+
+        >>> from moelens.architectures import spec_for_model_type
+        >>> from moelens.testing import tiny_config
+        >>> MoEConfig.of(tiny_config("mixtral"), spec_for_model_type("mixtral"), 2, (0, 1)).n_experts
+        4
+        """
+        return cls(
+            architecture=config.model_type,
+            n_layers=n_layers,
+            moe_layers=moe_layers,
+            n_experts=getattr(config, spec.n_experts_attr),
+            top_k=getattr(config, spec.top_k_attr),
+            d_model=config.hidden_size,
+            d_vocab=config.vocab_size,
+            n_shared_experts=spec.shared_expert_count(config),
+            scoring=spec.routing.scoring,
+        )
