@@ -19,6 +19,7 @@ __all__ = [
     "InterventionError",
     "ModelLoadError",
     "ResultFileError",
+    "BackendError",
 ]
 
 
@@ -133,4 +134,14 @@ class ResultFileError(MoelensError, FileNotFoundError, ValueError):
     Traceback (most recent call last):
     ...
     moelens.errors.ResultFileError: RoutingStats needs both no/such/stats.safetensors and no/such/stats.json (written by save()).
+    """
+
+
+class BackendError(MoelensError, RuntimeError):
+    """An optional backend that cannot run: nnsight not installed, a remote model not served, no
+    NDIF API key configured.
+
+    >>> from moelens.errors import BackendError
+    >>> isinstance(BackendError("not served"), RuntimeError)
+    True
     """

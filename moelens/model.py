@@ -45,6 +45,8 @@ class HookedMoE(nn.Module):
     torch.Size([2, 1, 3, 4])
     """
 
+    resumes_from_residual = True  # run_with_interventions takes start_at_layer= (moelens.backends.protocol)
+
     def __init__(self, hf_model: nn.Module, tokenizer: Any = None, spec: ArchitectureSpec | None = None):
         super().__init__()
         self.hf_model = hf_model  # registered as a submodule: .to()/.eval() reach it; weights are not copied
@@ -382,7 +384,9 @@ class HookedMoE(nn.Module):
     # -- helpers ------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.hf_model.parameters()).device
+        """Where inputs go: the device the input embedding runs on (accelerate's execution device
+        when ``device_map=`` offloaded it; each layer's hooks follow their own tensors' device)."""
+        return _execution_device(self.hf_model.get_input_embeddings())
 
     @property
     def dtype(self) -> torch.dtype:
@@ -409,6 +413,15 @@ class HookedMoE(nn.Module):
             f"HookedMoE({cfg.architecture}: {cfg.n_layers} layers, MoE layers {list(cfg.moe_layers)}, "
             f"{cfg.n_experts} experts, top-{cfg.top_k}, {cfg.scoring} routing)"
         )
+
+
+def _execution_device(module: nn.Module) -> torch.device:
+    hook = getattr(module, "_hf_hook", None)  # accelerate's AlignDevicesHook, set by device_map=
+    device = getattr(hook, "execution_device", None)
+    if device is not None:
+        return torch.device(device if not isinstance(device, int) else f"cuda:{device}")
+    weight = next(module.parameters())
+    return weight.device if weight.device.type != "meta" else torch.device("cpu")
 
 
 def _as_list(interventions: Any) -> list:

@@ -26,7 +26,7 @@ from ._io import Checkpoint
 from .routing_stats import SUM_FIELDS, RoutingStats
 
 if TYPE_CHECKING:
-    from ..model import HookedMoE
+    from ..backends.protocol import MoEBackend
 
 __all__ = ["collect_routing_stats"]
 
@@ -34,7 +34,7 @@ DomainData = Union[Sequence[str], Tensor, tuple[Tensor, Tensor]]
 
 
 def collect_routing_stats(
-    model: HookedMoE,
+    model: MoEBackend,
     domains: Mapping[str, DomainData],
     *,
     batch_size: int = 16,
@@ -45,6 +45,8 @@ def collect_routing_stats(
 ) -> RoutingStats:
     """Activation rate, routing entropy and CWAS per (domain, MoE layer, expert) over datasets.
 
+    ``model``: a :class:`~moelens.HookedMoE` or a ``moelens.backends.nnsight.NNsightMoE`` (local or
+    remote): one forward per batch, the sums kept here.
     ``domains`` maps a domain name to its texts (a list of str, tokenized with ``model.tokenizer``,
     truncated to ``max_length``), or to token ids ``[n pos]`` (optionally with an attention mask, as
     a ``(ids, mask)`` pair). Padding never counts. ``checkpoint`` (a folder) saves the running sums
@@ -87,32 +89,26 @@ def collect_routing_stats(
     return stats
 
 
-def _run_batch(model: HookedMoE, stats: RoutingStats, domain: str, ids: Tensor, mask: Tensor) -> list[Tensor]:
-    """One forward with accumulating hooks; returns each MoE layer's top-k indices [batch pos k]."""
-    pending: dict[int, Tensor] = {}
-    selected: list[Tensor] = []
-    mask = mask.to(model.device)
-
-    def on_scores(scores: Tensor, hook) -> None:
-        pending[hook.layer] = scores  # fires before the same layer's top-k hook
-
-    def on_indices(index: Tensor, hook) -> None:
-        topk = topk_mask_from_indices(index, model.cfg.n_experts)
-        stats.accumulate(domain, hook.layer, topk, pending.pop(hook.layer), mask)
-        selected.append(index.detach().cpu())
-
-    hooks = []
-    for layer in model.cfg.moe_layers:
-        hooks += [(moe_name(layer, "hook_router_scores"), on_scores), (moe_name(layer, "hook_topk_indices"), on_indices)]
+def _run_batch(model: MoEBackend, stats: RoutingStats, domain: str, ids: Tensor, mask: Tensor) -> list[Tensor]:
+    """One forward caching the routing of every MoE layer (scores and top-k indices), added into
+    the running sums here: the same code for every backend, and a remote run only sends tensors
+    back. Returns each MoE layer's top-k indices [batch pos k] (CPU)."""
+    names = [moe_name(layer, s) for layer in model.cfg.moe_layers for s in ("hook_router_scores", "hook_topk_indices")]
     # stop after the last MoE layer: nothing downstream changes the statistics
     stop = model.cfg.moe_layers[-1] + 1
     with torch.inference_mode():
-        model.run_with_hooks(ids, fwd_hooks=hooks, attention_mask=mask, stop_at_layer=stop)
+        _, cache = model.run_with_cache(ids, names_filter=names, attention_mask=mask, stop_at_layer=stop)
+    selected = []
+    for layer in model.cfg.moe_layers:
+        index = cache[moe_name(layer, "hook_topk_indices")]  # on this layer's device
+        topk = topk_mask_from_indices(index, model.cfg.n_experts)
+        stats.accumulate(domain, layer, topk, cache[moe_name(layer, "hook_router_scores")], mask.to(index.device))
+        selected.append(index.cpu())
     return selected
 
 
 def _batches(
-    model: HookedMoE, domain: str, data: DomainData, batch_size: int, max_length: int | None
+    model: MoEBackend, domain: str, data: DomainData, batch_size: int, max_length: int | None
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """(ids [b pos], mask [b pos], text index [b]) batches, texts sorted by length."""
     if isinstance(data, Tensor) or (isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor)):
@@ -158,7 +154,7 @@ def _write_records(path: Path, domain: int, ids: Tensor, mask: Tensor, text_inde
     os.replace(tmp, path)
 
 
-def _checkpoint(folder: str | Path, model: HookedMoE, batches: dict[str, list]) -> Checkpoint:
+def _checkpoint(folder: str | Path, model: MoEBackend, batches: dict[str, list]) -> Checkpoint:
     """The running sums and the number of finished batches, for these inputs and this model."""
     digest = hashlib.sha256()
     for name, items in batches.items():

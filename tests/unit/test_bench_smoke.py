@@ -19,6 +19,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
         ("interventions.py", "speedup"),
         ("driver_sweep.py", "first-order"),
         ("mediation.py", "speedup batched vs loop"),
+        ("peers.py", "identical logits through every variant"),
     ],
 )
 def test_bench_smoke(script, expected):
