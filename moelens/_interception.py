@@ -168,7 +168,7 @@ class MoEHooks:
             scores = routing.scores.view(batch, pos, -1)
             kept = scores.clone()
             points["hook_router_scores"](scores)
-            if not torch.equal(scores, kept):
+            if not _same(scores, kept):  # NaN-aware: a NaN from upstream is not the hook's edit
                 raise ReadOnlyHookError(
                     f"a hook edited {points['hook_router_scores'].name!r} in place, but it is read-only. "
                     "Edit hook_router_logits of the same layer to re-route instead."
@@ -264,3 +264,8 @@ def build_hook_points(
             points.extend(moe_points.values())
         points.append(post)
     return points, layer_hooks, moe_hooks
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    """``torch.equal`` that counts NaN == NaN (and keeps the bit-exact comparison otherwise)."""
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())

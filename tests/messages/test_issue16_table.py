@@ -1,0 +1,39 @@
+"""Issue #16, table-driven: bad input -> the expected MoelensError subclass with a message fragment that
+names the value or the fix; and a NaN reaching a router is not blamed on an innocent hook."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moelens.errors import InvalidInputError
+
+from ..models import wrapped
+
+IDS = torch.tensor([[4, 5, 6]])
+
+CASES = [
+    # (name, call, expected type, message fragment)
+    ("empty row of token ids", lambda m: m(torch.zeros(1, 0, dtype=torch.long)), InvalidInputError, "(1, 0) hold no token"),
+    ("no rows of token ids", lambda m: m(torch.zeros(0, 3, dtype=torch.long)), InvalidInputError, "(0, 3) hold no token"),
+    ("mask given as a list", lambda m: m(IDS, attention_mask=[[1, 1, 1]]), InvalidInputError, "got list"),
+    ("fractional mask", lambda m: m(IDS, attention_mask=torch.tensor([[1.0, 0.5, 1.0]])), InvalidInputError, "only 0 (padding) and 1"),
+]
+
+
+@pytest.mark.parametrize(("name", "call", "kind", "fragment"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_raises_the_expected_error(name, call, kind, fragment):
+    with pytest.raises(kind) as info:
+        call(wrapped("mixtral"))
+    assert fragment in str(info.value), f"{name}: {info.value}"
+
+
+def test_nan_reaching_a_router_is_not_reported_as_an_in_place_edit():
+    model = wrapped("mixtral")
+    nan_resid = lambda x, hook: torch.full_like(x, float("nan"))  # noqa: E731
+    seen = []
+    model.run_with_hooks(
+        IDS,
+        fwd_hooks=[("blocks.0.hook_resid_pre", nan_resid), ("blocks.0.moe.hook_router_scores", lambda x, hook: seen.append(1))],
+    )
+    assert seen == [1]
