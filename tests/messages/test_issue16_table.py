@@ -37,3 +37,38 @@ def test_nan_reaching_a_router_is_not_reported_as_an_in_place_edit():
         fwd_hooks=[("blocks.0.hook_resid_pre", nan_resid), ("blocks.0.moe.hook_router_scores", lambda x, hook: seen.append(1))],
     )
     assert seen == [1]
+
+
+# -- the command line: exit status 2, one line on stderr, no traceback --------------------------------------
+
+CLI_CASES = [
+    ("JSONL without text", {"x.jsonl": '{"label": 1}\n'}, ["--data", "d={x.jsonl}"], "has no 'text' field"),
+    ("non-string text", {"x.jsonl": '{"text": 3}\n'}, ["--data", "d={x.jsonl}"], "'text' is a int"),
+    ("JSON array line", {"x.jsonl": '["a", "b"]\n'}, ["--data", "d={x.jsonl}"], "is a JSON list, not an object"),
+    ("MMLU row without choices", {"x.jsonl": '{"text": "q?", "domain": "mmlu"}\n'}, ["--data", "d={x.jsonl}"], "without a 'choices' list"),
+    ("--out is a file", {"f": "x"}, ["--out", "{f}"], "is a file, not a folder"),
+    ("--out cannot be created", {"f": "x"}, ["--out", "{f}/sub"], "cannot be created"),
+    ("two --data for one domain", {}, ["--data", "a=sst2", "--data", "a=mmlu"], "gives domain 'a' twice"),
+    ("--model ''", {}, ["--model", ""], "--model '' is empty"),
+]
+
+
+@pytest.mark.parametrize(("name", "files", "args", "fragment"), CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, name, files, args, fragment):
+    from typer.testing import CliRunner
+
+    from moelens.cli import app
+
+    paths = {}
+    for file, text in files.items():
+        (tmp_path / file).write_text(text)
+        paths[file] = str(tmp_path / file)
+    for file, path in paths.items():
+        args = [a.replace("{" + file + "}", path) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, ["stats", *args])
+    assert result.exit_code == 2, f"{name}: {result.output}"
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("moelens: error:") and fragment in lines[0], result.output
+    assert "Traceback" not in result.output
