@@ -136,6 +136,8 @@ class Checkpoint:
         self, path: str | Path, fingerprint: dict[str, Any], what: str, probe: Callable[[], Tensor] | None = None
     ):
         self.path = Path(path)
+        if self.path.parent.exists() and not self.path.parent.is_dir():
+            raise CheckpointError(f"checkpoint={self.path.parent} is a file; pass a folder (it is created if missing).")
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))  # as it reads back
         self.what = what  # the call that writes it, for messages
         self._probe = probe

@@ -62,8 +62,14 @@ def collect_routing_stats(
     >>> round(float(stats.activation_rate[0, 0].sum()), 6)  # top-2: rates sum to k
     2.0
     """
-    if batch_size < 1:
-        raise InvalidInputError(f"batch_size={batch_size} must be >= 1.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"batch_size={batch_size!r} must be an int >= 1.")
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+        raise InvalidInputError(f"max_length={max_length!r} must be an int >= 1, or None for no truncation.")
+    if not isinstance(domains, Mapping):
+        raise InvalidInputError(
+            f"domains must be a mapping {{domain_name: texts or token ids}}; got {type(domains).__name__}."
+        )
     if not domains:
         raise InvalidInputError("domains is empty; pass {domain_name: texts, ...}.")
     batches = {name: list(_batches(model, name, data, batch_size, max_length)) for name, data in domains.items()}

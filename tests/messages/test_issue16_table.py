@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moelens.errors import InvalidInputError
+from moelens import Perturb, Scale, collect_routing_stats
+from moelens.errors import CheckpointError, InterventionError, InvalidInputError
 
 from ..models import wrapped
 
@@ -72,3 +73,26 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, name, files, args, fragme
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("moelens: error:") and fragment in lines[0], result.output
     assert "Traceback" not in result.output
+
+
+def _file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    return tmp_path / "f"
+
+
+MORE_CASES = [
+    ("slice past the end selects nothing", lambda m, t: m.run_with_interventions(IDS, Scale(0, 1, positions=slice(100, 200))), InterventionError, "selects no position"),
+    ("empty position list", lambda m, t: m.run_with_interventions(IDS, Scale(0, 1, positions=[])), InterventionError, "positions=[] selects nothing"),
+    ("NaN magnitude", lambda m, t: Perturb(0, 1, magnitude=float("nan")), InterventionError, "magnitude=nan must be a finite"),
+    ("max_length=0", lambda m, t: collect_routing_stats(m, {"a": IDS}, max_length=0, progress=False), InvalidInputError, "max_length=0"),
+    ("float batch_size", lambda m, t: collect_routing_stats(m, {"a": IDS}, batch_size=2.5, progress=False), InvalidInputError, "batch_size=2.5"),
+    ("domains as a list", lambda m, t: collect_routing_stats(m, [IDS], progress=False), InvalidInputError, "got list"),
+    ("checkpoint is a file", lambda m, t: collect_routing_stats(m, {"a": IDS}, checkpoint=_file(t), progress=False), CheckpointError, "is a file"),
+]
+
+
+@pytest.mark.parametrize(("name", "call", "kind", "fragment"), MORE_CASES, ids=[c[0] for c in MORE_CASES])
+def test_more_bad_input_raises_the_expected_error(tmp_path, name, call, kind, fragment):
+    with pytest.raises(kind) as info:
+        call(wrapped("mixtral"), tmp_path)
+    assert fragment in str(info.value), f"{name}: {info.value}"
