@@ -9,12 +9,14 @@
 from .analysis import Agreement, DriverEffects, RoutingStats, collect_routing_stats, compare_effects, driver_effects
 from .cache import ActivationCache
 from .errors import (
+    CheckpointError,
     HookShapeError,
     InterventionError,
     InvalidInputError,
     ModelLoadError,
     MoelensError,
     ReadOnlyHookError,
+    ResultFileError,
     UnknownHookError,
     UnsupportedArchitectureError,
 )
@@ -31,6 +33,7 @@ __all__ = [
     "Perturb",
     "Scale",
     "ActivationCache",
+    "CheckpointError",
     "Agreement",
     "DriverEffects",
     "HookPoint",
@@ -42,6 +45,7 @@ __all__ = [
     "MoEConfig",
     "MoelensError",
     "ReadOnlyHookError",
+    "ResultFileError",
     "RoutingStats",
     "UnknownHookError",
     "UnsupportedArchitectureError",
