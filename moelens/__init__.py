@@ -24,12 +24,14 @@ from .analysis import (
 from .cache import ActivationCache
 from .errors import (
     BackendError,
+    CheckpointError,
     HookShapeError,
     InterventionError,
     InvalidInputError,
     ModelLoadError,
     MoelensError,
     ReadOnlyHookError,
+    ResultFileError,
     UnknownHookError,
     UnsupportedArchitectureError,
 )
@@ -43,6 +45,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Ablate",
     "ActivationCache",
+    "CheckpointError",
     "Agreement",
     "Attribution",
     "BackendError",
@@ -61,6 +64,7 @@ __all__ = [
     "Patch",
     "Perturb",
     "ReadOnlyHookError",
+    "ResultFileError",
     "RoutingStats",
     "Scale",
     "StudyResult",

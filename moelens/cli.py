@@ -18,6 +18,8 @@ from typing import Annotated
 
 import typer
 
+from ._validate import check_out_dir
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mechanistic interpretability for Mixture-of-Experts LMs.")
 
 ModelOpt = Annotated[str | None, typer.Option("--model", help="hub id, local folder, or zoo name (default: the zoo default)")]
@@ -65,6 +67,9 @@ def _load_model(model_id: str | None, device: str | None, dtype: str | None):
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in dtypes:
         raise _Fail(f"--dtype {dtype!r} is not one of float32, bfloat16, float16")
+    from ._validate import check_model_name
+
+    check_model_name(model_id)
     name = model_id or DEFAULT_MODEL
     model = HookedMoE.from_pretrained(name, device=device, dtype=dtypes[dtype])
     if model.tokenizer is None:
@@ -73,9 +78,10 @@ def _load_model(model_id: str | None, device: str | None, dtype: str | None):
 
 
 def _load_data(specs: list[str] | None, limit: int | None) -> dict[str, list[str]]:
-    from .tasks import load_domain_texts
+    from ._validate import check_data_specs, checked_domain_texts
     from .tasks.demo import demo_texts
 
+    check_data_specs(specs)
     if not specs:
         return demo_texts(limit)
     data: dict[str, list[str]] = {}
@@ -85,7 +91,7 @@ def _load_data(specs: list[str] | None, limit: int | None) -> dict[str, list[str
             raise _Fail(f"--data {spec!r}: write DOMAIN=PATH (e.g. sentiment=data/sst2.jsonl) or a dataset name (e.g. sst2)")
         if "=" in spec and not Path(source).exists() and "/" in source:
             raise _Fail(f"--data {spec!r}: {source} does not exist")
-        texts = load_domain_texts(source, limit=limit)
+        texts = checked_domain_texts(spec, source, limit)
         if not texts:
             raise _Fail(f"--data {spec!r}: no texts found")
         data[domain] = list(texts)
@@ -237,7 +243,7 @@ def analyze(
     """Routing statistics, domain and general experts, driver experts, and an HTML report."""
     from .report import assemble
 
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out)
     name, hooked = _load_model(model, device, dtype)
     texts = _load_data(data, limit)
     seconds: dict[str, float] = {}
@@ -267,7 +273,7 @@ def analyze(
 def stats(model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("moelens-report"), device: DeviceOpt = None,
           dtype: DtypeOpt = "float32", limit: LimitOpt = None) -> None:
     """Routing statistics only (domain and general experts)."""
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out)
     _, hooked = _load_model(model, device, dtype)
     run_stats(hooked, _load_data(data, limit), out)
     typer.echo(f"tables and sections written to {out}; `moelens report {out}` builds the report")
@@ -278,7 +284,7 @@ def stats(model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("moel
 def drivers(model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("moelens-report"), device: DeviceOpt = None,
             dtype: DtypeOpt = "float32", limit: LimitOpt = None, exact: ExactOpt = False) -> None:
     """Driver experts only."""
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out)
     _, hooked = _load_model(model, device, dtype)
     run_drivers(hooked, _load_data(data, limit), out, exact)
     typer.echo(f"tables and sections written to {out}; `moelens report {out}` builds the report")

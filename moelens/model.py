@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._interception import StopForward, build_hook_points
+from ._interception import StopForward, build_hook_points, own_hook, remove_installed_hooks
 from .architectures import ArchitectureSpec, find_moe_layers, resolve, spec_for_model
 from .cache import ActivationCache, metric_gradients, no_op_hook
 from .config import MoEConfig
@@ -127,8 +127,10 @@ class HookedMoE(nn.Module):
         return lambda: [undo() for undo in detach] and None
 
     def reset_hooks(self) -> None:
-        """Detach every hook function from every hook point."""
+        """Detach every hook function from every hook point, and remove every torch hook moelens
+        installed on the wrapped model (even one an interrupt left behind)."""
         self._registry.remove_all()
+        remove_installed_hooks(self.hf_model)
 
     @contextmanager
     def hooks(self, fwd_hooks: FwdHooks = (), bwd_hooks: BwdHooks = ()) -> Iterator[HookedMoE]:
@@ -191,7 +193,7 @@ class HookedMoE(nn.Module):
                     break
                 layer_hooks.install(stack, skip=index < start, stop=index == stop)
             if stop == self.cfg.n_layers:
-                stack.callback(self.final_norm.register_forward_pre_hook(_raise_stop).remove)
+                own_hook(stack, self.final_norm, _raise_stop, pre=True)
             for moe_hooks in self._moe_hooks:
                 moe_hooks.install(stack)
             stack.enter_context(self._registry.calling(call or CallContext()))

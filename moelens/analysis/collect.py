@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..errors import InvalidInputError
 from ..metrics import topk_mask_from_indices
 from ..names import moe_name
-from ._io import Checkpoint
+from ._io import Checkpoint, model_fingerprint, model_probe
 from .routing_stats import SUM_FIELDS, RoutingStats
 
 if TYPE_CHECKING:
@@ -64,14 +64,20 @@ def collect_routing_stats(
     >>> round(float(stats.activation_rate[0, 0].sum()), 6)  # top-2: rates sum to k
     2.0
     """
-    if batch_size < 1:
-        raise InvalidInputError(f"batch_size={batch_size} must be >= 1.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"batch_size={batch_size!r} must be an int >= 1.")
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+        raise InvalidInputError(f"max_length={max_length!r} must be an int >= 1, or None for no truncation.")
+    if not isinstance(domains, Mapping):
+        raise InvalidInputError(
+            f"domains must be a mapping {{domain_name: texts or token ids}}; got {type(domains).__name__}."
+        )
     if not domains:
         raise InvalidInputError("domains is empty; pass {domain_name: texts, ...}.")
     batches = {name: list(_batches(model, name, data, batch_size, max_length)) for name, data in domains.items()}
     stats = RoutingStats.from_config(model.cfg, list(domains))
-    state = _checkpoint(checkpoint, model, batches) if checkpoint is not None else None
-    done = _resume(state, stats) if state is not None else 0
+    state = _checkpoint(checkpoint, model, batches, batch_size, max_length) if checkpoint is not None else None
+    done = _resume(state, stats, sum(len(b) for b in batches.values())) if state is not None else 0
     records_dir = Path(token_records) if token_records is not None else None
     if records_dir is not None:
         records_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +91,8 @@ def collect_routing_stats(
         if records_dir is not None:
             _write_records(records_dir / f"{step:06d}.safetensors", stats.domains.index(domain), ids, mask, text_index, selected)
         if state is not None:
-            state.save({name: getattr(stats, name) for name in SUM_FIELDS}, batches_done=step + 1)
+            sums = {name: getattr(stats, name) for name in SUM_FIELDS}
+            state.save(sums, complete=step + 1 == len(todo), batches_done=step + 1)
     return stats
 
 
@@ -154,23 +161,36 @@ def _write_records(path: Path, domain: int, ids: Tensor, mask: Tensor, text_inde
     os.replace(tmp, path)
 
 
-def _checkpoint(folder: str | Path, model: MoEBackend, batches: dict[str, list]) -> Checkpoint:
-    """The running sums and the number of finished batches, for these inputs and this model."""
+def _checkpoint(folder: str | Path, model: MoEBackend, batches: dict[str, list], batch_size: int, max_length: int | None) -> Checkpoint:
+    """The running sums and the number of finished batches, for these inputs and this model: the
+    fingerprint holds the token ids and masks, the model's shape, name and dtype; the probe checks
+    its weights on the first input."""
     digest = hashlib.sha256()
     for name, items in batches.items():
-        digest.update(name.encode())
+        digest.update(name.encode() + b"\x00")
         for ids, mask, _ in items:
+            digest.update(f"{tuple(ids.shape)}".encode())
             digest.update(ids.numpy().tobytes())
             digest.update(mask.numpy().tobytes())
-    fingerprint = {"model": repr(model.cfg), "inputs": digest.hexdigest()}
-    return Checkpoint(Path(folder) / "routing_stats.partial.safetensors", fingerprint, "collect_routing_stats")
+    fingerprint = {
+        "format": "moelens.routing_stats.checkpoint", "version": 2, "model": model_fingerprint(model),
+        "domains": list(batches), "inputs": digest.hexdigest(), "batch_size": batch_size, "max_length": max_length,
+    }
+    ids, mask, _ = next(iter(batches.values()))[0]
+    path = Path(folder) / "routing_stats.partial.safetensors"
+    return Checkpoint(path, fingerprint, "collect_routing_stats", probe=model_probe(model, ids, mask))
 
 
-def _resume(state: Checkpoint, stats: RoutingStats) -> int:
+def _resume(state: Checkpoint, stats: RoutingStats, n_batches: int) -> int:
     found = state.resume()
     if found is None:
         return 0
     tensors, extras = found
+    done = extras.get("batches_done")
     for name in SUM_FIELDS:
-        setattr(stats, name, tensors[name])
-    return int(extras["batches_done"])
+        expected = getattr(stats, name)
+        got = tensors.get(name)
+        if got is None or got.shape != expected.shape or got.dtype != expected.dtype or not isinstance(done, int) or not 0 < done <= n_batches:
+            raise state._refuse(f"does not hold the sums of this run ({name}, batches_done={done!r})")
+        setattr(stats, name, got)
+    return done

@@ -220,6 +220,16 @@ class NNsightMoE:
             return torch.device("cpu")
         return self.hf_model.get_input_embeddings().weight.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The parameters' dtype (of the meta copy for a remote model: the served weights' dtype)."""
+        return next(self.hf_model.parameters()).dtype
+
+    @property
+    def name_or_path(self) -> str:
+        """The hub id or folder the model was loaded from ("" for a model built in memory)."""
+        return str(getattr(self.hf_model.config, "_name_or_path", ""))
+
     def to_inputs(self, inputs: Any, attention_mask: Tensor | None = None) -> ModelInputs:
         """Validated model inputs (tokens, mask, positions) for texts or token ids."""
         return prepare_inputs(inputs, attention_mask, self.tokenizer, self.cfg.d_vocab, self.device)

@@ -32,6 +32,11 @@ def test_analyze_default_writes_report_and_tables(tmp_path):
     # the single steps reuse the folder; report re-assembles it
     again = runner.invoke(app, ["report", str(tmp_path)])
     assert again.exit_code == 0 and "report.html" in again.output
+    # a finished run's checkpoints do not block the next run into the same folder with other data
+    before = pd.read_csv(tmp_path / "routing_stats.csv")["n_tokens"].sum()
+    rerun = runner.invoke(app, ["stats", "--limit", "3", "--out", str(tmp_path)])
+    assert rerun.exit_code == 0, rerun.output
+    assert pd.read_csv(tmp_path / "routing_stats.csv")["n_tokens"].sum() < before
 
 
 @pytest.mark.parametrize(
