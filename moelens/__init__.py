@@ -7,46 +7,78 @@
 """
 
 from . import viz  # noqa: F401  (so that moelens.viz.routing_tokens works right after `import moelens`)
-from .analysis import Agreement, DriverEffects, RoutingStats, collect_routing_stats, compare_effects, driver_effects
+from .analysis import (
+    Agreement,
+    Attribution,
+    DriverEffects,
+    Mediation,
+    RoutingStats,
+    TokenTriggers,
+    collect_routing_stats,
+    compare_effects,
+    driver_effects,
+    routing_mediation,
+    token_attribution,
+    token_triggers,
+)
 from .cache import ActivationCache
 from .errors import (
+    BackendError,
+    CheckpointError,
     HookShapeError,
     InterventionError,
     InvalidInputError,
     ModelLoadError,
     MoelensError,
     ReadOnlyHookError,
+    ResultFileError,
     UnknownHookError,
     UnsupportedArchitectureError,
 )
 from .hook_points import HookPoint
 from .interventions import Ablate, Force, Patch, Perturb, Scale
 from .model import HookedMoE, MoEConfig
+from .tasks import EvalResult, StudyResult, TunedMoE, evaluate, reweighting_study, tune_router
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Ablate",
-    "Force",
-    "Patch",
-    "Perturb",
-    "Scale",
     "ActivationCache",
+    "CheckpointError",
     "Agreement",
+    "Attribution",
+    "BackendError",
     "DriverEffects",
+    "EvalResult",
+    "Force",
     "HookPoint",
     "HookShapeError",
     "HookedMoE",
     "InterventionError",
     "InvalidInputError",
-    "ModelLoadError",
+    "Mediation",
     "MoEConfig",
+    "ModelLoadError",
     "MoelensError",
+    "Patch",
+    "Perturb",
     "ReadOnlyHookError",
+    "ResultFileError",
     "RoutingStats",
+    "Scale",
+    "StudyResult",
+    "TokenTriggers",
+    "TunedMoE",
     "UnknownHookError",
     "UnsupportedArchitectureError",
     "collect_routing_stats",
     "compare_effects",
     "driver_effects",
+    "evaluate",
+    "reweighting_study",
+    "routing_mediation",
+    "token_attribution",
+    "token_triggers",
+    "tune_router",
 ]

@@ -10,6 +10,7 @@ propagate by themselves.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -59,10 +60,9 @@ class LayerHooks:
             stack.enter_context(_patched_forward(self.layer, lambda hidden_states, *a, **k: hidden_states))
             return
         if stop or self.resid_pre.active:
-            handle = self.layer.register_forward_pre_hook(self._pre(stop), with_kwargs=True)
-            stack.callback(handle.remove)
+            own_hook(stack, self.layer, self._pre(stop), pre=True, with_kwargs=True)
         if self.resid_post.active:
-            stack.callback(self.layer.register_forward_hook(self._post).remove)
+            own_hook(stack, self.layer, self._post)
 
     def _pre(self, stop: bool) -> Callable:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
@@ -115,15 +115,15 @@ class MoEHooks:
         if not (any(wants.values()) or self._active("hook_in")):
             return
         # The block's input gives (batch, pos) to un-flatten the router's and experts' tensors.
-        stack.callback(self.block.register_forward_pre_hook(self._block_pre).remove)
+        own_hook(stack, self.block, self._block_pre, pre=True)
         if wants["router"]:
-            stack.callback(self.router.register_forward_hook(self._router_post).remove)
+            own_hook(stack, self.router, self._router_post)
         if wants["experts"]:
-            stack.callback(self.experts.register_forward_hook(self._experts_post, with_kwargs=True).remove)
+            own_hook(stack, self.experts, self._experts_post, with_kwargs=True)
         if wants["shared"] and self.shared is not None:
-            stack.callback(self.shared.register_forward_hook(self._shared_post).remove)
+            own_hook(stack, self.shared, self._shared_post)
         if wants["out"]:
-            stack.callback(self.block.register_forward_hook(self._block_post).remove)
+            own_hook(stack, self.block, self._block_post)
 
     # -- block input and output ---------------------------------------------------------------
     def _block_pre(self, module: nn.Module, args: tuple) -> Any:
@@ -168,7 +168,7 @@ class MoEHooks:
             scores = routing.scores.view(batch, pos, -1)
             kept = scores.clone()
             points["hook_router_scores"](scores)
-            if not torch.equal(scores, kept):
+            if not _same(scores, kept):  # NaN-aware: a NaN from upstream is not the hook's edit
                 raise ReadOnlyHookError(
                     f"a hook edited {points['hook_router_scores'].name!r} in place, but it is read-only. "
                     "Edit hook_router_logits of the same layer to re-route instead."
@@ -264,3 +264,42 @@ def build_hook_points(
             points.extend(moe_points.values())
         points.append(post)
     return points, layer_hooks, moe_hooks
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    """``torch.equal`` that counts NaN == NaN (and keeps the bit-exact comparison otherwise)."""
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+# Every torch hook moelens installs is in this set until removed, so reset_hooks() can find any
+# that an exception or a signal left behind.
+_INSTALLED: set = set()
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks")
+
+
+def own_hook(stack: ExitStack, module: nn.Module, fn: Any, pre: bool = False, **kwargs: Any) -> None:
+    """Register ``fn`` as a forward (``pre=True``: forward-pre) hook of ``module``, owned by ``stack``
+    before it exists: the removal (by identity of ``fn``) is on the stack first, so an exception or
+    an asynchronous KeyboardInterrupt landing at any statement cannot leave the hook behind."""
+    fn = functools.partial(fn)  # a new object per installation: removal by identity takes only this one
+    _INSTALLED.add(fn)
+    stack.callback(_remove_hook, module, fn)
+    (module.register_forward_pre_hook if pre else module.register_forward_hook)(fn, **kwargs)
+
+
+def _remove_hook(module: nn.Module, fn: Any) -> None:
+    for name in _HOOK_DICTS:
+        hooks = getattr(module, name)
+        for key in [key for key, hook in hooks.items() if hook is fn]:
+            del hooks[key]
+            for extra in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs"):
+                getattr(module, extra, {}).pop(key, None)
+    _INSTALLED.discard(fn)
+
+
+def remove_installed_hooks(root: nn.Module) -> None:
+    """Remove from every module under ``root`` each torch hook that :func:`own_hook` installed."""
+    for module in root.modules():
+        for name in _HOOK_DICTS:
+            for hook in [hook for hook in getattr(module, name).values() if hook in _INSTALLED]:
+                _remove_hook(module, hook)

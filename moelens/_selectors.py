@@ -85,8 +85,16 @@ def position_mask(positions: PosSel, attention_mask: Tensor, who: str) -> Tensor
             return (last + 1 + value) if value < 0 else torch.full((batch,), value)
 
         lo, hi = bound(start, torch.zeros(batch, dtype=torch.long)), bound(stop, torch.full((batch,), n_pos))
-        return (arange >= lo[:, None]) & (arange < hi[:, None]) & ((arange - lo[:, None]) % step == 0)
+        selected = (arange >= lo[:, None]) & (arange < hi[:, None]) & ((arange - lo[:, None]) % step == 0)
+        if not bool(selected.any(-1).all()):  # consistent with an int outside the sequence: an error, not a no-op
+            raise InterventionError(
+                f"{who}: positions={positions!r} selects no position of a row with {int((last + 1).min())} tokens "
+                f"(positions 0..{n_pos - 1}); pass a slice that overlaps the sequence."
+            )
+        return selected
     chosen = [positions] if isinstance(positions, int) else list(positions)
+    if not chosen:
+        raise InterventionError(f"{who}: positions=[] selects nothing; pass None for every position, or some positions.")
     mask = torch.zeros(batch, n_pos, dtype=torch.bool)
     for position in chosen:
         absolute = last + 1 + position if position < 0 else torch.full((batch,), position)

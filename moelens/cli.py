@@ -3,6 +3,7 @@
     moelens analyze                      # zoo default model + demo texts -> moelens-report/report.html
     moelens analyze --model allenai/OLMoE-1B-7B-0924 --data sentiment=../shared/data/sst2/validation.jsonl --data mmlu
     moelens stats --out DIR | moelens drivers --out DIR | moelens report DIR
+    moelens study --task sst2 --select-on train --evaluate-on validation --recipe scale-logits --recipe perturb
 
 Each step writes its tables and a report section into ``--out``; an interrupted step resumes from its
 checkpoint there. Bad input exits with status 2 and one line.
@@ -17,6 +18,8 @@ from typing import Annotated
 
 import typer
 
+from ._validate import check_out_dir
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mechanistic interpretability for Mixture-of-Experts LMs.")
 
 ModelOpt = Annotated[str | None, typer.Option("--model", help="hub id, local folder, or zoo name (default: the zoo default)")]
@@ -29,6 +32,7 @@ DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="at most N texts per domain")]
 ExactOpt = Annotated[bool, typer.Option("--exact", help="exact driver sweep instead of the first-order estimate")]
+StudyOpt = Annotated[str | None, typer.Option("--study", help="also run the re-weighting study on this task (sst2, mmlu, ...)")]
 
 
 class _Fail(Exception):
@@ -63,6 +67,9 @@ def _load_model(model_id: str | None, device: str | None, dtype: str | None):
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in dtypes:
         raise _Fail(f"--dtype {dtype!r} is not one of float32, bfloat16, float16")
+    from ._validate import check_model_name
+
+    check_model_name(model_id)
     name = model_id or DEFAULT_MODEL
     model = HookedMoE.from_pretrained(name, device=device, dtype=dtypes[dtype])
     if model.tokenizer is None:
@@ -71,9 +78,10 @@ def _load_model(model_id: str | None, device: str | None, dtype: str | None):
 
 
 def _load_data(specs: list[str] | None, limit: int | None) -> dict[str, list[str]]:
-    from .tasks import load_domain_texts
+    from ._validate import check_data_specs, checked_domain_texts
     from .tasks.demo import demo_texts
 
+    check_data_specs(specs)
     if not specs:
         return demo_texts(limit)
     data: dict[str, list[str]] = {}
@@ -83,7 +91,7 @@ def _load_data(specs: list[str] | None, limit: int | None) -> dict[str, list[str
             raise _Fail(f"--data {spec!r}: write DOMAIN=PATH (e.g. sentiment=data/sst2.jsonl) or a dataset name (e.g. sst2)")
         if "=" in spec and not Path(source).exists() and "/" in source:
             raise _Fail(f"--data {spec!r}: {source} does not exist")
-        texts = load_domain_texts(source, limit=limit)
+        texts = checked_domain_texts(spec, source, limit)
         if not texts:
             raise _Fail(f"--data {spec!r}: no texts found")
         data[domain] = list(texts)
@@ -152,7 +160,8 @@ def run_drivers(model, data: dict[str, list[str]], out: Path, exact: bool, progr
 
     texts = [text for domain_texts in data.values() for text in domain_texts[:per_domain]]
     method = "exact" if exact else "first_order"
-    effects = driver_effects(model, texts, method=method, progress=progress, checkpoint=out / "checkpoints" / f"drivers-{method}")
+    effects = driver_effects(model, texts, method=method, progress=progress, checkpoint=out / "checkpoints" / f"drivers-{method}",
+                             per_input=True)  # per-input effects: robust per-layer shares in the report
     effects.save(out / "driver_effects")
     effects.to_frame().to_csv(out / "driver_effects.csv", index=False)
     top = effects.top(10)
@@ -229,12 +238,12 @@ def _summary(out: Path, name: str, model, data: dict[str, list[str]], seconds: d
 @_guard
 def analyze(
     model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("moelens-report"), device: DeviceOpt = None,
-    dtype: DtypeOpt = "float32", limit: LimitOpt = None, exact: ExactOpt = False,
+    dtype: DtypeOpt = "float32", limit: LimitOpt = None, exact: ExactOpt = False, study: StudyOpt = None,
 ) -> None:
     """Routing statistics, domain and general experts, driver experts, and an HTML report."""
     from .report import assemble
 
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out)
     name, hooked = _load_model(model, device, dtype)
     texts = _load_data(data, limit)
     seconds: dict[str, float] = {}
@@ -244,6 +253,17 @@ def analyze(
     start = time.perf_counter()
     effects = run_drivers(hooked, texts, out, exact)
     seconds["driver effects"] = time.perf_counter() - start
+    start = time.perf_counter()
+    from .analysis.mediation_report import write_sections
+
+    write_sections(hooked, texts, out, effects)  # token triggers of the drivers, a mediation example
+    seconds["triggers and mediation"] = time.perf_counter() - start
+    if study:
+        from .tasks import reweighting_study, write_study
+
+        start = time.perf_counter()
+        write_study(out, reweighting_study(hooked, study, limit=limit, driver_method="exact" if exact else "first_order"))
+        seconds["re-weighting study"] = time.perf_counter() - start
     _summary(out, name, hooked, texts, seconds, stats_result, effects)
     typer.echo(f"report: {assemble(out)}")
 
@@ -253,7 +273,7 @@ def analyze(
 def stats(model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("moelens-report"), device: DeviceOpt = None,
           dtype: DtypeOpt = "float32", limit: LimitOpt = None) -> None:
     """Routing statistics only (domain and general experts)."""
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out)
     _, hooked = _load_model(model, device, dtype)
     run_stats(hooked, _load_data(data, limit), out)
     typer.echo(f"tables and sections written to {out}; `moelens report {out}` builds the report")
@@ -264,10 +284,35 @@ def stats(model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("moel
 def drivers(model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("moelens-report"), device: DeviceOpt = None,
             dtype: DtypeOpt = "float32", limit: LimitOpt = None, exact: ExactOpt = False) -> None:
     """Driver experts only."""
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out)
     _, hooked = _load_model(model, device, dtype)
     run_drivers(hooked, _load_data(data, limit), out, exact)
     typer.echo(f"tables and sections written to {out}; `moelens report {out}` builds the report")
+
+
+@app.command(name="study")
+@_guard
+def study_command(
+    model: ModelOpt = None, task: Annotated[str, typer.Option("--task")] = "sst2", out: OutOpt = Path("moelens-study"),
+    select_on: Annotated[str | None, typer.Option("--select-on", help="split name (train, validation[:200]) or JSONL path")] = None,
+    evaluate_on: Annotated[str | None, typer.Option("--evaluate-on", help="split name or JSONL path")] = None,
+    factor: Annotated[list[float] | None, typer.Option("--factor", help="repeatable; default 0.8 and 1.2")] = None,
+    recipe: Annotated[list[str] | None, typer.Option("--recipe", help="scale-logits | scale-weights | perturb; repeatable")] = None,
+    n_experts: Annotated[int, typer.Option("--n-experts")] = 4, n_random: Annotated[int, typer.Option("--n-random")] = 3,
+    select_limit: Annotated[int, typer.Option("--select-limit")] = 256, limit: LimitOpt = None,
+    tune_steps: Annotated[int, typer.Option("--tune-steps", help="router LoRA steps for the 'tune the router' row (0: none)")] = 0,
+    exact: Annotated[bool, typer.Option("--exact/--first-order", help="driver selection method")] = True,
+    device: DeviceOpt = None, dtype: DtypeOpt = "float32", seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Re-weighting study: domain/driver experts up and down vs random experts; table, plot and report section."""
+    from .tasks import reweighting_study, write_study
+
+    name, hooked = _load_model(model, device, dtype)
+    result = reweighting_study(hooked, task, select_on, evaluate_on, tuple(factor or (0.8, 1.2)), n_experts=n_experts, n_random=n_random,
+                               recipes=recipe, select_limit=select_limit, limit=limit, tune_steps=tune_steps, seed=seed,
+                               driver_method="exact" if exact else "first_order", model_name=name)
+    typer.echo(result.table.drop(columns=["model", "task"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    typer.echo(f"table: {write_study(out, result)}")
 
 
 @app.command()

@@ -19,6 +19,8 @@ __all__ = [
     "InterventionError",
     "ModelLoadError",
     "ResultFileError",
+    "BackendError",
+    "CheckpointError",
 ]
 
 
@@ -133,4 +135,29 @@ class ResultFileError(MoelensError, FileNotFoundError, ValueError):
     Traceback (most recent call last):
     ...
     moelens.errors.ResultFileError: RoutingStats needs both no/such/stats.safetensors and no/such/stats.json (written by save()).
+    """
+
+
+class BackendError(MoelensError, RuntimeError):
+    """An optional backend that cannot run: nnsight not installed, a remote model not served, no
+    NDIF API key configured.
+
+    >>> from moelens.errors import BackendError
+    >>> isinstance(BackendError("not served"), RuntimeError)
+    True
+    """
+
+
+class CheckpointError(InvalidInputError):
+    """A ``checkpoint=`` file that cannot be resumed: damaged, edited, or an interrupted run of other
+    arguments, inputs, dtype or weights. The message names the file; delete it to restart.
+
+    >>> import tempfile, pathlib
+    >>> from moelens.analysis._io import Checkpoint
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = pathlib.Path(d, "state.safetensors").write_bytes(b"garbage")
+    ...     Checkpoint(f"{d}/state.safetensors", {}, "demo").resume()
+    Traceback (most recent call last):
+    ...
+    moelens.errors.CheckpointError: checkpoint .../state.safetensors is damaged or not a moelens checkpoint (...). Delete it to restart (or pass another checkpoint= path).
     """

@@ -67,6 +67,10 @@ def prepare_inputs(
         ids = ids.unsqueeze(0)
     if ids.ndim != 2:
         raise InvalidInputError(f"token ids must have shape [batch pos]; got {tuple(inputs.shape)}.")
+    if ids.numel() == 0:
+        raise InvalidInputError(
+            f"token ids of shape {tuple(inputs.shape)} hold no token; pass at least one row with one token."
+        )
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
         raise InvalidInputError(
             f"token id {int(ids.max()) if int(ids.max()) >= vocab_size else int(ids.min())} is outside the "
@@ -92,12 +96,17 @@ def _with_mask(ids, attention_mask, device, shape=None) -> ModelInputs:
     if attention_mask is None:
         mask = torch.ones(shape, dtype=torch.long)
     else:
+        if not isinstance(attention_mask, Tensor):
+            raise InvalidInputError(
+                f"attention_mask must be a tensor [batch pos] of 0/1, got {type(attention_mask).__name__}; "
+                "wrap it in torch.tensor(...)."
+            )
         if tuple(attention_mask.shape) != shape:
             raise InvalidInputError(
                 f"attention_mask has shape {tuple(attention_mask.shape)} but the inputs have shape {shape}."
             )
         mask = attention_mask.long()
-        if bool(((mask != 0) & (mask != 1)).any()):
+        if bool(((attention_mask != 0) & (attention_mask != 1)).any()):  # before .long() turns 0.5 into 0
             raise InvalidInputError("attention_mask must hold only 0 (padding) and 1 (token).")
         if bool((mask.sum(-1) == 0).any()):
             raise InvalidInputError("a row of attention_mask has no token (all zeros); drop that row.")

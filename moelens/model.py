@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._interception import StopForward, build_hook_points
+from ._interception import StopForward, build_hook_points, own_hook, remove_installed_hooks
 from .architectures import ArchitectureSpec, find_moe_layers, resolve, spec_for_model
 from .cache import ActivationCache, metric_gradients, no_op_hook
 from .config import MoEConfig
@@ -44,6 +44,8 @@ class HookedMoE(nn.Module):
     >>> cache.topk_mask().shape  # [moe_layer batch pos n_experts]
     torch.Size([2, 1, 3, 4])
     """
+
+    resumes_from_residual = True  # run_with_interventions takes start_at_layer= (moelens.backends.protocol)
 
     def __init__(self, hf_model: nn.Module, tokenizer: Any = None, spec: ArchitectureSpec | None = None):
         super().__init__()
@@ -125,8 +127,10 @@ class HookedMoE(nn.Module):
         return lambda: [undo() for undo in detach] and None
 
     def reset_hooks(self) -> None:
-        """Detach every hook function from every hook point."""
+        """Detach every hook function from every hook point, and remove every torch hook moelens
+        installed on the wrapped model (even one an interrupt left behind)."""
         self._registry.remove_all()
+        remove_installed_hooks(self.hf_model)
 
     @contextmanager
     def hooks(self, fwd_hooks: FwdHooks = (), bwd_hooks: BwdHooks = ()) -> Iterator[HookedMoE]:
@@ -189,7 +193,7 @@ class HookedMoE(nn.Module):
                     break
                 layer_hooks.install(stack, skip=index < start, stop=index == stop)
             if stop == self.cfg.n_layers:
-                stack.callback(self.final_norm.register_forward_pre_hook(_raise_stop).remove)
+                own_hook(stack, self.final_norm, _raise_stop, pre=True)
             for moe_hooks in self._moe_hooks:
                 moe_hooks.install(stack)
             stack.enter_context(self._registry.calling(call or CallContext()))
@@ -382,7 +386,9 @@ class HookedMoE(nn.Module):
     # -- helpers ------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.hf_model.parameters()).device
+        """Where inputs go: the device the input embedding runs on (accelerate's execution device
+        when ``device_map=`` offloaded it; each layer's hooks follow their own tensors' device)."""
+        return _execution_device(self.hf_model.get_input_embeddings())
 
     @property
     def dtype(self) -> torch.dtype:
@@ -409,6 +415,15 @@ class HookedMoE(nn.Module):
             f"HookedMoE({cfg.architecture}: {cfg.n_layers} layers, MoE layers {list(cfg.moe_layers)}, "
             f"{cfg.n_experts} experts, top-{cfg.top_k}, {cfg.scoring} routing)"
         )
+
+
+def _execution_device(module: nn.Module) -> torch.device:
+    hook = getattr(module, "_hf_hook", None)  # accelerate's AlignDevicesHook, set by device_map=
+    device = getattr(hook, "execution_device", None)
+    if device is not None:
+        return torch.device(device if not isinstance(device, int) else f"cuda:{device}")
+    weight = next(module.parameters())
+    return weight.device if weight.device.type != "meta" else torch.device("cpu")
 
 
 def _as_list(interventions: Any) -> list:

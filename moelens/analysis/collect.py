@@ -22,11 +22,11 @@ from tqdm.auto import tqdm
 from ..errors import InvalidInputError
 from ..metrics import topk_mask_from_indices
 from ..names import moe_name
-from ._io import Checkpoint
+from ._io import Checkpoint, model_fingerprint, model_probe
 from .routing_stats import SUM_FIELDS, RoutingStats
 
 if TYPE_CHECKING:
-    from ..model import HookedMoE
+    from ..backends.protocol import MoEBackend
 
 __all__ = ["collect_routing_stats"]
 
@@ -34,7 +34,7 @@ DomainData = Union[Sequence[str], Tensor, tuple[Tensor, Tensor]]
 
 
 def collect_routing_stats(
-    model: HookedMoE,
+    model: MoEBackend,
     domains: Mapping[str, DomainData],
     *,
     batch_size: int = 16,
@@ -45,6 +45,8 @@ def collect_routing_stats(
 ) -> RoutingStats:
     """Activation rate, routing entropy and CWAS per (domain, MoE layer, expert) over datasets.
 
+    ``model``: a :class:`~moelens.HookedMoE` or a ``moelens.backends.nnsight.NNsightMoE`` (local or
+    remote): one forward per batch, the sums kept here.
     ``domains`` maps a domain name to its texts (a list of str, tokenized with ``model.tokenizer``,
     truncated to ``max_length``), or to token ids ``[n pos]`` (optionally with an attention mask, as
     a ``(ids, mask)`` pair). Padding never counts. ``checkpoint`` (a folder) saves the running sums
@@ -62,14 +64,20 @@ def collect_routing_stats(
     >>> round(float(stats.activation_rate[0, 0].sum()), 6)  # top-2: rates sum to k
     2.0
     """
-    if batch_size < 1:
-        raise InvalidInputError(f"batch_size={batch_size} must be >= 1.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"batch_size={batch_size!r} must be an int >= 1.")
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+        raise InvalidInputError(f"max_length={max_length!r} must be an int >= 1, or None for no truncation.")
+    if not isinstance(domains, Mapping):
+        raise InvalidInputError(
+            f"domains must be a mapping {{domain_name: texts or token ids}}; got {type(domains).__name__}."
+        )
     if not domains:
         raise InvalidInputError("domains is empty; pass {domain_name: texts, ...}.")
     batches = {name: list(_batches(model, name, data, batch_size, max_length)) for name, data in domains.items()}
     stats = RoutingStats.from_config(model.cfg, list(domains))
-    state = _checkpoint(checkpoint, model, batches) if checkpoint is not None else None
-    done = _resume(state, stats) if state is not None else 0
+    state = _checkpoint(checkpoint, model, batches, batch_size, max_length) if checkpoint is not None else None
+    done = _resume(state, stats, sum(len(b) for b in batches.values())) if state is not None else 0
     records_dir = Path(token_records) if token_records is not None else None
     if records_dir is not None:
         records_dir.mkdir(parents=True, exist_ok=True)
@@ -83,36 +91,31 @@ def collect_routing_stats(
         if records_dir is not None:
             _write_records(records_dir / f"{step:06d}.safetensors", stats.domains.index(domain), ids, mask, text_index, selected)
         if state is not None:
-            state.save({name: getattr(stats, name) for name in SUM_FIELDS}, batches_done=step + 1)
+            sums = {name: getattr(stats, name) for name in SUM_FIELDS}
+            state.save(sums, complete=step + 1 == len(todo), batches_done=step + 1)
     return stats
 
 
-def _run_batch(model: HookedMoE, stats: RoutingStats, domain: str, ids: Tensor, mask: Tensor) -> list[Tensor]:
-    """One forward with accumulating hooks; returns each MoE layer's top-k indices [batch pos k]."""
-    pending: dict[int, Tensor] = {}
-    selected: list[Tensor] = []
-    mask = mask.to(model.device)
-
-    def on_scores(scores: Tensor, hook) -> None:
-        pending[hook.layer] = scores  # fires before the same layer's top-k hook
-
-    def on_indices(index: Tensor, hook) -> None:
-        topk = topk_mask_from_indices(index, model.cfg.n_experts)
-        stats.accumulate(domain, hook.layer, topk, pending.pop(hook.layer), mask)
-        selected.append(index.detach().cpu())
-
-    hooks = []
-    for layer in model.cfg.moe_layers:
-        hooks += [(moe_name(layer, "hook_router_scores"), on_scores), (moe_name(layer, "hook_topk_indices"), on_indices)]
+def _run_batch(model: MoEBackend, stats: RoutingStats, domain: str, ids: Tensor, mask: Tensor) -> list[Tensor]:
+    """One forward caching the routing of every MoE layer (scores and top-k indices), added into
+    the running sums here: the same code for every backend, and a remote run only sends tensors
+    back. Returns each MoE layer's top-k indices [batch pos k] (CPU)."""
+    names = [moe_name(layer, s) for layer in model.cfg.moe_layers for s in ("hook_router_scores", "hook_topk_indices")]
     # stop after the last MoE layer: nothing downstream changes the statistics
     stop = model.cfg.moe_layers[-1] + 1
     with torch.inference_mode():
-        model.run_with_hooks(ids, fwd_hooks=hooks, attention_mask=mask, stop_at_layer=stop)
+        _, cache = model.run_with_cache(ids, names_filter=names, attention_mask=mask, stop_at_layer=stop)
+    selected = []
+    for layer in model.cfg.moe_layers:
+        index = cache[moe_name(layer, "hook_topk_indices")]  # on this layer's device
+        topk = topk_mask_from_indices(index, model.cfg.n_experts)
+        stats.accumulate(domain, layer, topk, cache[moe_name(layer, "hook_router_scores")], mask.to(index.device))
+        selected.append(index.cpu())
     return selected
 
 
 def _batches(
-    model: HookedMoE, domain: str, data: DomainData, batch_size: int, max_length: int | None
+    model: MoEBackend, domain: str, data: DomainData, batch_size: int, max_length: int | None
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """(ids [b pos], mask [b pos], text index [b]) batches, texts sorted by length."""
     if isinstance(data, Tensor) or (isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor)):
@@ -158,23 +161,36 @@ def _write_records(path: Path, domain: int, ids: Tensor, mask: Tensor, text_inde
     os.replace(tmp, path)
 
 
-def _checkpoint(folder: str | Path, model: HookedMoE, batches: dict[str, list]) -> Checkpoint:
-    """The running sums and the number of finished batches, for these inputs and this model."""
+def _checkpoint(folder: str | Path, model: MoEBackend, batches: dict[str, list], batch_size: int, max_length: int | None) -> Checkpoint:
+    """The running sums and the number of finished batches, for these inputs and this model: the
+    fingerprint holds the token ids and masks, the model's shape, name and dtype; the probe checks
+    its weights on the first input."""
     digest = hashlib.sha256()
     for name, items in batches.items():
-        digest.update(name.encode())
+        digest.update(name.encode() + b"\x00")
         for ids, mask, _ in items:
+            digest.update(f"{tuple(ids.shape)}".encode())
             digest.update(ids.numpy().tobytes())
             digest.update(mask.numpy().tobytes())
-    fingerprint = {"model": repr(model.cfg), "inputs": digest.hexdigest()}
-    return Checkpoint(Path(folder) / "routing_stats.partial.safetensors", fingerprint, "collect_routing_stats")
+    fingerprint = {
+        "format": "moelens.routing_stats.checkpoint", "version": 2, "model": model_fingerprint(model),
+        "domains": list(batches), "inputs": digest.hexdigest(), "batch_size": batch_size, "max_length": max_length,
+    }
+    ids, mask, _ = next(iter(batches.values()))[0]
+    path = Path(folder) / "routing_stats.partial.safetensors"
+    return Checkpoint(path, fingerprint, "collect_routing_stats", probe=model_probe(model, ids, mask))
 
 
-def _resume(state: Checkpoint, stats: RoutingStats) -> int:
+def _resume(state: Checkpoint, stats: RoutingStats, n_batches: int) -> int:
     found = state.resume()
     if found is None:
         return 0
     tensors, extras = found
+    done = extras.get("batches_done")
     for name in SUM_FIELDS:
-        setattr(stats, name, tensors[name])
-    return int(extras["batches_done"])
+        expected = getattr(stats, name)
+        got = tensors.get(name)
+        if got is None or got.shape != expected.shape or got.dtype != expected.dtype or not isinstance(done, int) or not 0 < done <= n_batches:
+            raise state._refuse(f"does not hold the sums of this run ({name}, batches_done={done!r})")
+        setattr(stats, name, got)
+    return done

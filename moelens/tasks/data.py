@@ -13,12 +13,7 @@ Where a named dataset is looked for, in order:
    that folder exists;
 2. the HuggingFace hub through ``datasets`` (imported only then), when online.
 
-Prompt formats (``format_prompt``), a completion is expected right after the final colon:
-
-- sentiment (sst2, sst5, yelp): ``"Review: {text}\\nSentiment:"``, target ``label_text``;
-- mmlu: ``"Question: {text}\\nA. {c0}\\nB. {c1}\\nC. {c2}\\nD. {c3}\\nAnswer:"``, target the
-  letter;
-- math (gsm8k, math): ``"Question: {text}\\nAnswer:"``, target ``answer``.
+Prompt formats live in :mod:`moelens.tasks.prompts` (``format_prompt`` is re-exported here).
 
 >>> format_prompt({"text": "a gem .", "domain": "sentiment"})
 'Review: a gem .\\nSentiment:'
@@ -30,6 +25,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .answers import last_boxed
+from .prompts import format_prompt, format_target
 
 __all__ = [
     "DATASETS",
@@ -44,9 +42,6 @@ __all__ = [
 
 Record = dict[str, Any]
 
-# Prompt family per dataset name and per ``domain`` field value.
-_TASKS = {"sst2": "sentiment", "sst5": "sentiment", "yelp": "sentiment", "sentiment": "sentiment",
-          "mmlu": "mmlu", "gsm8k": "math", "math": "math"}
 
 
 # ---------------------------------------------------------------------- hub row converters
@@ -70,21 +65,8 @@ def _gsm8k(row: Mapping) -> Record:
     return {"text": row["question"], "answer": final, "solution": row["answer"]}
 
 
-def _last_boxed(solution: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (braces balanced), the MATH answer convention."""
-    start = solution.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 0, start + len("\\boxed")
-    for j in range(i, len(solution)):
-        depth += {"{": 1, "}": -1}.get(solution[j], 0)
-        if depth == 0:
-            return solution[i + 1 : j]
-    return None
-
-
 def _math(row: Mapping) -> Record:
-    return {"text": row["problem"], "answer": _last_boxed(row["solution"]),
+    return {"text": row["problem"], "answer": last_boxed(row["solution"]),
             "solution": row["solution"], "subject": row.get("type"), "level": row.get("level")}
 
 
@@ -249,54 +231,3 @@ def load_domain_texts(
     default, or the raw ``text`` fields with ``prompt=False``."""
     records = load_records(name_or_path, split, limit, data_dir)
     return [format_prompt(r) if prompt else r["text"] for r in records]
-
-
-# ---------------------------------------------------------------------- prompts
-def _task(record: Mapping, task: str | None) -> str:
-    key = task or record.get("dataset") or record.get("domain")
-    if key not in _TASKS:
-        raise ValueError(
-            f"unknown task {key!r} for record {record.get('id', '?')!r}: pass task= one of "
-            f"{sorted(_TASKS)} (a dataset name or a domain)."
-        )
-    return _TASKS[key]
-
-
-def format_prompt(record: Mapping, task: str | None = None) -> str:
-    """The prompt for one record (formats in the module docstring).
-
-    ``task`` is a dataset name or a domain (sentiment, mmlu, math); by default the record's
-    ``dataset``, else its ``domain`` field.
-
-    >>> print(format_prompt({"text": "2+2?", "choices": ["3", "4"], "domain": "mmlu"}))
-    Question: 2+2?
-    A. 3
-    B. 4
-    Answer:
-    >>> format_prompt({"text": "What is 6*7?"}, task="gsm8k")
-    'Question: What is 6*7?\\nAnswer:'
-    """
-    kind, text = _task(record, task), record["text"].strip()
-    if kind == "sentiment":
-        return f"Review: {text}\nSentiment:"
-    if kind == "mmlu":
-        choices = record["choices"]
-        if not 1 <= len(choices) <= 26:
-            raise ValueError(f"record {record.get('id', '?')!r} has {len(choices)} choices.")
-        lines = [f"{chr(ord('A') + i)}. {str(c).strip()}" for i, c in enumerate(choices)]
-        return "\n".join([f"Question: {text}", *lines, "Answer:"])
-    return f"Question: {text}\nAnswer:"
-
-
-def format_target(record: Mapping, task: str | None = None) -> str:
-    """The gold completion (no leading space): ``label_text``, the choice letter, or ``answer``.
-
-    >>> format_target({"label": 1, "choices": ["3", "4"], "domain": "mmlu"})
-    'B'
-    """
-    kind = _task(record, task)
-    if kind == "sentiment":
-        return str(record["label_text"])
-    if kind == "mmlu":
-        return record.get("answer") or chr(ord("A") + int(record["label"]))
-    return str(record["answer"])

@@ -24,6 +24,11 @@ ZOO_MODELS: dict[str, str] = {
         "Qwen2MoeForCausalLM, 4 layers, d_model 160, 8 experts softmax top-2 without renormalisation "
         "(norm_topk_prob=False) plus a sigmoid-gated shared expert, 5.5M params (bf16, 11 MB), same tokenizer and data"
     ),
+    "olmoe-deep": (
+        "OlmoeForCausalLM, 8 layers, d_model 192, 16 fine-grained experts (intermediate 80) softmax top-4 without "
+        "renormalisation, 7.9M params (bf16, 16 MB), same tokenizer; trained 4.4 min on an H200 (70M tokens): "
+        "held-out arithmetic and sentiment skills, no dead expert"
+    ),
 }
 
 DEFAULT_MODEL = "moelens/mixtral-tiny"
@@ -40,4 +45,4 @@ def resolve(name: str) -> pathlib.Path | None:
     return path if (path / "config.json").exists() else None
 
 
-__all__ = ["ZOO_DIR", "ZOO_MODELS", "DEFAULT_MODEL", "ZOO_PREFIX", "resolve"]
+__all__ = ["DEFAULT_MODEL", "ZOO_DIR", "ZOO_MODELS", "ZOO_PREFIX", "resolve"]

@@ -18,6 +18,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
         ("routing_stats.py", "peak memory ratio 10x data / 1x data"),
         ("interventions.py", "speedup"),
         ("driver_sweep.py", "first-order"),
+        ("mediation.py", "speedup batched vs loop"),
+        ("peers.py", "identical logits through every variant"),
     ],
 )
 def test_bench_smoke(script, expected):

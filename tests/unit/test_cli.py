@@ -17,9 +17,12 @@ def test_analyze_default_writes_report_and_tables(tmp_path):
     result = runner.invoke(app, ["analyze", "--limit", "4", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     report = (tmp_path / "report.html").read_text()
-    for section in ("Summary", "Domain experts", "General experts", "Driver experts", "Domain experts vs driver experts", "Tokens by expert"):
+    for section in ("Summary", "Domain experts", "General experts", "Driver experts", "Domain experts vs driver experts", "Tokens by expert",
+                    "Token triggers of driver experts", "Mediation through routing", "Driver effects per layer (robust)"):
         assert f"<h2>{section}</h2>" in report
-    assert report.count("data:image/png;base64,") >= 5
+    assert report.count("data:image/png;base64,") >= 7
+    assert "early tokens trigger driver experts" in report and "Total effect" in report
+    assert "Share of the summed driver effect per layer" in report and "median_share" in report
     domain = pd.read_csv(tmp_path / "domain_experts.csv")
     assert set(domain["domain"]) == {"sentiment", "mmlu", "math"}
     drivers = pd.read_csv(tmp_path / "driver_effects.csv")
@@ -29,6 +32,11 @@ def test_analyze_default_writes_report_and_tables(tmp_path):
     # the single steps reuse the folder; report re-assembles it
     again = runner.invoke(app, ["report", str(tmp_path)])
     assert again.exit_code == 0 and "report.html" in again.output
+    # a finished run's checkpoints do not block the next run into the same folder with other data
+    before = pd.read_csv(tmp_path / "routing_stats.csv")["n_tokens"].sum()
+    rerun = runner.invoke(app, ["stats", "--limit", "3", "--out", str(tmp_path)])
+    assert rerun.exit_code == 0, rerun.output
+    assert pd.read_csv(tmp_path / "routing_stats.csv")["n_tokens"].sum() < before
 
 
 @pytest.mark.parametrize(

@@ -101,12 +101,15 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
 
     with pytest.raises(KeyboardInterrupt), model.hooks([("blocks.0.hook_resid_pre", explode_on_fourth_batch)]):
         collect_routing_stats(model, data, batch_size=2, progress=False, checkpoint=tmp_path)
+    other = {"a": domain_ids(3, 97, 9, 6), "b": data["b"]}
+    with pytest.raises(ValueError, match="written for other inputs"):  # an interrupted run is not overwritten
+        collect_routing_stats(model, other, batch_size=2, progress=False, checkpoint=tmp_path)
     resumed = collect_routing_stats(model, data, batch_size=2, progress=False, checkpoint=tmp_path)
     assert torch.equal(resumed.counts, full.counts) and torch.equal(resumed.n_tokens, full.n_tokens)
     assert torch.equal(resumed.entropy_sums, full.entropy_sums)
-    other = {"a": domain_ids(3, 97, 9, 6), "b": data["b"]}
-    with pytest.raises(ValueError, match="written for other inputs"):
-        collect_routing_stats(model, other, batch_size=2, progress=False, checkpoint=tmp_path)
+    # a finished run is superseded by the next call with other inputs
+    fresh = collect_routing_stats(model, other, batch_size=2, progress=False, checkpoint=tmp_path)
+    assert torch.equal(fresh.counts, collect_routing_stats(model, other, batch_size=2, progress=False).counts)
 
 
 def test_token_records_hold_every_real_token(tmp_path):

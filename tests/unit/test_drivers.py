@@ -291,17 +291,27 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, method):
     assert len(calls) == 1 and torch.equal(again.effect, whole.effect)
 
 
-def test_checkpoint_refuses_other_arguments_and_other_models(tmp_path):
+def test_checkpoint_refuses_other_arguments_and_other_models(tmp_path, monkeypatch):
+    from moelens.analysis._io import Checkpoint
+
     model = model_of("mixtral")
     ids = torch.randint(3, 97, (2, 5), generator=torch.Generator().manual_seed(5))
-    driver_effects(model, ids, checkpoint=tmp_path, **QUIET)
+    save = Checkpoint.save
+
+    def save_then_die(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        raise Boom("killed after the first batch")
+
+    with monkeypatch.context() as patched, pytest.raises(Boom):  # an unfinished checkpoint
+        patched.setattr(Checkpoint, "save", save_then_die)
+        driver_effects(model, ids, checkpoint=tmp_path, batch_size=1, **QUIET)
     with pytest.raises(InvalidInputError, match="magnitude: saved 1.0, now 2.0"):
-        driver_effects(model, ids, checkpoint=tmp_path, perturbation=(2.0, -1), **QUIET)
+        driver_effects(model, ids, checkpoint=tmp_path, perturbation=(2.0, -1), batch_size=1, **QUIET)
     with pytest.raises(InvalidInputError, match="inputs"):
-        driver_effects(model, ids[:, :4], checkpoint=tmp_path, **QUIET)
+        driver_effects(model, ids[:, :4], checkpoint=tmp_path, batch_size=1, **QUIET)
     other = HookedMoE.from_hf(tiny_model("mixtral", 1, **SHARP))
     with pytest.raises(InvalidInputError, match="another model"):
-        driver_effects(other, ids, checkpoint=tmp_path, **QUIET)
+        driver_effects(other, ids, checkpoint=tmp_path, batch_size=1, **QUIET)
 
 
 # -- inputs and errors -------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from moelens.zoo import ZOO_MODELS, resolve
 NAMES = [f"moelens/{short}" for short in ZOO_MODELS]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def zoo(name: str) -> HookedMoE:
     return HookedMoE.from_pretrained(name, dtype=torch.float32)
 

@@ -19,20 +19,28 @@ from moelens.zoo import train as zoo_train  # noqa: E402
 
 DATA = pathlib.Path(os.environ.get("MOELENS_DATA", str(zoo_train.DEFAULT_DATA)))
 EXPECTED = {"mixtral-tiny": ("MixtralForCausalLM", "mixtral"),
-            "qwen2moe-tiny": ("Qwen2MoeForCausalLM", "qwen2_moe")}
+            "qwen2moe-tiny": ("Qwen2MoeForCausalLM", "qwen2_moe"),
+            "olmoe-deep": ("OlmoeForCausalLM", "olmoe")}
+CLASSES = {"mixtral": "MixtralForCausalLM", "qwen2moe": "Qwen2MoeForCausalLM", "olmoe": "OlmoeForCausalLM"}
+# (layers at least, routed experts, top-k) of each packaged model
+SHAPES = {"mixtral-tiny": (4, 8, 2), "qwen2moe-tiny": (4, 8, 2), "olmoe-deep": (8, 16, 4)}
+# the olmoe-deep recipe's flags, on the tiny config
+DEEP_FLAGS = ["--arith-split", "hash", "--sentiment-dev", "16", "--select-on-dev", "--dev-every", "0",
+              "--ema", "0.9", "--word-dropout", "0.2", "--mix", "sentiment=0.4,arith=0.4,mmlu=0.1,gsm8k=0.05,math=0.05"]
 
 
 @pytest.mark.skipif(not (DATA / "sst2" / "train.jsonl").exists(), reason="../shared/data not present")
-@pytest.mark.parametrize("arch", ["mixtral", "qwen2moe"])
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2moe", "olmoe"])
 def test_training_script_tiny(tmp_path, arch):
     out = tmp_path / arch
-    log = zoo_train.main(["--arch", arch, "--out", str(out), "--steps", "3", "--tiny", "--seed", "0"])
+    extra = DEEP_FLAGS if arch == "olmoe" else []
+    log = zoo_train.main(["--arch", arch, "--out", str(out), "--steps", "3", "--tiny", "--seed", "0", *extra])
     assert log["steps"] == 3
     for f in ("config.json", "model.safetensors", "tokenizer.json", "train_log.json", "README.md"):
         assert (out / f).exists(), f
     model = transformers.AutoModelForCausalLM.from_pretrained(out)
     tok = transformers.AutoTokenizer.from_pretrained(out)
-    assert type(model).__name__ == EXPECTED[f"{'mixtral' if arch == 'mixtral' else 'qwen2moe'}-tiny"][0]
+    assert type(model).__name__ == CLASSES[arch]
     ids = tok("Review: fine\nSentiment:", return_tensors="pt")["input_ids"]
     assert ids[0, 0].item() == tok.bos_token_id
     with torch.no_grad():
@@ -42,6 +50,13 @@ def test_training_script_tiny(tmp_path, arch):
     assert len(saved["loss_curve"]) >= 1
     assert "ci95" in saved["sentiment_sst2_validation"]
     assert len(saved["expert_load_per_layer"]) == 2
+    items = saved["sentiment_sst2_validation"]["items"]
+    assert len(items) == 16 and items.count("1") == saved["sentiment_sst2_validation"]["correct"]
+    assert (out / "README.md").read_text().count(saved["reproduce_command"]) == 1
+    if arch == "olmoe":  # dev checks at every step: steps 0..3; the best one is what was saved
+        assert [h["step"] for h in saved["dev_history"]] == [0, 1, 2, 3]
+        assert saved["selected_checkpoint"]["step"] in (0, 1, 2, 3)
+        assert "arithmetic_units_heldout_exact_match" in saved
 
 
 def test_wilson_ci():
@@ -68,7 +83,9 @@ def test_zoo_model_loads_offline(name):
     assert type(model).__name__ == cls_name
     assert model.config.model_type == model_type
     n_exp = getattr(model.config, "num_local_experts", None) or model.config.num_experts
-    assert n_exp == 8 and model.config.num_experts_per_tok == 2
+    min_layers, experts, top_k = SHAPES[name]
+    assert n_exp == experts and model.config.num_experts_per_tok == top_k
+    assert model.config.num_hidden_layers >= min_layers and model.config.tie_word_embeddings
     if name.startswith("qwen2moe"):
         assert model.config.shared_expert_intermediate_size > 0
         assert hasattr(model.model.layers[0].mlp, "shared_expert")
@@ -85,3 +102,52 @@ def test_zoo_model_loads_offline(name):
     assert s["n"] == 872
     assert s["ci95"][0] > 0.5, s
     assert (path / "README.md").exists()
+    assert all(isinstance(layer, list) for layer in log["dead_experts_per_layer"])
+    if name == "olmoe-deep":  # issue #15: no dead expert, a second skill well above chance
+        assert not any(log["dead_experts_per_layer"]), log["dead_experts_per_layer"]
+        assert log["arithmetic_heldout_exact_match"]["ci95"][0] > 0.5
+
+
+def test_arithmetic_splits_are_disjoint_and_hold_out_what_they_say():
+    from moelens.zoo.training import data as zd
+
+    problems = [(a, b, op) for op in "+-" for a in range(100) for b in range(100) if op == "+" or b <= a]
+    roles = {p: zd.arith_role(*p, split="hash") for p in problems}
+    # the units rule holds out, for +, exactly the problems whose units digits are equal
+    assert {p for p in problems if p[2] == "+" and roles[p] == "units"} == {
+        p for p in problems if p[2] == "+" and p[0] % 10 == p[1] % 10}
+    share = {r: sum(v == r for v in roles.values()) / len(problems) for r in ("test", "dev", "units")}
+    assert 0.07 < share["test"] < 0.11 and 0.07 < share["dev"] < 0.11 and 0.09 < share["units"] < 0.11
+    # the first models' split is untouched: its train/test roles are the units rule alone
+    assert all((zd.arith_role(*p, split="units") == "test") == zd.units_heldout(*p) for p in problems)
+    rng = __import__("random").Random(0)
+    for split in zd.ARITH_SPLITS:
+        train = zd.arithmetic_problems(rng, 500, heldout=False, split=split)
+        test = zd.arithmetic_problems(rng, 200, heldout=True, split=split)
+        assert not {q for q, _ in train} & {q for q, _ in test}
+    for q, a in zd.arithmetic_problems(rng, 50, "dev", split="hash"):
+        x, op, y = q[len("What is "):-1].split()
+        assert int(a) == (int(x) + int(y) if op == "+" else int(x) - int(y)) >= 0
+        assert zd.hash_bucket(int(x), int(y), op) == 1
+
+
+def test_packer_rows_and_block_causal_mask():
+    from moelens.zoo.training import data as zd
+
+    encoded = {"a": [([1, 5, 6, 2], [0.0, 1.0, 1.0, 1.0])], "b": [([1, 7, 8, 9, 10, 11, 2], [0.0] + [3.0] * 6)]}
+    packer = zd.Packer(encoded, {"a": 0.5, "b": 0.5}, seq_len=12, seed=0, word_dropout={"b": (1.0, 2, 2)})
+    ids, mask, wts, pos, doc = packer.batch(3, pad_id=0)
+    for row in range(3):
+        n = int(mask[row].sum())
+        assert ids[row, n:].eq(0).all() and wts[row, n:].eq(0).all() and doc[row, n:].eq(-1).all()
+        # word dropout 1.0 keeps only the 2 head and 2 tail tokens of "b": [1, 7, 11, 2]
+        assert 7 in ids[row].tolist() or 5 in ids[row].tolist()
+        assert not {8, 9, 10} & set(ids[row].tolist())
+        starts = (pos[row, :n] == 0).nonzero().flatten().tolist()
+        assert all(int(ids[row, s]) == 1 for s in starts)  # every example starts with BOS at position 0
+    m = zd.block_causal_mask(doc)
+    assert m.shape == (3, 1, 12, 12)
+    d = doc[0]
+    for i in range(12):
+        for j in range(12):
+            assert bool(m[0, 0, i, j]) == (j <= i and bool(d[i] == d[j]))

@@ -22,8 +22,8 @@ from .options import SweepOptions
 from .routing import ROUTING_TOL, changes
 
 if TYPE_CHECKING:
+    from moelens.backends.protocol import MoEBackend as HookedMoE  # either backend
     from moelens.cache import ActivationCache
-    from moelens.model import HookedMoE
 
 __all__ = ["exact_batch"]
 
@@ -45,7 +45,10 @@ def exact_batch(model: "HookedMoE", ids: Tensor, mask: Tensor, options: SweepOpt
     batch = ids.shape[0]
     layers = options.layers
     final = model.cfg.n_layers - 1
-    names = [resid_name(layer, "pre") for layer in layers] + [resid_name(final, "post")]
+    # A backend that resumes from the residual stream (HookedMoE) runs layers l..end only; others
+    # (nnsight) run full forwards of the same stacked rows (moelens.backends.protocol).
+    resume = model.resumes_from_residual
+    names = [resid_name(layer, "pre") for layer in layers] + [resid_name(final, "post")] if resume else []
     if options.skip_unchanged:
         names += [moe_name(layer, s) for layer in layers for s in _ROUTING]
     out = torch.zeros(batch, len(layers), model.cfg.n_experts, dtype=torch.float64)
@@ -55,7 +58,7 @@ def exact_batch(model: "HookedMoE", ids: Tensor, mask: Tensor, options: SweepOpt
         logits, cache = model.run_with_cache(ids, names_filter=names, attention_mask=mask)
         last = last_token_positions(mask)
         rows = torch.arange(batch, device=ids.device)
-        head = _last_token_head(model, cache[resid_name(final, "post")], logits, last) if last_only else None
+        head = _last_token_head(model, cache[resid_name(final, "post")], logits, last) if last_only and resume else None
         clean = logits[rows, last] if last_only else logits  # [batch d_vocab] | [batch pos d_vocab]
         for li, layer in enumerate(layers):
             if options.skip_unchanged:
@@ -68,11 +71,14 @@ def exact_batch(model: "HookedMoE", ids: Tensor, mask: Tensor, options: SweepOpt
                 bi, ei = b[chunk], e[chunk]
                 # Columns after every row's last real token change nothing before it (causal): drop them.
                 width = int(last[bi].max()) + 1
-                kwargs: dict[str, Any] = {"attention_mask": mask[bi, :width], "start_at_layer": layer}
+                kwargs: dict[str, Any] = {"attention_mask": mask[bi, :width]}
+                if resume:
+                    kwargs["start_at_layer"] = layer
                 if head is not None:
                     kwargs["stop_at_layer"] = model.cfg.n_layers  # residual entering the final norm
-                resid = cache[resid_name(layer, "pre")][bi, :width]  # [rows width d_model]
-                new = model.run_with_interventions(resid, [options.at(layer, ei)], **kwargs)
+                # [rows width d_model] residual entering the layer, or the rows' token ids
+                rows_in = cache[resid_name(layer, "pre")][bi, :width] if resume else ids[bi, :width]
+                new = model.run_with_interventions(rows_in, [options.at(layer, ei)], **kwargs)
                 if last_only:
                     new = new[torch.arange(len(bi), device=new.device), last[bi]]  # [rows d_model|d_vocab]
                     kl = kl_divergence(clean[bi], head(new) if head is not None else new)

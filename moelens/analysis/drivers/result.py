@@ -128,6 +128,46 @@ class DriverEffects:
         total = float(self.effect.sum())
         return float(self.effect[lo:hi].sum()) / total if total > 0 else float("nan")
 
+    # -- robust aggregates over inputs (moelens.analysis.drivers.robust; need per_input) ---------
+    def median(self) -> Tensor:
+        """Median over inputs of each effect ``[moe_layer expert]`` (heavy tails: one input can
+        dominate the mean).
+
+        >>> import torch
+        >>> per_input = torch.tensor([[[1.0]], [[2.0]], [[90.0]]], dtype=torch.float64)
+        >>> DriverEffects(per_input.mean(0), (0,), 1, "exact", {}, per_input).median().tolist()
+        [[2.0]]
+        """
+        from .robust import median_effect
+
+        return median_effect(self)
+
+    def input_shares(self) -> Tensor:
+        """Share of the summed effect held by each input ``[input]``."""
+        from .robust import input_shares
+
+        return input_shares(self)
+
+    def robust_frame(self) -> "pd.DataFrame":
+        """Per (layer, expert): mean, median, the largest input's share, ranks by mean and by median."""
+        from .robust import robust_frame
+
+        return robust_frame(self)
+
+    def layer_shares(self, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> "pd.DataFrame":
+        """Per MoE layer: share of the summed effect with a bootstrap interval over inputs, the
+        median-based share and the largest input's share."""
+        from .robust import layer_shares
+
+        return layer_shares(self, n_boot, seed, level)
+
+    @classmethod
+    def pool(cls, results: "list[DriverEffects]") -> "DriverEffects":
+        """One result over the inputs of several (same layers, experts, method and push)."""
+        from .robust import pool_effects
+
+        return pool_effects(results)
+
     # -- plots ----------------------------------------------------------------------------------
     def plot_heatmap(self, path: str | Path | None = None, log: bool = False) -> "Figure":
         """Layer (rows) x expert (columns) heatmap of the effect; ``log=True`` for a log colour

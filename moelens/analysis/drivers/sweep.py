@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from moelens.analysis._io import Checkpoint
+from moelens.analysis._io import Checkpoint, model_fingerprint, model_probe
 from moelens.errors import InvalidInputError
 from moelens.interventions import Perturb
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["driver_effects"]
 
 _CKPT_FORMAT = "moelens.driver_effects.checkpoint"
-_VERSION = 1
+_VERSION = 2  # 2: content hash, probe in Checkpoint
 
 
 def driver_effects(
@@ -128,21 +128,20 @@ def driver_effects(
     }
     n_experts = model.cfg.n_experts
     results = torch.zeros(data.n, len(options.layers), n_experts, dtype=torch.float64)
-    n_done, state, probe = 0, None, []
+    n_done, state = 0, None
     if checkpoint is not None:
         fingerprint = {"format": _CKPT_FORMAT, "version": _VERSION, "method": options.method,
-                       "layers": list(options.layers), "inputs": data.digest, "model": _model_fingerprint(model),
+                       "layers": list(options.layers), "inputs": data.digest, "model": model_fingerprint(model),
                        **settings}
-        state = Checkpoint(Path(checkpoint) / "state.safetensors", fingerprint, "driver_effects")
+        state = Checkpoint(Path(checkpoint) / "state.safetensors", fingerprint, "driver_effects",
+                           probe=model_probe(model, *data.batch(0, 1)))
         found = state.resume()
         if found is not None:
-            tensors, extras = found
-            probe = extras.get("probe", [])
-            _check_probe(model, data, probe, state.path.parent)
-            n_done = tensors["per_input"].shape[0]
-            results[:n_done] = tensors["per_input"]
-        else:
-            probe = _probe(model, data)
+            saved = found[0].get("per_input")
+            if saved is None or saved.ndim != 3 or saved.shape[0] > data.n or saved.shape[1:] != results.shape[1:]:
+                raise state._refuse("does not hold the per-input effects of this run")
+            n_done = saved.shape[0]
+            results[:n_done] = saved
     from tqdm.auto import tqdm
 
     n_layers = len(options.layers)
@@ -162,43 +161,8 @@ def driver_effects(
                 generator = torch.Generator().manual_seed(seed * 1_000_003 + start) if sampled else None
                 results[start:stop] = first_order_batch(model, ids, mask, options, generator, bar.update)
             if state is not None:
-                state.save({"per_input": results[:stop]}, n_done=stop, probe=probe)
+                state.save({"per_input": results[:stop]}, complete=stop == data.n, n_done=stop)
     finally:
         bar.close()
     per = results if per_input else None
     return DriverEffects(results.mean(0), options.layers, n_experts, options.method, settings, per)
-
-
-# -- checkpoints ------------------------------------------------------------------------------------
-
-
-def _model_fingerprint(model: "HookedMoE") -> dict[str, Any]:
-    cfg = model.cfg
-    return {
-        "architecture": cfg.architecture, "n_layers": cfg.n_layers, "moe_layers": list(cfg.moe_layers),
-        "n_experts": cfg.n_experts, "top_k": cfg.top_k, "d_model": cfg.d_model, "d_vocab": cfg.d_vocab,
-        "name_or_path": model.name_or_path, "dtype": str(model.dtype),
-    }
-
-
-def _probe_logp(model: "HookedMoE", data: SweepInputs) -> Tensor:
-    ids, mask = data.batch(0, 1)
-    with torch.no_grad():
-        return torch.log_softmax(model(ids, attention_mask=mask)[0, int(mask[0].nonzero().max())].float(), -1)
-
-
-def _probe(model: "HookedMoE", data: SweepInputs) -> list[list[float]]:
-    """Top-8 next-token log-probs of the first input: a cheap check that a resumed run uses the
-    same model (compared with a tolerance, so another kernel's rounding does not refuse a resume)."""
-    top = _probe_logp(model, data).topk(min(8, model.cfg.d_vocab))
-    return [[int(i), round(float(v), 5)] for i, v in zip(top.indices, top.values, strict=True)]
-
-
-def _check_probe(model: "HookedMoE", data: SweepInputs, saved: list[list[float]], where: Path) -> None:
-    logp = _probe_logp(model, data)
-    for token, value in saved:
-        if abs(float(logp[token]) - value) > 1e-3 * max(1.0, abs(value)):
-            raise InvalidInputError(
-                f"checkpoint {where} was written with another model: log P(token {token}) of the first input was "
-                f"{value:.5f} then and is {float(logp[token]):.5f} now. Use another checkpoint= path for this model."
-            )

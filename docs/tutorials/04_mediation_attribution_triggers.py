@@ -1,0 +1,1 @@
+../../tutorials/04_mediation_attribution_triggers.py

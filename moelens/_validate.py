@@ -1,0 +1,81 @@
+"""Checks of command-line inputs before any work starts: each bad value becomes an
+:class:`~moelens.errors.InvalidInputError` naming it and the fix (the CLI prints it as one line, exit 2)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import InvalidInputError
+
+__all__ = ["check_data_specs", "check_model_name", "check_out_dir", "checked_domain_texts"]
+
+
+def check_model_name(name: str | None) -> None:
+    """``--model ''`` is a mistake, not the default.
+
+    >>> check_model_name("")
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: --model '' is empty; leave --model out for the default model, or name one.
+    """
+    if name is not None and not name.strip():
+        raise InvalidInputError(f"--model {name!r} is empty; leave --model out for the default model, or name one.")
+
+
+def check_data_specs(specs: list[str] | None) -> None:
+    """Each domain once: two ``--data`` flags for one domain would silently keep only the last.
+
+    >>> check_data_specs(["a=x.jsonl", "a=y.jsonl"])
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: --data gives domain 'a' twice ('a=x.jsonl', 'a=y.jsonl'); give each domain once.
+    """
+    seen: dict[str, str] = {}
+    for spec in specs or []:
+        domain = spec.partition("=")[0] if "=" in spec else spec
+        if domain in seen:
+            raise InvalidInputError(f"--data gives domain {domain!r} twice ({seen[domain]!r}, {spec!r}); give each domain once.")
+        seen[domain] = spec
+
+
+def check_out_dir(out: Path) -> None:
+    """``--out`` must be a folder moelens can create and write into.
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile() as f:
+    ...     check_out_dir(Path(f.name))
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: --out ... is a file, not a folder; pass a folder path (it is created if missing).
+    """
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--out {out} is a file, not a folder; pass a folder path (it is created if missing).")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InvalidInputError(f"--out {out} cannot be created ({error.strerror}); pass a folder you can write to.") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"--out {out} is not writable; pass a folder you can write to.")
+
+
+def checked_domain_texts(spec: str, source: str, limit: int | None) -> list[str]:
+    """The prompts of ``source`` (a JSONL path or dataset name) after checking every record: a JSON
+    object with a string ``text`` (and a list ``choices`` for MMLU-style records)."""
+    from .tasks.data import format_prompt, load_records
+
+    records = load_records(source, limit=limit)
+    for number, record in enumerate(records, 1):
+        where = f"--data {spec!r}: record {number}"
+        if not isinstance(record, dict):
+            raise InvalidInputError(f"{where} is a JSON {type(record).__name__}, not an object; write one {{\"text\": ...}} object per line.")
+        if not isinstance(record.get("text"), str):
+            got = "no 'text' field" if "text" not in record else f"'text' is a {type(record['text']).__name__}"
+            raise InvalidInputError(f"{where} has {got}; each record needs a string 'text' field.")
+        if (record.get("dataset") == "mmlu" or record.get("domain") == "mmlu") and not isinstance(record.get("choices"), list):
+            raise InvalidInputError(f"{where} is an MMLU question without a 'choices' list; add the answer choices.")
+        try:
+            format_prompt(record)
+        except (KeyError, TypeError, AttributeError) as error:
+            raise InvalidInputError(f"{where} cannot be formatted as a prompt ({type(error).__name__}: {error}); check its fields.") from None
+    return [format_prompt(record) for record in records]

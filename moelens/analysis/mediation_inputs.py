@@ -1,0 +1,82 @@
+"""Inputs of :func:`moelens.analysis.mediation.routing_mediation`: pairs, experts, checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+
+from moelens.errors import InvalidInputError
+
+from ._io import Checkpoint
+
+if TYPE_CHECKING:
+    from moelens.model import HookedMoE
+
+__all__ = ["checkpoint_for", "experts_list", "token_pairs"]
+
+
+def _as_rows(model: HookedMoE, inputs: Any, name: str) -> tuple[list[Tensor], list[str] | None]:
+    """One 1-D LongTensor per input (texts tokenized one by one: no padding)."""
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs):
+        return [model.to_tokens(text)[0][0].cpu() for text in inputs], list(inputs)
+    if isinstance(inputs, Tensor) and inputs.ndim in (1, 2) and not inputs.dtype.is_floating_point:
+        rows = inputs[None] if inputs.ndim == 1 else inputs
+        return [row.long().cpu() for row in rows], None
+    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, Tensor) and t.ndim == 1 for t in inputs):
+        return [t.long().cpu() for t in inputs], None
+    raise InvalidInputError(
+        f"{name} must be a text, a non-empty list of texts, a LongTensor [batch pos] or a list of 1-D LongTensors; "
+        f"got {type(inputs).__name__}."
+    )
+
+
+def token_pairs(model: HookedMoE, clean: Any, corrupted: Any) -> list[tuple[Tensor, Tensor]]:
+    """``(clean_ids, corrupted_ids)`` per pair, 1-D; a pair of two lengths raises naming the pair."""
+    clean_rows, clean_texts = _as_rows(model, clean, "clean")
+    corrupt_rows, corrupt_texts = _as_rows(model, corrupted, "corrupted")
+    if len(clean_rows) != len(corrupt_rows):
+        raise InvalidInputError(f"clean has {len(clean_rows)} inputs but corrupted has {len(corrupt_rows)}; pass one corrupted input per clean one.")
+    for i, (a, b) in enumerate(zip(clean_rows, corrupt_rows, strict=True)):
+        if len(a) != len(b):
+            shown = f" ({clean_texts[i]!r} vs {corrupt_texts[i]!r})" if clean_texts and corrupt_texts else ""
+            raise InvalidInputError(
+                f"pair {i}: clean has {len(a)} tokens and corrupted has {len(b)}{shown}. Routing is patched position "
+                "by position, so both inputs of a pair must tokenize to the same length (change words that "
+                "tokenize alike, e.g. ' good' -> ' bad')."
+            )
+        if len(a) == 0:
+            raise InvalidInputError(f"pair {i} is empty (0 tokens).")
+    return list(zip(clean_rows, corrupt_rows, strict=True))
+
+
+def experts_list(model: HookedMoE, experts: Any) -> list[int]:
+    """Sorted expert indices: None/'all', one index or a list."""
+    n = model.cfg.n_experts
+    if experts is None or experts == "all":
+        return list(range(n))
+    chosen = [experts] if isinstance(experts, int) and not isinstance(experts, bool) else experts
+    if not isinstance(chosen, (list, tuple, range)) or not all(isinstance(e, int) and not isinstance(e, bool) for e in chosen):
+        raise InvalidInputError(f"experts={experts!r}: pass None/'all', an expert index or a list of them (0..{n - 1}).")
+    bad = [e for e in chosen if not 0 <= e < n]
+    if bad:
+        raise InvalidInputError(f"experts={experts!r}: {bad} out of range; this model has experts 0..{n - 1}.")
+    return sorted(set(chosen))
+
+
+def checkpoint_for(folder, pairs, metric_name, layers, experts, positions, max_tokens, n_experts) -> Checkpoint | None:
+    """The checkpoint of a ``routing_mediation`` call (None without a folder): its fingerprint
+    names the pairs (a digest), the metric's name and every argument that shapes the result."""
+    if folder is None:
+        return None
+    digest = hashlib.sha256(b"".join(a.numpy().tobytes() + b"|" + b.numpy().tobytes() + b"#" for a, b in pairs)).hexdigest()
+    fingerprint = {
+        "format": "moelens.routing_mediation.checkpoint", "version": 1, "pairs": digest, "n_pairs": len(pairs),
+        "metric": metric_name, "layers": list(layers), "experts": list(experts), "positions": bool(positions),
+        "max_tokens": max_tokens, "n_experts": n_experts,
+    }
+    return Checkpoint(Path(folder) / "state.safetensors", fingerprint, "routing_mediation")

@@ -1,0 +1,289 @@
+"""Scoring as lm-eval-harness does it for base models, and the statistics of a score.
+
+- :func:`choice_logprobs`: summed log-probability of each continuation (label word, choice
+  letter) after each prompt; the prediction is the argmax.
+- :func:`greedy_generate`: greedy continuation up to a newline or EOS, for free answers.
+
+Both run through ``model(ids, attention_mask=...)``. With a :class:`~moelens.HookedMoE` that is
+its hooked forward, so interventions (``run_with_interventions``' list, or an enclosing
+``with model.intervene(...)``) apply; a bare HF causal LM (the zoo's training loop) works too.
+Prompts are tokenized one by one (with the tokenizer's special tokens), truncated from the left
+to ``max_length`` and right-padded; continuations are tokenized without special tokens.
+
+>>> wilson_ci(8, 10)
+(0.4901624..., 0.9433178...)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..errors import InvalidInputError
+
+__all__ = [
+    "accuracy",
+    "bootstrap_ci",
+    "choice_logprobs",
+    "greedy_generate",
+    "mcnemar_p",
+    "paired_bootstrap",
+    "weighted_f1",
+    "wilson_ci",
+]
+
+Z95 = 1.959963984540054
+
+
+# ---------------------------------------------------------------------- running the model
+def _forward(model: Any, interventions: Any) -> tuple[Callable[[Tensor, Tensor], Tensor], Any]:
+    """``fn(ids, mask) -> logits`` and the context it runs in, for a HookedMoE or a bare HF model."""
+    from ..model import HookedMoE
+
+    if isinstance(model, HookedMoE):
+        context = model.intervene(interventions) if interventions else nullcontext()
+        return (lambda ids, mask: model(ids, attention_mask=mask)), context
+    if interventions:
+        raise InvalidInputError("interventions need a HookedMoE; wrap the model with HookedMoE.from_hf(model, tokenizer).")
+    return (lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits), nullcontext()
+
+
+def _tokenizer(model: Any, tokenizer: Any) -> Any:
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise InvalidInputError("scoring texts needs a tokenizer: pass tokenizer=, or load the model with one.")
+    return tokenizer
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _pad(sequences: Sequence[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Right-padded ids and mask ``[batch pos]``."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _encode_prompts(tokenizer: Any, prompts: Sequence[str], max_length: int | None) -> list[list[int]]:
+    encoded = [list(tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts]
+    return [e[-max_length:] if max_length else e for e in encoded]  # keep the end: the question and "Answer:"
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"batch_size={batch_size!r} must be an int >= 1.")
+
+
+@torch.no_grad()
+def choice_logprobs(
+    model: Any,
+    prompts: Sequence[str],
+    continuations: Sequence[str],
+    *,
+    tokenizer: Any = None,
+    interventions: Any = None,
+    batch_size: int = 32,
+    max_length: int | None = 256,
+    progress: bool = False,
+) -> Tensor:
+    """Summed log-probability of each continuation after each prompt: ``[len(prompts), len(continuations)]``.
+
+    Continuations of one token each take one forward per batch (the last prompt position); longer
+    ones one forward per (prompt, continuation) pair, batched.
+
+    >>> from moelens import HookedMoE
+    >>> from moelens.testing import tiny_model
+    >>> from transformers import AutoTokenizer
+    >>> from moelens.zoo import ZOO_DIR
+    >>> model = HookedMoE.from_hf(tiny_model("mixtral", vocab_size=4096), AutoTokenizer.from_pretrained(ZOO_DIR / "tokenizer"))
+    >>> choice_logprobs(model, ["Review: fine .\\nSentiment:"], [" negative", " positive"]).shape
+    torch.Size([1, 2])
+    """
+    _check_batch_size(batch_size)
+    tokenizer = _tokenizer(model, tokenizer)
+    if not continuations:
+        raise InvalidInputError("continuations is empty; pass the label words or choices to score.")
+    forward, context = _forward(model, interventions)
+    device, pad = _device(model), tokenizer.pad_token_id or 0
+    cont_ids = [list(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in continuations]
+    if any(not c for c in cont_ids):
+        raise InvalidInputError(f"a continuation tokenizes to nothing: {[c for c, i in zip(continuations, cont_ids, strict=True) if not i]}.")
+    prompt_ids = _encode_prompts(tokenizer, prompts, max_length)
+    out = torch.empty(len(prompts), len(continuations))
+    single = all(len(c) == 1 for c in cont_ids)
+    # One item per forward row: a prompt (single-token continuations) or a (prompt, continuation) pair.
+    items = [(i, None) for i in range(len(prompts))] if single else [
+        (i, j) for i in range(len(prompts)) for j in range(len(cont_ids))]
+    items.sort(key=lambda item: len(prompt_ids[item[0]]))  # similar lengths share a batch: less padding
+    with context:
+        for start in tqdm(range(0, len(items), batch_size), desc="scoring", unit="batch", disable=not progress):
+            chunk = items[start : start + batch_size]
+            seqs = [prompt_ids[i] + (cont_ids[j] if j is not None else []) for i, j in chunk]
+            ids, mask = _pad(seqs, pad, device)
+            logits = forward(ids, mask)  # [batch pos d_vocab]
+            if single:
+                last = torch.tensor([len(s) - 1 for s in seqs], device=device)
+                logp = torch.log_softmax(logits[torch.arange(len(seqs), device=device), last].float(), dim=-1)  # [batch d_vocab]
+                out[[i for i, _ in chunk]] = logp[:, [c[0] for c in cont_ids]].cpu()
+                continue
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            for row, (i, j) in enumerate(chunk):
+                n, c = len(seqs[row]), cont_ids[j]
+                positions = torch.arange(n - len(c) - 1, n - 1, device=device)  # the positions predicting c
+                out[i, j] = logp[row, positions, torch.tensor(c, device=device)].sum().cpu()
+    return out
+
+
+@torch.no_grad()
+def greedy_generate(
+    model: Any,
+    prompts: Sequence[str],
+    *,
+    tokenizer: Any = None,
+    interventions: Any = None,
+    max_new_tokens: int = 8,
+    batch_size: int = 32,
+    max_length: int | None = 256,
+    stop_at_newline: bool = True,
+    progress: bool = False,
+) -> list[str]:
+    """Greedy continuations (no KV cache: each step reruns the prompt, so every hook sees the whole
+    sequence), stopped at EOS or (by default) a newline; returned stripped."""
+    _check_batch_size(batch_size)
+    tokenizer = _tokenizer(model, tokenizer)
+    forward, context = _forward(model, interventions)
+    device, pad, eos = _device(model), tokenizer.pad_token_id or 0, tokenizer.eos_token_id
+    prompt_ids = _encode_prompts(tokenizer, prompts, max_length)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))  # similar lengths share a batch
+    results: list[str] = [""] * len(prompts)
+    with context:
+        for start in tqdm(range(0, len(prompts), batch_size), desc="generating", unit="batch", disable=not progress):
+            rows = order[start : start + batch_size]
+            seqs = [list(prompt_ids[i]) for i in rows]
+            generated: list[list[int]] = [[] for _ in seqs]
+            done = [False] * len(seqs)
+            for _ in range(max_new_tokens):
+                ids, mask = _pad(seqs, pad, device)
+                logits = forward(ids, mask)
+                last = torch.tensor([len(s) - 1 for s in seqs], device=device)
+                next_ids = logits[torch.arange(len(seqs), device=device), last].argmax(-1).tolist()
+                for i, token in enumerate(next_ids):
+                    if done[i]:
+                        continue
+                    if token == eos or (stop_at_newline and "\n" in tokenizer.decode([token])):
+                        done[i] = True
+                        continue
+                    generated[i].append(token)
+                    seqs[i].append(token)
+                if all(done):
+                    break
+            for i, tokens in zip(rows, generated, strict=True):
+                results[i] = tokenizer.decode(tokens).strip()
+    return results
+
+
+# ---------------------------------------------------------------------- statistics
+def accuracy(predictions: Sequence, golds: Sequence) -> float:
+    """Share of equal pairs (NaN for no examples).
+
+    >>> accuracy([1, 0, 1, 1], [1, 1, 1, 0])
+    0.5
+    """
+    if len(predictions) != len(golds):
+        raise InvalidInputError(f"{len(predictions)} predictions for {len(golds)} gold labels.")
+    return float(np.mean([p == g for p, g in zip(predictions, golds, strict=True)])) if golds else float("nan")
+
+
+def weighted_f1(predictions: Sequence, golds: Sequence) -> float:
+    """F1 per gold class, weighted by the class's support (scikit-learn's ``average="weighted"``).
+
+    >>> round(weighted_f1([1, 1, 1, 0], [1, 1, 0, 0]), 4)
+    0.7333
+    """
+    from sklearn.metrics import f1_score
+
+    if not golds:
+        return float("nan")
+    return float(f1_score(list(golds), list(predictions), average="weighted", zero_division=0))
+
+
+def wilson_ci(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95% by default); ``(0, 1)`` for ``n = 0``."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _resample(n: int, n_boot: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))  # [n_boot n] example indices
+
+
+def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (e.g. per-example correctness).
+
+    >>> bootstrap_ci([1.0] * 20)
+    (1.0, 1.0)
+    """
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return (float("nan"), float("nan"))
+    means = x[_resample(x.size, n_boot, seed)].mean(1)
+    tail = (1 - level) / 2
+    return (float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail)))
+
+
+def paired_bootstrap(
+    treated: Sequence[float], control: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, tuple[float, float], float]:
+    """Mean paired difference ``treated - control``, its percentile bootstrap CI, and a two-sided
+    bootstrap p-value for "no difference" (the share of resampled means on the other side of 0,
+    doubled; resampling the same examples for both keeps the pairing).
+
+    >>> delta, ci, p = paired_bootstrap([1, 1, 1, 1, 0] * 8, [0, 1, 1, 1, 0] * 8)
+    >>> delta, p < 0.05
+    (0.2, True)
+    """
+    a, b = np.asarray(treated, dtype=float), np.asarray(control, dtype=float)
+    if a.shape != b.shape:
+        raise InvalidInputError(f"paired samples must have the same length; got {a.shape} and {b.shape}.")
+    diff = a - b
+    delta = float(diff.mean()) if diff.size else float("nan")
+    if diff.size == 0 or not diff.any():
+        return delta, (delta, delta), 1.0
+    means = diff[_resample(diff.size, n_boot, seed)].mean(1)
+    tail = (1 - level) / 2
+    ci = (float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail)))
+    p = 2 * min(float((means <= 0).mean()), float((means >= 0).mean()))
+    return delta, ci, min(1.0, max(p, 1 / n_boot))
+
+
+def mcnemar_p(treated_correct: Sequence[bool], control_correct: Sequence[bool]) -> float:
+    """Exact McNemar test: two-sided binomial test on the discordant pairs (1.0 when there are none).
+
+    >>> round(mcnemar_p([1] * 10 + [0] * 0, [0] * 10), 4)  # 10 wins, 0 losses
+    0.002
+    """
+    a, b = np.asarray(treated_correct, dtype=bool), np.asarray(control_correct, dtype=bool)
+    wins, losses = int((a & ~b).sum()), int((~a & b).sum())
+    if wins + losses == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(binomtest(wins, wins + losses, 0.5).pvalue)

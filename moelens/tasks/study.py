@@ -1,0 +1,291 @@
+"""The re-weighting study (arXiv 2601.10159, section on up-/down-weighting experts), with controls.
+
+Protocol of :func:`reweighting_study`:
+
+1. Records of the selection split and of the evaluation split must not overlap, by id and by
+   text (lower-cased, whitespace collapsed): otherwise :class:`~moelens.InvalidInputError`.
+2. On the selection prompts only: domain experts (CWAS lift from
+   :func:`~moelens.collect_routing_stats`, contrasting the task's domain with the other paper
+   domains' non-evaluation splits) and driver experts (:func:`~moelens.driver_effects`); the
+   ``n_experts`` best (layer, expert) pairs of each.
+3. Random controls: for each selected set, ``n_random`` draws with the same number of experts in
+   each of the same layers, drawn from that layer's other experts.
+4. On the evaluation split: the baseline and, for every set, recipe and factor, the task's accuracy
+   with the intervention; paired statistics on the same examples (bootstrap CI of the delta,
+   exact McNemar vs the baseline, paired bootstrap vs the mean of the random draws).
+
+Recipes: ``"scale-logits"`` (the paper's: ``Scale(factor, on="logits")``; a negative logit
+scaled by 1.2 goes *down*, so the table reports the share of negative logits of each set),
+``"scale-weights"`` (``Scale(on="weights")``: the applied weight, always positive), and
+``"perturb"`` (an additive push of the router logit, ``Perturb(sign=+1)`` for factors above 1,
+``sign=-1`` below, magnitude ``push``).
+
+>>> expert_interventions([(1, 2)], "perturb", 1.2)
+[Perturb(layers=1, experts=(2,), magnitude=1.0, sign=1, positions=None)]
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import InvalidInputError
+from ..interventions import Perturb, Scale
+from .evaluate import evaluate, resolve_records
+from .prompts import format_prompt, prompt_kind
+from .registry import get_task
+from .scoring import mcnemar_p, paired_bootstrap
+from .study_result import COLUMNS, StudyResult
+
+__all__ = ["check_disjoint", "expert_interventions", "matched_random_sets", "reweighting_study"]
+
+RECIPES = ("scale-logits", "scale-weights", "perturb")
+# Contrast domains for domain-expert selection: the other paper domains, from splits no task evaluates on.
+_CONTRAST = {"sentiment": ("sst2", "train"), "mmlu": ("mmlu", "validation"), "math": ("gsm8k", "train")}
+
+
+def _normal_text(text: str) -> str:
+    return re.sub(r"\s+", " ", str(text)).strip().lower()
+
+
+def check_disjoint(select: Sequence[Mapping], evaluate_on: Sequence[Mapping]) -> None:
+    """Raise :class:`~moelens.InvalidInputError` if two record lists share an id or a text.
+
+    >>> check_disjoint([{"id": "a", "text": "x"}], [{"id": "b", "text": "X "}])
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: the selection and evaluation data share 1 text(s) (e.g. 'x'); ...
+    """
+    shared_ids = {str(r["id"]) for r in select} & {str(r["id"]) for r in evaluate_on}
+    if shared_ids:
+        raise InvalidInputError(f"the selection and evaluation data share {len(shared_ids)} id(s) (e.g. {min(shared_ids)!r}); "
+                                "select experts on a different split than the one you evaluate on.")
+    shared = {_normal_text(r["text"]) for r in select} & {_normal_text(r["text"]) for r in evaluate_on}
+    if shared:
+        raise InvalidInputError(f"the selection and evaluation data share {len(shared)} text(s) (e.g. {min(shared)[:60]!r}); "
+                                "drop them from one side: selecting experts on evaluated examples inflates the effect.")
+
+
+def expert_interventions(experts: Sequence[tuple[int, int]], recipe: str, factor: float, push: float = 1.0) -> list:
+    """One intervention per layer of ``experts`` for a recipe (see the module docstring).
+
+    >>> expert_interventions([(0, 3), (0, 5), (2, 1)], "scale-logits", 1.2)
+    [Scale(layers=0, experts=(3, 5), factor=1.2, on='logits', positions=None), Scale(layers=2, experts=(1,), factor=1.2, on='logits', positions=None)]
+    """
+    if recipe not in RECIPES:
+        raise InvalidInputError(f"recipe {recipe!r} is not one of {RECIPES}.")
+    by_layer: dict[int, list[int]] = {}
+    for layer, expert in experts:
+        by_layer.setdefault(int(layer), []).append(int(expert))
+    out = []
+    for layer, chosen in sorted(by_layer.items()):
+        if recipe == "perturb":
+            out.append(Perturb(layer, tuple(chosen), magnitude=push, sign=1 if factor > 1 else -1))
+        else:
+            out.append(Scale(layer, tuple(chosen), factor=float(factor), on=recipe.split("-")[1]))
+    return out
+
+
+def matched_random_sets(experts: Sequence[tuple[int, int]], n_experts: int, draws: int, seed: int = 0) -> list[list[tuple[int, int]]]:
+    """``draws`` random sets with as many experts per layer as ``experts``, none of them in ``experts``.
+
+    >>> matched_random_sets([(0, 1), (0, 2), (3, 0)], 4, 1, seed=0)[0]
+    [(0, 0), (0, 3), (3, 1)]
+    """
+    rng = random.Random(seed)
+    by_layer: dict[int, set[int]] = {}
+    for layer, expert in experts:
+        by_layer.setdefault(int(layer), set()).add(int(expert))
+    out = []
+    for _ in range(draws):
+        drawn = []
+        for layer, chosen in sorted(by_layer.items()):
+            pool = [e for e in range(n_experts) if e not in chosen]
+            if len(pool) < len(chosen):
+                raise InvalidInputError(f"layer {layer} has {n_experts} experts; cannot draw {len(chosen)} others than {sorted(chosen)}.")
+            drawn += [(layer, e) for e in sorted(rng.sample(pool, len(chosen)))]
+        out.append(drawn)
+    return out
+
+
+def _records(task, source: Any, default_split: str, limit: int | None, data_dir) -> tuple[list[dict], str]:
+    """Records from data (path or records) or, for a plain name such as ``"train[:100]"``, a split."""
+    if source is None or (isinstance(source, str) and "/" not in source and not source.endswith(".jsonl") and not Path(source).exists()):
+        split = source or default_split
+        return resolve_records(task, None, split, limit, data_dir), split
+    label = str(source) if isinstance(source, (str, Path)) else f"{len(source)} records"
+    return resolve_records(task, source, None, limit, data_dir), label
+
+
+def _contrast(domain: str, limit: int, data_dir) -> dict[str, list[str]]:
+    from .data import load_records
+
+    texts = {}
+    for other, (name, split) in _CONTRAST.items():
+        if other == domain:
+            continue
+        try:
+            texts[other] = [format_prompt(r) for r in load_records(name, split, limit=limit, data_dir=data_dir)]
+        except (FileNotFoundError, ImportError, ValueError) as error:
+            warnings.warn(f"no contrast texts for domain {other!r} ({error}); domain experts rank by CWAS without it.", stacklevel=3)
+    return texts
+
+
+def _negative_share(model, prompts: Sequence[str], sets: Mapping[str, list[tuple[int, int]]], batch_size: int) -> dict[str, float]:
+    """Share of each set's router logits below zero over the real tokens of ``prompts``."""
+    negative = {name: 0 for name in sets}
+    total = {name: 0 for name in sets}
+    layer_index = {layer: i for i, layer in enumerate(model.cfg.moe_layers)}
+    for start in range(0, len(prompts), batch_size):
+        with torch.no_grad():
+            _, cache = model.run_with_cache(list(prompts[start : start + batch_size]), names_filter=lambda n: n.endswith("hook_router_logits"))
+        logits, mask = cache.router_logits(), cache.attention_mask  # [moe_layer batch pos n_experts], [batch pos]
+        for name, experts in sets.items():
+            for layer, expert in experts:
+                values = logits[layer_index[layer], :, :, expert][mask]
+                negative[name] += int((values < 0).sum())
+                total[name] += values.numel()
+    return {name: negative[name] / max(1, total[name]) for name in sets}
+
+
+def _row(meta: dict, name: str, recipe: str, factor: float, n_experts: int, draws: int, correct: np.ndarray, f1: float,
+         baseline: np.ndarray, random_correct: np.ndarray | None, neg_share: float, seed: int) -> dict:
+    delta, (lo, hi), _ = paired_bootstrap(correct, baseline, seed=seed)
+    p_random = float("nan") if random_correct is None else paired_bootstrap(correct, random_correct, seed=seed)[2]
+    p_base = mcnemar_p(correct, baseline) if draws == 1 else paired_bootstrap(correct, baseline, seed=seed)[2]
+    return {**meta, "expert_set": name, "recipe": recipe, "factor": factor, "n_experts": n_experts, "draws": draws,
+            "n": len(correct), "accuracy": float(np.mean(correct)), "f1": f1, "delta": delta, "delta_ci_low": lo,
+            "delta_ci_high": hi, "p_vs_baseline": p_base, "p_vs_random": p_random, "neg_logit_share": neg_share}
+
+
+def _model_name(model: Any) -> str:
+    """The zoo name for packaged models, else the HF ``name_or_path``, else the architecture."""
+    from ..zoo import ZOO_DIR, ZOO_PREFIX
+
+    path = str(getattr(getattr(model, "hf_model", None), "name_or_path", "") or "")
+    if path and Path(path).parent == ZOO_DIR:
+        return ZOO_PREFIX + Path(path).name
+    return path or model.cfg.architecture
+
+
+def reweighting_study(
+    model: Any,
+    task: str,
+    select_on: Any = None,
+    evaluate_on: Any = None,
+    factors: Sequence[float] = (0.8, 1.2),
+    on: str = "logits",
+    n_experts: int = 4,
+    n_random: int = 3,
+    *,
+    recipes: Sequence[str] | None = None,
+    push: float = 1.0,
+    select_limit: int | None = 256,
+    limit: int | None = None,
+    driver_method: str = "exact",
+    tune_steps: int = 0,
+    tune_rank: int = 4,
+    batch_size: int = 32,
+    seed: int = 0,
+    model_name: str | None = None,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+) -> StudyResult:
+    """Does up-/down-weighting the domain or driver experts of a task change its accuracy more than
+    re-weighting random experts at the same layers? (protocol in the module docstring)
+
+    ``select_on`` / ``evaluate_on``: what :func:`~moelens.evaluate`'s ``data`` takes (a JSONL path,
+    a folder, a list of records) or a split name of the task (``"train"``, ``"validation[:200]"``);
+    by default the task's selection and evaluation splits. ``select_limit`` / ``limit`` thin them
+    (evenly spaced). ``recipes``: any of ``"scale-logits"``, ``"scale-weights"``, ``"perturb"``
+    (default: ``f"scale-{on}"``). ``tune_steps > 0`` adds the row "tune the router" (LoRA on the
+    routers trained on the selection split, :func:`~moelens.tune_router`). Returns a
+    :class:`StudyResult` (``.table``, ``.plot()``).
+
+    >>> from moelens import HookedMoE
+    >>> model = HookedMoE.from_pretrained("moelens/mixtral-tiny")
+    >>> study = reweighting_study(model, "sst2", select_on="train[:8]", evaluate_on="validation[:8]", n_experts=2,
+    ...                           n_random=1, factors=(1.2,), driver_method="first_order", progress=False)
+    >>> sorted(set(study.table["expert_set"]))
+    ['baseline', 'domain', 'driver', 'random (domain)', 'random (driver)']
+    """
+    from ..analysis import collect_routing_stats, driver_effects
+
+    spec = get_task(task)
+    if on not in ("logits", "weights"):
+        raise InvalidInputError(f"on={on!r} must be 'logits' or 'weights'.")
+    recipes = tuple(recipes) if recipes is not None else (f"scale-{on}",)
+    for recipe in recipes:
+        expert_interventions([], recipe, 1.0)  # validates the name
+    if not 1 <= n_experts <= len(model.cfg.moe_layers) * model.cfg.n_experts:
+        raise InvalidInputError(f"n_experts={n_experts} must be in [1, {len(model.cfg.moe_layers) * model.cfg.n_experts}].")
+    select, select_label = _records(spec, select_on, spec.select_split, select_limit, data_dir)
+    evaluation, eval_label = _records(spec, evaluate_on, spec.eval_split, limit, data_dir)
+    check_disjoint(select, evaluation)
+    prompts = [format_prompt(r) for r in select]
+    domain = prompt_kind(select[0])
+
+    stats = collect_routing_stats(model, {domain: prompts, **_contrast(domain, len(prompts), data_dir)}, batch_size=batch_size, progress=progress)
+    domain_frame = stats.domain_experts(domain, top=n_experts)
+    effects = driver_effects(model, prompts, method=driver_method, progress=progress)
+    sets = {
+        "domain": [(int(r.layer), int(r.expert)) for r in domain_frame.itertuples()],
+        "driver": [(int(r.layer), int(r.expert)) for r in effects.top(n_experts).itertuples()],
+    }
+    randoms = {name: matched_random_sets(chosen, model.cfg.n_experts, n_random, seed + i) for i, (name, chosen) in enumerate(list(sets.items()))}
+    for name, draws in randoms.items():
+        if len({tuple(draw) for draw in draws}) < len(draws):
+            warnings.warn(f"the random controls of the {name} experts repeat: their layers have too few other experts for "
+                          f"{n_random} distinct draws (e.g. the complement of half a layer); they count as {len(draws)} draws anyway.",
+                          stacklevel=2)
+    all_sets = {**sets, **{f"random ({name})#{d}": draw for name, draws in randoms.items() for d, draw in enumerate(draws)}}
+    neg = _negative_share(model, prompts[:64], all_sets, batch_size)
+
+    name = model_name or _model_name(model)
+    meta = {"model": name, "task": spec.name}
+    run = {"data": evaluation, "batch_size": batch_size, "progress": False}
+    base = evaluate(model, spec, **run)
+    results: dict[str, Any] = {"baseline": base}
+    rows = [_row(meta, "baseline", "none", float("nan"), 0, 1, base.correct, base.f1, base.correct, None, float("nan"), seed)]
+    conditions = [(recipe, factor) for recipe in recipes for factor in factors]
+    bar = tqdm(total=len(conditions) * len(sets) * (1 + n_random), desc="study", unit="eval", disable=not progress)
+    for recipe, factor in conditions:
+        shown = (push if factor > 1 else -push) if recipe == "perturb" else factor  # perturb: the signed push
+        for set_name, chosen in sets.items():
+            draws = []
+            for d, draw in enumerate(randoms[set_name]):
+                res = evaluate(model, spec, interventions=expert_interventions(draw, recipe, factor, push), **run)
+                results[f"random ({set_name})#{d}|{recipe}|{factor}"] = res
+                draws.append(res)
+                bar.update()
+            res = evaluate(model, spec, interventions=expert_interventions(chosen, recipe, factor, push), **run)
+            results[f"{set_name}|{recipe}|{factor}"] = res
+            bar.update()
+            random_mean = np.mean([r.correct for r in draws], axis=0) if draws else None
+            rows.append(_row(meta, set_name, recipe, shown, len(chosen), 1, res.correct, res.f1, base.correct, random_mean, neg[set_name], seed))
+            if draws:
+                neg_random = float(np.mean([neg[f"random ({set_name})#{d}"] for d in range(len(draws))]))
+                rows.append(_row(meta, f"random ({set_name})", recipe, shown, len(chosen), len(draws), random_mean,
+                                 float(np.mean([r.f1 for r in draws])), base.correct, None, neg_random, seed))
+    bar.close()
+    if tune_steps > 0:
+        from .lora import tune_router
+
+        tuned = tune_router(model, spec, data=select, steps=tune_steps, rank=tune_rank, seed=seed, progress=progress)
+        res = evaluate(tuned, spec, **run)
+        results["tune the router"] = res
+        rows.append(_row(meta, "tune the router", "lora", float("nan"), 0, 1, res.correct, res.f1, base.correct, None, float("nan"), seed))
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    meta.update(select_on=select_label, evaluate_on=eval_label, n_select=len(select), n_eval=len(evaluation), n_experts=n_experts,
+                n_random=n_random, factors=list(factors), recipes=list(recipes), push=push, driver_method=driver_method,
+                tune_steps=tune_steps, seed=seed)
+    return StudyResult(table, meta, {**sets, **{k: v for k, v in all_sets.items() if k not in sets}}, results)

@@ -1,0 +1,150 @@
+"""The result of a re-weighting study: a tidy table, a plot, a report section, save/load.
+
+>>> table = pd.DataFrame([
+...     {"expert_set": "baseline", "recipe": "none", "factor": float("nan"), "delta": 0.0, "delta_ci_low": 0.0, "delta_ci_high": 0.0},
+...     {"expert_set": "domain", "recipe": "scale-logits", "factor": 1.2, "delta": 0.02, "delta_ci_low": -0.01, "delta_ci_high": 0.05}])
+>>> StudyResult(table, {"model": "m", "task": "sst2"}).best()["expert_set"]
+'domain'
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["StudyResult", "study_section", "write_study"]
+
+# Columns of the tidy table, in order.
+COLUMNS = [
+    "model", "task", "expert_set", "recipe", "factor", "n_experts", "draws", "n", "accuracy", "f1",
+    "delta", "delta_ci_low", "delta_ci_high", "p_vs_baseline", "p_vs_random", "neg_logit_share",
+]
+
+
+@dataclass
+class StudyResult:
+    """``table``: one row per (expert set, recipe, factor) with accuracy, weighted F1, the paired
+    delta vs the baseline with its 95% bootstrap CI, the McNemar p-value vs the baseline, the
+    paired-bootstrap p-value vs the random experts of the same recipe and factor, and the share of
+    the selected experts' router logits that are negative. ``meta``: how it was made; ``sets``:
+    the selected (layer, expert) pairs; ``results``: the :class:`EvalResult` of every condition
+    (not saved).
+
+    Example::
+
+        study = moelens.reweighting_study(model, "sst2", select_on="train", evaluate_on="validation")
+        study.table; study.plot("study.png"); study.save("study")   # study.csv + study.json
+    """
+
+    table: pd.DataFrame
+    meta: dict[str, Any]
+    sets: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.table.copy()
+
+    def best(self) -> pd.Series:
+        """The row with the largest delta (ties: first)."""
+        return self.table.loc[self.table["delta"].idxmax()]
+
+    def plot(self, path: str | Path | None = None):
+        """Delta vs baseline with its 95% CI, one bar per expert set and factor, a panel per recipe."""
+        import matplotlib.pyplot as plt
+
+        rows = self.table[self.table["recipe"].isin(sorted(set(self.table["recipe"]) - {"none"}))]
+        recipes = list(dict.fromkeys(rows["recipe"]))
+        fig, axes = plt.subplots(1, max(1, len(recipes)), figsize=(4.2 * max(1, len(recipes)), 3.6), squeeze=False)
+        for ax, recipe in zip(axes[0], recipes, strict=False):
+            part = rows[rows["recipe"] == recipe].reset_index(drop=True)
+            labels = [f"{s}\n{_factor(f, recipe)}" for s, f in zip(part["expert_set"], part["factor"], strict=True)]
+            colors = ["#bbbbbb" if s.startswith("random") else "#4c72b0" if s == "domain" else "#dd8452"
+                      if s == "driver" else "#55a868" for s in part["expert_set"]]
+            err = np.vstack([part["delta"] - part["delta_ci_low"], part["delta_ci_high"] - part["delta"]])
+            ax.bar(range(len(part)), part["delta"] * 100, yerr=err * 100, color=colors, capsize=3)
+            ax.axhline(0, color="black", lw=0.8)
+            ax.set_xticks(range(len(part)), labels, rotation=60, ha="right", fontsize=7)
+            ax.set_title(recipe, fontsize=9)
+            ax.set_ylabel("accuracy change (points)")
+        fig.suptitle(f"{self.meta.get('model', '')} on {self.meta.get('task', '')}", fontsize=10)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=110, bbox_inches="tight")
+        return fig
+
+    def save(self, path: str | Path) -> Path:
+        """``path.csv`` (the table) and ``path.json`` (meta and sets); returns the CSV path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.table.to_csv(path.with_suffix(".csv"), index=False)
+        sets = {k: [list(map(int, pair)) for pair in v] for k, v in self.sets.items()}
+        path.with_suffix(".json").write_text(json.dumps({"meta": self.meta, "sets": sets}, indent=2, default=str), encoding="utf-8")
+        return path.with_suffix(".csv")
+
+    @classmethod
+    def load(cls, path: str | Path) -> StudyResult:
+        """Read a study written by :meth:`save`."""
+        path = Path(path)
+        extra = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        sets = {k: [tuple(pair) for pair in v] for k, v in extra["sets"].items()}
+        return cls(pd.read_csv(path.with_suffix(".csv")), extra["meta"], sets)
+
+    def __repr__(self) -> str:
+        base = self.table[self.table["expert_set"] == "baseline"]
+        acc = f"{float(base['accuracy'].iloc[0]):.3f}" if len(base) else "?"
+        return (f"StudyResult({self.meta.get('model')} on {self.meta.get('task')}: baseline {acc}, "
+                f"{len(self.table)} rows; .table, .plot())")
+
+    def _repr_html_(self) -> str:
+        return study_section(self, figure=False)
+
+
+def _factor(factor: float, recipe: str) -> str:
+    if math.isnan(factor):  # baseline, LoRA
+        return ""
+    return f"push {factor:+g}" if recipe == "perturb" else f"x{factor:g}"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.3f}"
+    return html.escape(str(value))
+
+
+def study_section(result: StudyResult, figure: bool = True) -> str:
+    """The study as an HTML report section (a note, the plot, the table), for ``moelens analyze --study``."""
+    from ..report import figure_html
+
+    meta = result.meta
+    cols = ["expert_set", "recipe", "factor", "accuracy", "f1", "delta", "delta_ci_low", "delta_ci_high",
+            "p_vs_baseline", "p_vs_random", "neg_logit_share"]
+    head = "".join(f"<th>{c}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(row[c])}</td>" for c in cols) + "</tr>" for _, row in result.table.iterrows())
+    note = (
+        f"<p class='note'>{html.escape(str(meta.get('model')))} on {html.escape(str(meta.get('task')))}: experts selected on "
+        f"{meta.get('n_select')} examples ({html.escape(str(meta.get('select_on')))}), evaluated on {meta.get('n_eval')} others "
+        f"({html.escape(str(meta.get('evaluate_on')))}); {meta.get('n_experts')} experts per set, {meta.get('n_random')} random "
+        f"draws at matched layers. delta: paired difference vs the baseline, 95% bootstrap CI; p_vs_baseline: exact McNemar; "
+        f"p_vs_random: paired bootstrap against the random draws of the same recipe and factor; neg_logit_share: share of the "
+        f"set's router logits below 0 on the selection texts (scaling those by 1.2 lowers them).</p>"
+    )
+    plot = figure_html(result.plot(), "re-weighting study") if figure else ""
+    return note + plot + f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_study(out: str | Path, study: StudyResult) -> Path:
+    """Save the study (``study.csv``, ``study.json``, ``study.png``) and its report section into ``out``."""
+    from ..report import write_section
+
+    out = Path(out)
+    path = study.save(out / "study")
+    study.plot(out / "study.png")
+    write_section(out, 70, "Re-weighting study", study_section(study))
+    return path
