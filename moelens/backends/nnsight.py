@@ -77,6 +77,7 @@ class NNsightMoE:
     """
 
     resumes_from_residual = False  # every trace starts from token ids (moelens.backends.protocol)
+    runs_backward = False  # forward traces only: no incl_bwd, gradient drivers or router LoRA
     # The family's routing rule on given logits, with the router parameters of this model (local
     # copies; a remote model's are meta tensors, so rules that read a tensor need a local model).
     route = HookedMoE.route
