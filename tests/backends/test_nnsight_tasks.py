@@ -115,3 +115,14 @@ def test_study_refuses_backward_passes_through_nnsight_before_any_work(option, v
     with pytest.raises(InvalidInputError, match=f"{option}={value!r}.*HookedMoE"):
         moelens.reweighting_study(nns, "sst2", select_on=RECORDS[:6], evaluate_on=RECORDS[6:], progress=False,
                                   **{option: value})
+
+
+def test_the_docs_example_runs():
+    """docs/nnsight.md, section "Task evaluation through nnsight": its code block runs as printed."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "nnsight.md").read_text(encoding="utf-8")
+    section = text.split("## Task evaluation through nnsight", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "docs/nnsight.md", "exec"), {})
