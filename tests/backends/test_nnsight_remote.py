@@ -115,3 +115,21 @@ def test_from_model_checks_readiness_too(ndif, monkeypatch):
     with pytest.raises(BackendError, match="not served"):
         NNsightMoE.from_model(local.nn_model, remote=True)
     assert asked and asked[0].endswith("mixtral-tiny")
+
+
+def test_task_evaluation_of_a_remote_model_equals_the_local_run(ndif):
+    """moelens.evaluate ships its interventions with each request: one round trip per batch (per
+    generated token for free answers), the same scores and texts as the local run."""
+    import moelens
+
+    local = NNsightMoE.from_pretrained(ZOO)
+    remote = NNsightMoE.from_pretrained(ZOO, remote=True)
+    records = [{"id": str(i), "text": t, "label": y} for i, (t, y) in enumerate([("a gem .", 1), ("dull .", 0), ("pure joy", 1)])]
+    cut = [Ablate("all", 0)]
+    ref = moelens.evaluate(local, "sst2", data=records, interventions=cut, batch_size=2, progress=False)
+    got = moelens.evaluate(remote, "sst2", data=records, interventions=cut, batch_size=2, progress=False)
+    assert len(ndif) == 2 and torch.equal(got.scores, ref.scores) and got.predictions == ref.predictions
+    assert not torch.equal(ref.scores, moelens.evaluate(local, "sst2", data=records, batch_size=2, progress=False).scores)
+    kwargs = dict(limit=2, interventions=cut, batch_size=2, progress=False)
+    assert moelens.evaluate(remote, "arithmetic", **kwargs).outputs == moelens.evaluate(local, "arithmetic", **kwargs).outputs
+    assert 3 <= len(ndif) <= 2 + moelens.tasks.get_task("arithmetic").max_new_tokens
