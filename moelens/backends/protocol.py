@@ -14,7 +14,10 @@ read it with ``getattr(model, "runs_backward", True)`` and refuse gradient metho
 
 Task evaluation (:func:`moelens.evaluate`) needs only ``tokenizer``, ``device``, ``__call__`` and
 ``run_with_interventions``: one call per batch of prompts; greedy generation is repeated calls
-on the growing batch (no KV cache, so every hook sees the whole sequence).
+on the growing batch (no KV cache, so every hook sees the whole sequence). A backend may also
+offer ``logits_at(inputs, positions, interventions, attention_mask=)`` (``NNsightMoE`` does), the
+logits at ``positions`` ``[batch k]`` only; scoring uses it where present (a remote run then sends
+back k positions per row), else slices the full logits.
 
 >>> from moelens import HookedMoE
 >>> from moelens.testing import tiny_model

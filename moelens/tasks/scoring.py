@@ -7,8 +7,10 @@
 Both take any backend of :class:`~moelens.backends.protocol.MoEBackend` and make one call per
 batch: ``model(ids, attention_mask=...)``, or ``model.run_with_interventions(ids, interventions,
 ...)`` when given interventions (a :class:`~moelens.HookedMoE` forward, or one ``NNsightMoE``
-trace; with a HookedMoE an enclosing ``with model.intervene(...)`` applies too). A bare HF causal
-LM (the zoo's training loop) works without interventions.
+trace; with a HookedMoE an enclosing ``with model.intervene(...)`` applies too). Only the logits
+of the positions that predict a continuation or the next token are kept: through the backend's
+``logits_at`` where it has one (``NNsightMoE``, selecting inside the trace), else sliced. A bare
+HF causal LM (the zoo's training loop) works without interventions.
 Prompts are tokenized one by one (with the tokenizer's special tokens), truncated from the left
 to ``max_length`` and right-padded; continuations are tokenized without special tokens.
 
@@ -58,6 +60,22 @@ def _forward(model: Any, interventions: Any) -> Callable[[Tensor, Tensor], Tenso
         raise InvalidInputError("interventions need a moelens backend; wrap the model with HookedMoE.from_hf(model, tokenizer) "
                                 "or NNsightMoE.from_hf(model, tokenizer).")
     return lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits
+
+
+def _logits_at(model: Any, interventions: Any) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """``fn(ids, mask, positions) -> logits [batch k d_vocab]`` at ``positions`` ``[batch k]``: the
+    backend's own ``logits_at`` where it has one (``NNsightMoE`` selects inside the trace, so a
+    remote run sends back k positions per row, not the sequence), else a slice of the full logits."""
+    at = getattr(model, "logits_at", None)
+    if callable(at):
+        return lambda ids, mask, positions: at(ids, positions, interventions or None, attention_mask=mask)
+    forward = _forward(model, interventions)
+
+    def sliced(ids: Tensor, mask: Tensor, positions: Tensor) -> Tensor:
+        logits = forward(ids, mask)  # [batch pos d_vocab]
+        return logits[torch.arange(len(ids), device=logits.device).unsqueeze(1), positions.to(logits.device)]
+
+    return sliced
 
 
 def _tokenizer(model: Any, tokenizer: Any) -> Any:
@@ -123,7 +141,7 @@ def choice_logprobs(
     tokenizer = _tokenizer(model, tokenizer)
     if not continuations:
         raise InvalidInputError("continuations is empty; pass the label words or choices to score.")
-    forward = _forward(model, interventions)
+    logits_at = _logits_at(model, interventions)
     device, pad = _device(model), tokenizer.pad_token_id or 0
     cont_ids = [list(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in continuations]
     if any(not c for c in cont_ids):
@@ -139,17 +157,19 @@ def choice_logprobs(
         chunk = items[start : start + batch_size]
         seqs = [prompt_ids[i] + (cont_ids[j] if j is not None else []) for i, j in chunk]
         ids, mask = _pad(seqs, pad, device)
-        logits = forward(ids, mask)  # [batch pos d_vocab]
+        if single:  # the last prompt position predicts the continuation
+            positions = torch.tensor([[len(s) - 1] for s in seqs])
+        else:  # the positions predicting each continuation's tokens, right-padded with its last one
+            width = max(len(cont_ids[j]) for _, j in chunk)
+            positions = torch.tensor([[len(s) - len(cont_ids[j]) - 1 + min(t, len(cont_ids[j]) - 1) for t in range(width)]
+                                      for s, (_, j) in zip(seqs, chunk, strict=True)])
+        logp = torch.log_softmax(logits_at(ids, mask, positions).float(), dim=-1).cpu()  # [batch k d_vocab]
         if single:
-            last = torch.tensor([len(s) - 1 for s in seqs], device=device)
-            logp = torch.log_softmax(logits[torch.arange(len(seqs), device=device), last].float(), dim=-1)  # [batch d_vocab]
-            out[[i for i, _ in chunk]] = logp[:, [c[0] for c in cont_ids]].cpu()
+            out[[i for i, _ in chunk]] = logp[:, 0, [c[0] for c in cont_ids]]
             continue
-        logp = torch.log_softmax(logits.float(), dim=-1)
         for row, (i, j) in enumerate(chunk):
-            n, c = len(seqs[row]), cont_ids[j]
-            positions = torch.arange(n - len(c) - 1, n - 1, device=device)  # the positions predicting c
-            out[i, j] = logp[row, positions, torch.tensor(c, device=device)].sum().cpu()
+            c = cont_ids[j]
+            out[i, j] = logp[row, torch.arange(len(c)), torch.tensor(c)].sum()
     return out
 
 
@@ -170,7 +190,7 @@ def greedy_generate(
     sequence), stopped at EOS or (by default) a newline; returned stripped."""
     _check_batch_size(batch_size)
     tokenizer = _tokenizer(model, tokenizer)
-    forward = _forward(model, interventions)
+    logits_at = _logits_at(model, interventions)
     device, pad, eos = _device(model), tokenizer.pad_token_id or 0, tokenizer.eos_token_id
     prompt_ids = _encode_prompts(tokenizer, prompts, max_length)
     order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))  # similar lengths share a batch
@@ -182,9 +202,8 @@ def greedy_generate(
         done = [False] * len(seqs)
         for _ in range(max_new_tokens):
             ids, mask = _pad(seqs, pad, device)
-            logits = forward(ids, mask)
-            last = torch.tensor([len(s) - 1 for s in seqs], device=device)
-            next_ids = logits[torch.arange(len(seqs), device=device), last].argmax(-1).tolist()
+            last = torch.tensor([[len(s) - 1] for s in seqs])  # [batch 1]
+            next_ids = logits_at(ids, mask, last)[:, 0].argmax(-1).tolist()
             for i, token in enumerate(next_ids):
                 if done[i]:
                     continue

@@ -57,6 +57,34 @@ def test_choice_task_is_identical_through_both_backends(pair, name):
         assert not torch.equal(base.scores, got.scores)
 
 
+def test_multi_token_choices_are_identical_through_both_backends(pair):
+    """SST-5's label words take 1 to 3 tokens: one row per (prompt, label word), several positions each."""
+    hooked, nns = pair
+    records = [{**r, "dataset": "sst5", "label": (i * 3) % 5} for i, r in enumerate(RECORDS[:5])]
+    kwargs = dict(data=records, interventions=[Ablate("all", [0])], batch_size=7, progress=False)
+    ref = moelens.evaluate(hooked, "sst5", **kwargs)
+    got = moelens.evaluate(nns, "sst5", **kwargs)
+    assert ref.scores.shape == (5, 5) and torch.equal(got.scores, ref.scores) and got.predictions == ref.predictions
+
+
+def test_logits_at_selects_inside_the_trace():
+    hooked, nns = _pair("qwen2_moe")
+    ids = torch.randint(3, 97, (3, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[2, 4:] = 0
+    positions = torch.tensor([[5, 0], [2, 2], [3, 1]])
+    cut = [Scale("all", [1], factor=0.5)]
+    full = hooked.run_with_interventions(ids, cut, attention_mask=mask)
+    got = nns.logits_at(ids, positions, cut, attention_mask=mask)
+    assert got.shape == (3, 2, hooked.cfg.d_vocab)
+    assert torch.equal(got, full[torch.arange(3).unsqueeze(1), positions])
+    assert not torch.equal(got, nns.logits_at(ids, positions, attention_mask=mask))  # the intervention applies
+    for bad in (torch.tensor([[6]] * 3), torch.tensor([[-1]] * 3), torch.tensor([[1]] * 2), torch.tensor([1, 2, 3]), [[1]] * 3,
+                torch.tensor([[1.0]] * 3)):
+        with pytest.raises(InvalidInputError, match="positions must be a LongTensor"):
+            nns.logits_at(ids, bad)
+
+
 @pytest.mark.parametrize("name", ["none", "ablate"])
 def test_free_answer_task_is_identical_through_both_backends(pair, name):
     hooked, nns = pair
