@@ -77,6 +77,7 @@ class NNsightMoE:
     """
 
     resumes_from_residual = False  # every trace starts from token ids (moelens.backends.protocol)
+    runs_backward = False  # forward traces only: no incl_bwd, gradient drivers or router LoRA
     # The family's routing rule on given logits, with the router parameters of this model (local
     # copies; a remote model's are meta tensors, so rules that read a tensor need a local model).
     route = HookedMoE.route
@@ -287,6 +288,30 @@ class NNsightMoE:
         items = list(interventions) if isinstance(interventions, (list, tuple)) else [interventions]
         return self.run_with_hooks(inputs, items, attention_mask=attention_mask, stop_at_layer=stop_at_layer)
 
+    def logits_at(
+        self, inputs: Any, positions: Tensor, interventions: Any = None, *, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """Logits at ``positions`` only: ``[batch k d_vocab]`` for a LongTensor ``positions``
+        ``[batch k]`` (row ``i`` keeps ``logits[i, positions[i]]``), with ``interventions`` (as
+        :meth:`run_with_interventions`). The selection happens inside the trace, so a remote run
+        sends back ``k`` positions per row instead of the whole sequence; task scoring uses it.
+
+        >>> model = NNsightMoE.from_pretrained("moelens/mixtral-tiny")
+        >>> ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+        >>> last = model.logits_at(ids, torch.tensor([[2], [1]]))
+        >>> torch.equal(last[1, 0], model(ids)[1, 1])
+        True
+        """
+        model_inputs = self.to_inputs(inputs, attention_mask)
+        batch, width = model_inputs.input_ids.shape
+        if (not isinstance(positions, Tensor) or positions.dtype != torch.long or positions.ndim != 2
+                or positions.shape[0] != batch or bool((positions < 0).any()) or bool((positions >= width).any())):
+            shown = tuple(positions.shape) if isinstance(positions, Tensor) else type(positions).__name__
+            raise InvalidInputError(f"positions must be a LongTensor [batch={batch} k] of positions in [0, {width}); got {shown}.")
+        items = [] if interventions is None else list(interventions) if isinstance(interventions, (list, tuple)) else [interventions]
+        out, _ = self._run(model_inputs, items, None, (), None, None, positions)
+        return out
+
     def _run(
         self,
         inputs: Any,
@@ -295,8 +320,9 @@ class NNsightMoE:
         cache_names: Sequence[str],
         device: str | torch.device | None,
         stop_at_layer: int | None,
+        positions: Tensor | None = None,
     ) -> tuple[Tensor, ActivationCache]:
-        model_inputs = self.to_inputs(inputs, attention_mask)
+        model_inputs = inputs if isinstance(inputs, ModelInputs) else self.to_inputs(inputs, attention_mask)
         stop = self._stop(stop_at_layer)
         registry = self._registry()
         view = TraceView(self.cfg, frozenset(registry.points))
@@ -310,7 +336,8 @@ class NNsightMoE:
             steps = build_steps(self._layers, self._blocks, self._router_envoys, registry, self.spec, self.cfg.n_experts)
             stop_envoy = None if stop is None else (self._layers[stop] if stop < self.cfg.n_layers else self._final_norm)
             mask = model_inputs.attention_mask.cpu()
-            out, store = _traced(self.nn_model, model_inputs.hf_kwargs(), steps, registry, mask, recorder, stop_envoy, self.remote)
+            out, store = _traced(self.nn_model, model_inputs.hf_kwargs(), steps, registry, mask, recorder, stop_envoy, self.remote,
+                                 positions)
         cache = ActivationCache(dict(store), self.cfg.moe_layers, self.cfg.n_experts, model_inputs.attention_mask.bool())
         return out, cache
 
@@ -331,9 +358,10 @@ class NNsightMoE:
         )
 
 
-def _traced(nn_model, hf_kwargs: dict, steps, registry, mask, recorder, stop_envoy, remote) -> tuple[Tensor, dict]:
+def _traced(nn_model, hf_kwargs: dict, steps, registry, mask, recorder, stop_envoy, remote, positions=None) -> tuple[Tensor, dict]:
     """One nnsight trace. Its body is what a remote run ships: ``steps``/``registry``/``recorder``
-    hold envoys, hook points and small tensors only."""
+    hold envoys, hook points and small tensors only. ``positions`` ``[batch k]``: keep only those
+    logits (selected on the server)."""
     import nnsight
 
     ids = hf_kwargs.pop("input_ids")
@@ -344,6 +372,10 @@ def _traced(nn_model, hf_kwargs: dict, steps, registry, mask, recorder, stop_env
         if stop_envoy is not None:
             out = nnsight.save(stop_envoy.input)
             tracer.stop()
+        elif positions is not None:
+            logits = nn_model.output.logits
+            index = positions.to(logits.device)
+            out = nnsight.save(logits[torch.arange(index.shape[0], device=logits.device).unsqueeze(1), index])
         else:
             out = nnsight.save(nn_model.output.logits)
     return out, store

@@ -8,7 +8,16 @@ sums stay on the client even when the model runs on a remote server), and it per
 
 ``route(layer, logits)`` applies the family's routing rule to given logits (the sweeps use it to
 skip pairs whose routing cannot move). ``resumes_from_residual`` says whether ``run_with_interventions`` accepts a residual stream with
-``start_at_layer=`` (``HookedMoE``: yes; nnsight: no, every run starts from token ids).
+``start_at_layer=`` (``HookedMoE``: yes; nnsight: no, every run starts from token ids). A backend
+that runs forward passes only says so with ``runs_backward = False`` (``NNsightMoE``); analyses
+read it with ``getattr(model, "runs_backward", True)`` and refuse gradient methods up front.
+
+Task evaluation (:func:`moelens.evaluate`) needs only ``tokenizer``, ``device``, ``__call__`` and
+``run_with_interventions``: one call per batch of prompts; greedy generation is repeated calls
+on the growing batch (no KV cache, so every hook sees the whole sequence). A backend may also
+offer ``logits_at(inputs, positions, interventions, attention_mask=)`` (``NNsightMoE`` does), the
+logits at ``positions`` ``[batch k]`` only; scoring uses it where present (a remote run then sends
+back k positions per row), else slices the full logits.
 
 >>> from moelens import HookedMoE
 >>> from moelens.testing import tiny_model

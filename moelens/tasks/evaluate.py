@@ -1,5 +1,5 @@
 """``moelens.evaluate``: a task's accuracy (and weighted F1, CIs, per-example predictions) under
-any interventions, through the hooked forward.
+any interventions, through any backend (:class:`~moelens.HookedMoE`, ``NNsightMoE``).
 
 >>> from moelens import HookedMoE
 >>> model = HookedMoE.from_pretrained("moelens/mixtral-tiny")
@@ -215,7 +215,12 @@ def evaluate(
     data_dir: str | Path | None = None,
     progress: bool = True,
 ) -> EvalResult:
-    """Evaluate ``model`` (a :class:`~moelens.HookedMoE`) on ``task`` under ``interventions``.
+    """Evaluate ``model`` on ``task`` under ``interventions``.
+
+    ``model``: any backend of :class:`~moelens.backends.protocol.MoEBackend` (a
+    :class:`~moelens.HookedMoE`, or ``moelens.backends.nnsight.NNsightMoE``, locally or remote),
+    or a bare HF causal LM without interventions. Both backends give the same predictions and
+    scores.
 
     ``task``: ``"sst2"``, ``"sst5"``, ``"sst5_binary"``, ``"yelp"``, ``"mmlu"`` (or
     ``"mmlu:<subject|category>"``), ``"gsm8k"``, ``"math"``, ``"arithmetic"`` (see
@@ -224,8 +229,10 @@ def evaluate(
     data folder, else the hub. ``limit``: that many records, evenly spaced. ``shots``: few-shot
     examples drawn (with ``seed``) from ``shot_records`` or the task's shot split, never from the
     evaluated records. Choice tasks score each choice's log-likelihood; free-answer tasks
-    generate greedily and extract the answer. Everything runs through the hooked forward, so
-    ``interventions`` and an enclosing ``with model.intervene(...)`` apply.
+    generate greedily and extract the answer. Each batch is one call of the backend
+    (``model(ids)``, or ``run_with_interventions`` with ``interventions``: for ``NNsightMoE`` one
+    trace per batch, and per generated token); with a ``HookedMoE`` an enclosing
+    ``with model.intervene(...)`` applies too.
 
     >>> from moelens import HookedMoE, Ablate
     >>> model = HookedMoE.from_pretrained("moelens/mixtral-tiny")
@@ -233,6 +240,14 @@ def evaluate(
     >>> base = evaluate(model, "sst2", data=recs, progress=False)
     >>> cut = evaluate(model, "sst2", data=recs, interventions=[Ablate("all", list(range(6)))], progress=False)
     >>> bool((base.scores != cut.scores).any())
+    True
+
+    The same through nnsight (``from_hf`` wraps the same weights; no copy):
+
+    >>> from moelens.backends.nnsight import NNsightMoE
+    >>> traced = NNsightMoE.from_hf(model.hf_model, tokenizer=model.tokenizer)
+    >>> again = evaluate(traced, "sst2", data=recs, interventions=[Ablate("all", list(range(6)))], progress=False)
+    >>> bool((again.scores == cut.scores).all()) and again.predictions == cut.predictions
     True
     """
     spec = get_task(task)

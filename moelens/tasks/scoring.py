@@ -4,9 +4,13 @@
   letter) after each prompt; the prediction is the argmax.
 - :func:`greedy_generate`: greedy continuation up to a newline or EOS, for free answers.
 
-Both run through ``model(ids, attention_mask=...)``. With a :class:`~moelens.HookedMoE` that is
-its hooked forward, so interventions (``run_with_interventions``' list, or an enclosing
-``with model.intervene(...)``) apply; a bare HF causal LM (the zoo's training loop) works too.
+Both take any backend of :class:`~moelens.backends.protocol.MoEBackend` and make one call per
+batch: ``model(ids, attention_mask=...)``, or ``model.run_with_interventions(ids, interventions,
+...)`` when given interventions (a :class:`~moelens.HookedMoE` forward, or one ``NNsightMoE``
+trace; with a HookedMoE an enclosing ``with model.intervene(...)`` applies too). Only the logits
+of the positions that predict a continuation or the next token are kept: through the backend's
+``logits_at`` where it has one (``NNsightMoE``, selecting inside the trace), else sliced. A bare
+HF causal LM (the zoo's training loop) works without interventions.
 Prompts are tokenized one by one (with the tokenizer's special tokens), truncated from the left
 to ``max_length`` and right-padded; continuations are tokenized without special tokens.
 
@@ -18,7 +22,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -43,16 +46,36 @@ Z95 = 1.959963984540054
 
 
 # ---------------------------------------------------------------------- running the model
-def _forward(model: Any, interventions: Any) -> tuple[Callable[[Tensor, Tensor], Tensor], Any]:
-    """``fn(ids, mask) -> logits`` and the context it runs in, for a HookedMoE or a bare HF model."""
-    from ..model import HookedMoE
+def _forward(model: Any, interventions: Any) -> Callable[[Tensor, Tensor], Tensor]:
+    """``fn(ids, mask) -> logits`` for any backend of :class:`~moelens.backends.protocol.MoEBackend`
+    (``HookedMoE``, ``NNsightMoE``: one call per batch, the interventions riding along), or for a
+    bare HF causal LM (no interventions)."""
+    from ..backends.protocol import MoEBackend
 
-    if isinstance(model, HookedMoE):
-        context = model.intervene(interventions) if interventions else nullcontext()
-        return (lambda ids, mask: model(ids, attention_mask=mask)), context
+    if isinstance(model, MoEBackend):
+        if interventions:
+            return lambda ids, mask: model.run_with_interventions(ids, interventions, attention_mask=mask)
+        return lambda ids, mask: model(ids, attention_mask=mask)
     if interventions:
-        raise InvalidInputError("interventions need a HookedMoE; wrap the model with HookedMoE.from_hf(model, tokenizer).")
-    return (lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits), nullcontext()
+        raise InvalidInputError("interventions need a moelens backend; wrap the model with HookedMoE.from_hf(model, tokenizer) "
+                                "or NNsightMoE.from_hf(model, tokenizer).")
+    return lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits
+
+
+def _logits_at(model: Any, interventions: Any) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """``fn(ids, mask, positions) -> logits [batch k d_vocab]`` at ``positions`` ``[batch k]``: the
+    backend's own ``logits_at`` where it has one (``NNsightMoE`` selects inside the trace, so a
+    remote run sends back k positions per row, not the sequence), else a slice of the full logits."""
+    at = getattr(model, "logits_at", None)
+    if callable(at):
+        return lambda ids, mask, positions: at(ids, positions, interventions or None, attention_mask=mask)
+    forward = _forward(model, interventions)
+
+    def sliced(ids: Tensor, mask: Tensor, positions: Tensor) -> Tensor:
+        logits = forward(ids, mask)  # [batch pos d_vocab]
+        return logits[torch.arange(len(ids), device=logits.device).unsqueeze(1), positions.to(logits.device)]
+
+    return sliced
 
 
 def _tokenizer(model: Any, tokenizer: Any) -> Any:
@@ -63,7 +86,9 @@ def _tokenizer(model: Any, tokenizer: Any) -> Any:
 
 
 def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
+    """Where inputs go: the backend's (or HF model's) ``device``, else the first parameter's."""
+    device = getattr(model, "device", None)
+    return device if isinstance(device, torch.device) else next(model.parameters()).device
 
 
 def _pad(sequences: Sequence[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -116,7 +141,7 @@ def choice_logprobs(
     tokenizer = _tokenizer(model, tokenizer)
     if not continuations:
         raise InvalidInputError("continuations is empty; pass the label words or choices to score.")
-    forward, context = _forward(model, interventions)
+    logits_at = _logits_at(model, interventions)
     device, pad = _device(model), tokenizer.pad_token_id or 0
     cont_ids = [list(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in continuations]
     if any(not c for c in cont_ids):
@@ -128,22 +153,23 @@ def choice_logprobs(
     items = [(i, None) for i in range(len(prompts))] if single else [
         (i, j) for i in range(len(prompts)) for j in range(len(cont_ids))]
     items.sort(key=lambda item: len(prompt_ids[item[0]]))  # similar lengths share a batch: less padding
-    with context:
-        for start in tqdm(range(0, len(items), batch_size), desc="scoring", unit="batch", disable=not progress):
-            chunk = items[start : start + batch_size]
-            seqs = [prompt_ids[i] + (cont_ids[j] if j is not None else []) for i, j in chunk]
-            ids, mask = _pad(seqs, pad, device)
-            logits = forward(ids, mask)  # [batch pos d_vocab]
-            if single:
-                last = torch.tensor([len(s) - 1 for s in seqs], device=device)
-                logp = torch.log_softmax(logits[torch.arange(len(seqs), device=device), last].float(), dim=-1)  # [batch d_vocab]
-                out[[i for i, _ in chunk]] = logp[:, [c[0] for c in cont_ids]].cpu()
-                continue
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            for row, (i, j) in enumerate(chunk):
-                n, c = len(seqs[row]), cont_ids[j]
-                positions = torch.arange(n - len(c) - 1, n - 1, device=device)  # the positions predicting c
-                out[i, j] = logp[row, positions, torch.tensor(c, device=device)].sum().cpu()
+    for start in tqdm(range(0, len(items), batch_size), desc="scoring", unit="batch", disable=not progress):
+        chunk = items[start : start + batch_size]
+        seqs = [prompt_ids[i] + (cont_ids[j] if j is not None else []) for i, j in chunk]
+        ids, mask = _pad(seqs, pad, device)
+        if single:  # the last prompt position predicts the continuation
+            positions = torch.tensor([[len(s) - 1] for s in seqs])
+        else:  # the positions predicting each continuation's tokens, right-padded with its last one
+            width = max(len(cont_ids[j]) for _, j in chunk)
+            positions = torch.tensor([[len(s) - len(cont_ids[j]) - 1 + min(t, len(cont_ids[j]) - 1) for t in range(width)]
+                                      for s, (_, j) in zip(seqs, chunk, strict=True)])
+        logp = torch.log_softmax(logits_at(ids, mask, positions).float(), dim=-1).cpu()  # [batch k d_vocab]
+        if single:
+            out[[i for i, _ in chunk]] = logp[:, 0, [c[0] for c in cont_ids]]
+            continue
+        for row, (i, j) in enumerate(chunk):
+            c = cont_ids[j]
+            out[i, j] = logp[row, torch.arange(len(c)), torch.tensor(c)].sum()
     return out
 
 
@@ -164,34 +190,32 @@ def greedy_generate(
     sequence), stopped at EOS or (by default) a newline; returned stripped."""
     _check_batch_size(batch_size)
     tokenizer = _tokenizer(model, tokenizer)
-    forward, context = _forward(model, interventions)
+    logits_at = _logits_at(model, interventions)
     device, pad, eos = _device(model), tokenizer.pad_token_id or 0, tokenizer.eos_token_id
     prompt_ids = _encode_prompts(tokenizer, prompts, max_length)
     order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))  # similar lengths share a batch
     results: list[str] = [""] * len(prompts)
-    with context:
-        for start in tqdm(range(0, len(prompts), batch_size), desc="generating", unit="batch", disable=not progress):
-            rows = order[start : start + batch_size]
-            seqs = [list(prompt_ids[i]) for i in rows]
-            generated: list[list[int]] = [[] for _ in seqs]
-            done = [False] * len(seqs)
-            for _ in range(max_new_tokens):
-                ids, mask = _pad(seqs, pad, device)
-                logits = forward(ids, mask)
-                last = torch.tensor([len(s) - 1 for s in seqs], device=device)
-                next_ids = logits[torch.arange(len(seqs), device=device), last].argmax(-1).tolist()
-                for i, token in enumerate(next_ids):
-                    if done[i]:
-                        continue
-                    if token == eos or (stop_at_newline and "\n" in tokenizer.decode([token])):
-                        done[i] = True
-                        continue
-                    generated[i].append(token)
-                    seqs[i].append(token)
-                if all(done):
-                    break
-            for i, tokens in zip(rows, generated, strict=True):
-                results[i] = tokenizer.decode(tokens).strip()
+    for start in tqdm(range(0, len(prompts), batch_size), desc="generating", unit="batch", disable=not progress):
+        rows = order[start : start + batch_size]
+        seqs = [list(prompt_ids[i]) for i in rows]
+        generated: list[list[int]] = [[] for _ in seqs]
+        done = [False] * len(seqs)
+        for _ in range(max_new_tokens):
+            ids, mask = _pad(seqs, pad, device)
+            last = torch.tensor([[len(s) - 1] for s in seqs])  # [batch 1]
+            next_ids = logits_at(ids, mask, last)[:, 0].argmax(-1).tolist()
+            for i, token in enumerate(next_ids):
+                if done[i]:
+                    continue
+                if token == eos or (stop_at_newline and "\n" in tokenizer.decode([token])):
+                    done[i] = True
+                    continue
+                generated[i].append(token)
+                seqs[i].append(token)
+            if all(done):
+                break
+        for i, tokens in zip(rows, generated, strict=True):
+            results[i] = tokenizer.decode(tokens).strip()
     return results
 
 

@@ -177,6 +177,19 @@ def _model_name(model: Any) -> str:
     return path or model.cfg.architecture
 
 
+def _check_backend(model: Any, driver_method: str, tune_steps: int) -> None:
+    """Refuse, before any work, what needs backward passes on a forward-only backend (``NNsightMoE``
+    sets ``runs_backward = False``; :class:`~moelens.HookedMoE` runs both)."""
+    if getattr(model, "runs_backward", True):
+        return
+    if driver_method != "exact":
+        raise InvalidInputError(f"driver_method={driver_method!r} needs backward passes, which {type(model).__name__} does not run; "
+                                "use driver_method='exact' (batched forwards), or a HookedMoE.")
+    if tune_steps > 0:
+        raise InvalidInputError(f"tune_steps={tune_steps} trains a router LoRA, which {type(model).__name__} cannot do; use "
+                                "tune_steps=0, or run the study on HookedMoE.from_hf(model.hf_model, model.tokenizer) locally.")
+
+
 def reweighting_study(
     model: Any,
     task: str,
@@ -211,6 +224,10 @@ def reweighting_study(
     routers trained on the selection split, :func:`~moelens.tune_router`). Returns a
     :class:`StudyResult` (``.table``, ``.plot()``).
 
+    ``model``: any backend of :class:`~moelens.backends.protocol.MoEBackend`. Through
+    ``NNsightMoE`` (forward traces only) the study takes ``driver_method="exact"`` and
+    ``tune_steps=0`` and gives the same table as through ``HookedMoE``.
+
     >>> from moelens import HookedMoE
     >>> model = HookedMoE.from_pretrained("moelens/mixtral-tiny")
     >>> study = reweighting_study(model, "sst2", select_on="train[:8]", evaluate_on="validation[:8]", n_experts=2,
@@ -221,6 +238,7 @@ def reweighting_study(
     from ..analysis import collect_routing_stats, driver_effects
 
     spec = get_task(task)
+    _check_backend(model, driver_method, tune_steps)
     if on not in ("logits", "weights"):
         raise InvalidInputError(f"on={on!r} must be 'logits' or 'weights'.")
     recipes = tuple(recipes) if recipes is not None else (f"scale-{on}",)

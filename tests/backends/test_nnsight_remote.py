@@ -48,6 +48,7 @@ def ndif(monkeypatch):
         saved = {k: v for k, v in restored.info.frame.f_locals.items() if id(v) in _saves()}
         buffer = io.BytesIO()
         torch.save(saved, buffer)  # what travels back
+        sent[-1]["returned"] = buffer.getbuffer().nbytes
         return torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
 
     monkeypatch.setattr(RemoteBackend, "request", transport)
@@ -115,3 +116,23 @@ def test_from_model_checks_readiness_too(ndif, monkeypatch):
     with pytest.raises(BackendError, match="not served"):
         NNsightMoE.from_model(local.nn_model, remote=True)
     assert asked and asked[0].endswith("mixtral-tiny")
+
+
+def test_task_evaluation_of_a_remote_model_equals_the_local_run(ndif):
+    """moelens.evaluate ships its interventions with each request: one round trip per batch (per
+    generated token for free answers), the same scores and texts as the local run."""
+    import moelens
+
+    local = NNsightMoE.from_pretrained(ZOO)
+    remote = NNsightMoE.from_pretrained(ZOO, remote=True)
+    records = [{"id": str(i), "text": t, "label": y} for i, (t, y) in enumerate([("a gem .", 1), ("dull .", 0), ("pure joy", 1)])]
+    cut = [Ablate("all", 0)]
+    ref = moelens.evaluate(local, "sst2", data=records, interventions=cut, batch_size=2, progress=False)
+    got = moelens.evaluate(remote, "sst2", data=records, interventions=cut, batch_size=2, progress=False)
+    assert len(ndif) == 2 and torch.equal(got.scores, ref.scores) and got.predictions == ref.predictions
+    # Only the last position's logits come back: [2 1 d_vocab] float32, not [2 pos d_vocab].
+    assert all(request["returned"] < 2 * remote.cfg.d_vocab * 4 + 4096 for request in ndif)
+    assert not torch.equal(ref.scores, moelens.evaluate(local, "sst2", data=records, batch_size=2, progress=False).scores)
+    kwargs = dict(limit=2, interventions=cut, batch_size=2, progress=False)
+    assert moelens.evaluate(remote, "arithmetic", **kwargs).outputs == moelens.evaluate(local, "arithmetic", **kwargs).outputs
+    assert 3 <= len(ndif) <= 2 + moelens.tasks.get_task("arithmetic").max_new_tokens

@@ -20,6 +20,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
         ("driver_sweep.py", "first-order"),
         ("mediation.py", "speedup batched vs loop"),
         ("peers.py", "identical logits through every variant"),
+        ("evaluate_backends.py", "identical predictions through both backends"),
     ],
 )
 def test_bench_smoke(script, expected):
