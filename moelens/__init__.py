@@ -25,6 +25,7 @@ from .cache import ActivationCache
 from .errors import (
     BackendError,
     CheckpointError,
+    ConcurrentUseError,
     HookShapeError,
     InterventionError,
     InvalidInputError,
@@ -46,6 +47,7 @@ __all__ = [
     "Ablate",
     "ActivationCache",
     "CheckpointError",
+    "ConcurrentUseError",
     "Agreement",
     "Attribution",
     "BackendError",

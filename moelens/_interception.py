@@ -197,12 +197,23 @@ class MoEHooks:
         return (edited if changed else before), changed
 
     def _check_index(self, index: Tensor) -> None:
+        """An edited top-k choice must name k distinct experts in range. The same expert in two slots is
+        refused: families disagree on it (a fused kernel runs the expert twice and adds both weights, a
+        one-hot dispatch runs it once), so no single meaning exists; to give an expert more weight,
+        edit ``hook_topk_weights``. Checked only after an edit, with one device sync for both checks."""
         bad = (index < 0) | (index >= self.n_experts)
-        if bool(bad.any()):
-            value = int(index[bad][0])
+        ordered = index.sort(-1).values
+        twice = ordered[..., 1:] == ordered[..., :-1]
+        if bool(bad.any() | twice.any()):
+            name = self.points["hook_topk_indices"].name
+            if bool(bad.any()):
+                raise HookShapeError(
+                    f"a hook on {name!r} selected expert {int(index[bad][0])}; expert indices must lie in "
+                    f"[0, {self.n_experts - 1}]."
+                )
             raise HookShapeError(
-                f"a hook on {self.points['hook_topk_indices'].name!r} selected expert {value}; expert indices "
-                f"must lie in [0, {self.n_experts - 1}]."
+                f"a hook on {name!r} put expert {int(ordered[..., 1:][twice][0])} in two top-k slots of one token; "
+                "each slot needs a different expert. To give an expert more weight, edit hook_topk_weights."
             )
 
     # -- experts ------------------------------------------------------------------------------

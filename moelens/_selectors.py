@@ -13,7 +13,7 @@ from .inputs import last_token_positions
 if TYPE_CHECKING:
     from .model import HookedMoE
 
-__all__ = ["ExpertSel", "LayerSel", "PosSel", "check_selector", "expert_mask", "moe_layers", "position_mask"]
+__all__ = ["ExpertSel", "LayerSel", "PosSel", "check_positions", "check_selector", "expert_mask", "moe_layers", "position_mask"]
 
 LayerSel = Union[int, Sequence[int], Literal["all"]]
 ExpertSel = Union[int, Sequence[int], Literal["all"], Tensor]
@@ -32,6 +32,34 @@ def check_selector(name: str, value: Any, allow_tensor: bool = False) -> None:
             raise InterventionError(f"{name} as a tensor must be a LongTensor [batch]; got {value.dtype} {tuple(value.shape)}.")
         return
     raise InterventionError(f"{name}={value!r}: pass an int, a non-empty list of ints, or 'all'.")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_positions(positions: Any) -> None:
+    """An int, a list of ints, a slice of ints (or None bounds), or None; anything else is refused
+    when the intervention is built (a float or a string would index nothing or fail deep inside).
+
+    >>> check_positions(slice(0.5, 2))
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InterventionError: positions=slice(0.5, 2, None): slice bounds must be ints or None; got 0.5.
+    """
+    if positions is None or _is_int(positions):
+        return
+    if isinstance(positions, slice):
+        for bound in (positions.start, positions.stop, positions.step):
+            if bound is not None and not _is_int(bound):
+                raise InterventionError(f"positions={positions!r}: slice bounds must be ints or None; got {bound!r}.")
+        return
+    if isinstance(positions, tuple):
+        for position in positions:
+            if not _is_int(position):
+                raise InterventionError(f"positions={list(positions)!r}: every position must be an int; got {position!r}.")
+        return
+    raise InterventionError(f"positions={positions!r}: pass an int, a list of ints, a slice, or None.")
 
 
 def moe_layers(model: "HookedMoE", layers: LayerSel, who: str) -> list[int]:

@@ -67,9 +67,10 @@ def _load_model(model_id: str | None, device: str | None, dtype: str | None):
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in dtypes:
         raise _Fail(f"--dtype {dtype!r} is not one of float32, bfloat16, float16")
-    from ._validate import check_model_name
+    from ._validate import check_device, check_model_name
 
     check_model_name(model_id)
+    check_device(device, "--device")
     name = model_id or DEFAULT_MODEL
     model = HookedMoE.from_pretrained(name, device=device, dtype=dtypes[dtype])
     if model.tokenizer is None:

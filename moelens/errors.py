@@ -21,6 +21,7 @@ __all__ = [
     "ResultFileError",
     "BackendError",
     "CheckpointError",
+    "ConcurrentUseError",
 ]
 
 
@@ -160,4 +161,26 @@ class CheckpointError(InvalidInputError):
     Traceback (most recent call last):
     ...
     moelens.errors.CheckpointError: checkpoint .../state.safetensors is damaged or not a moelens checkpoint (...). Delete it to restart (or pass another checkpoint= path).
+    """
+
+
+class ConcurrentUseError(MoelensError, RuntimeError):
+    """A second thread used a :class:`~moelens.HookedMoE` while another thread was inside a call
+    (or a ``hooks()``/``intervene()`` block) of it. Hooks and interventions are attached to the
+    model, not to a thread, so the second call would run with the first one's hooks: it is refused.
+
+    >>> import threading, torch
+    >>> from moelens import HookedMoE, Ablate
+    >>> from moelens.testing import tiny_model
+    >>> model = HookedMoE.from_hf(tiny_model("mixtral"))
+    >>> errors = []
+    >>> def other_thread():
+    ...     try:
+    ...         model(torch.tensor([[1, 2]]))
+    ...     except ConcurrentUseError as error:
+    ...         errors.append(error)
+    >>> with model.intervene(Ablate(0, 1)):
+    ...     thread = threading.Thread(target=other_thread, name="worker"); thread.start(); thread.join()
+    >>> print(errors[0])  # doctest: +ELLIPSIS
+    this HookedMoE is in use by thread 'MainThread' ...
     """

@@ -11,8 +11,14 @@ edit), and a returned tensor replaces that gradient upstream.
 During a model call, ``hook.call`` is the call's :class:`CallContext` (its attention mask and a
 scratch dict shared by all hook points) and ``hook.ctx`` a scratch dict of this hook point alone
 (TransformerLens's ``hook.ctx``); both are emptied when the call ends, also when it raises.
+
+Threads: the hook functions, the call context and the torch hooks of a call belong to the model, not
+to a thread. A model therefore serves one thread at a time: while one thread is inside a call or a
+``hooks()``/``intervene()`` block, any other thread's call raises :class:`ConcurrentUseError`
+(it would otherwise run with the first thread's hooks). Use one model per thread, or a lock.
 """
 
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .errors import (
+    ConcurrentUseError,
     HookShapeError,
     InterventionError,
     InvalidInputError,
@@ -65,15 +72,39 @@ class CallContext:
 
 
 class _CallState:
-    """The call in progress of one model, shared by all its hook points (a stack: calls may nest)."""
+    """The call in progress of one model, shared by all its hook points (a stack: calls may nest),
+    and the thread that owns the model while a call or a hooks block is open."""
 
     def __init__(self) -> None:
         self.stack: list[CallContext] = []
         self.idle = CallContext()
+        self.lock = threading.RLock()  # re-entrant: the owning thread may nest calls and blocks
+        self.owner = ""
+
+    def __reduce__(self) -> tuple:
+        return (_CallState, ())  # a copied or pickled model starts idle, with its own lock
 
     @property
     def current(self) -> CallContext:
         return self.stack[-1] if self.stack else self.idle
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Own the model for this thread for the block; another thread inside raises (one
+        non-blocking lock acquisition per call or block, nothing per hook call)."""
+        if not self.lock.acquire(blocking=False):
+            raise ConcurrentUseError(
+                f"this HookedMoE is in use by thread {self.owner!r} (inside a call or a hooks()/intervene() "
+                f"block), and thread {threading.current_thread().name!r} called it too. Hooks and interventions "
+                "belong to the model, so this call would run with the other thread's hooks. Give each thread "
+                "its own model, or serialise the calls with a threading.Lock."
+            )
+        previous, self.owner = self.owner, threading.current_thread().name
+        try:
+            yield
+        finally:
+            self.owner = previous
+            self.lock.release()
 
 
 class HookPoint:
@@ -198,6 +229,11 @@ class HookPoint:
                 f"{original.dtype}. Return `value.to({original.dtype})`."
             )
         if result.device != original.device:
+            if result.is_meta:  # shape and dtype only, no values: nothing downstream can run on it
+                raise HookShapeError(
+                    f"hook {_fn_name(fn)} on {self.name!r} returned a meta tensor (shape and dtype, no data); "
+                    f"return a tensor with values on {original.device}, e.g. built with torch.zeros_like(x)."
+                )
             result = result.to(original.device)
         return result
 
@@ -242,9 +278,17 @@ class HookRegistry:
     def call(self) -> CallContext:
         return self._state.current
 
+    def exclusive(self):
+        """Context manager: this thread owns the model for the block (see the module docstring)."""
+        return self._state.exclusive()
+
     @contextmanager
     def calling(self, context: CallContext) -> Iterator[CallContext]:
         """Make ``context`` the call in progress for the block; empty every scratch dict on exit."""
+        with self._state.exclusive():
+            yield from self._calling(context)
+
+    def _calling(self, context: CallContext) -> Iterator[CallContext]:
         self._state.stack.append(context)
         try:
             yield context
@@ -259,6 +303,10 @@ class HookRegistry:
     def attached(self, fwd_hooks: Hooks = (), bwd_hooks: Hooks = ()) -> Iterator[None]:
         """Attach ``(name_or_predicate, fn)`` pairs for the duration of the block, removing them on exit,
         also when the block raises."""
+        with self._state.exclusive():
+            yield from self._attached(fwd_hooks, bwd_hooks)
+
+    def _attached(self, fwd_hooks: Hooks, bwd_hooks: Hooks) -> Iterator[None]:
         detach: list[Callable[[], None]] = []
         try:
             for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
@@ -274,6 +322,10 @@ class HookRegistry:
                 undo()
 
     def remove_all(self) -> None:
+        with self._state.exclusive():
+            self._remove_all()
+
+    def _remove_all(self) -> None:
         for hp in self.points.values():
             hp.fns.clear()
             hp.bwd_fns.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +11,7 @@ from torch import Tensor
 
 from .errors import InvalidInputError
 
-__all__ = ["ModelInputs", "prepare_inputs", "last_token_positions", "layer_range", "check_last_axis"]
+__all__ = ["ModelInputs", "check_max_length", "checked_mask", "prepare_inputs", "warn_if_too_long", "last_token_positions", "layer_range", "check_last_axis"]
 
 
 @dataclass
@@ -37,9 +38,10 @@ class ModelInputs:
 
 
 def prepare_inputs(
-    inputs, attention_mask: Tensor | None, tokenizer, vocab_size: int, device: torch.device
+    inputs, attention_mask: Tensor | None, tokenizer, vocab_size: int, device: torch.device, max_length: int | None = None
 ) -> ModelInputs:
-    """Tokenize texts (padding them) or validate token ids; build the attention mask and positions."""
+    """Tokenize texts (padding them; truncated to their first ``max_length`` tokens when given) or
+    validate token ids (used as given); build the attention mask and positions."""
     if isinstance(inputs, str):
         inputs = [inputs]
     if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs):
@@ -50,7 +52,9 @@ def prepare_inputs(
             )
         if attention_mask is not None:
             raise InvalidInputError("attention_mask= goes with token ids; for texts moelens builds the mask itself.")
-        encoded = tokenizer(list(inputs), return_tensors="pt", padding=True)
+        check_max_length(max_length)
+        truncate = {"truncation": True, "max_length": max_length} if max_length is not None else {}
+        encoded = tokenizer(list(inputs), return_tensors="pt", padding=True, **truncate)
         return _with_mask(encoded["input_ids"], encoded["attention_mask"], device)
     if isinstance(inputs, (list, tuple)) and not inputs:
         raise InvalidInputError("inputs is an empty list; pass at least one text or a [batch pos] tensor of token ids.")
@@ -79,6 +83,30 @@ def prepare_inputs(
     return _with_mask(ids, attention_mask, device)
 
 
+def check_max_length(max_length: Any) -> None:
+    """``max_length`` is None (no truncation) or an int >= 1 (0 would silently not truncate).
+
+    >>> check_max_length(0)
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: max_length=0 must be an int >= 1, or None for no truncation.
+    """
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+        raise InvalidInputError(f"max_length={max_length!r} must be an int >= 1, or None for no truncation.")
+
+
+def warn_if_too_long(n_positions: int, limit: Any) -> None:
+    """Warn (once per model and place) when inputs are longer than the positions the model was
+    trained for: rotary models run on but out of distribution, learned positions fail later."""
+    if isinstance(limit, int) and n_positions > limit:
+        warnings.warn(
+            f"inputs are longer than the {limit} positions this model was trained for "
+            f"(config.max_position_embeddings); positions beyond {limit} are out of distribution. Pass "
+            "shorter inputs, or truncate texts with max_length= (collect_routing_stats, driver_effects, to_tokens).",
+            stacklevel=4,
+        )
+
+
 def prepare_residual(resid: Tensor, attention_mask: Tensor | None, d_model: int, device: torch.device) -> ModelInputs:
     """Validate a residual stream given to ``start_at_layer``."""
     if not isinstance(resid, Tensor) or resid.ndim != 3 or resid.shape[-1] != d_model:
@@ -91,26 +119,38 @@ def prepare_residual(resid: Tensor, attention_mask: Tensor | None, d_model: int,
     return inputs
 
 
+def checked_mask(attention_mask: Any, shape: tuple[int, ...]) -> Tensor:
+    """The attention mask as int64 ``[batch pos]`` (all ones when None), after checking that it is a
+    tensor of the inputs' ``shape`` holding only 0 and 1 with at least one token per row.
+
+    >>> checked_mask(torch.tensor([[1.0, 0.5]]), (1, 2))
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: attention_mask must hold only 0 (padding) and 1 (token); got 0.5.
+    """
+    if attention_mask is None:
+        return torch.ones(shape, dtype=torch.long)
+    if not isinstance(attention_mask, Tensor):
+        raise InvalidInputError(
+            f"attention_mask must be a tensor [batch pos] of 0/1, got {type(attention_mask).__name__}; "
+            "wrap it in torch.tensor(...)."
+        )
+    if tuple(attention_mask.shape) != tuple(shape):
+        raise InvalidInputError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but the inputs have shape {tuple(shape)}."
+        )
+    bad = (attention_mask != 0) & (attention_mask != 1)  # before .long() turns 0.5 into 0
+    if bool(bad.any()):
+        raise InvalidInputError(f"attention_mask must hold only 0 (padding) and 1 (token); got {attention_mask[bad][0].item()!r}.")
+    mask = attention_mask.long()
+    if bool((mask.sum(-1) == 0).any()):
+        raise InvalidInputError("a row of attention_mask has no token (all zeros); drop that row.")
+    return mask
+
+
 def _with_mask(ids, attention_mask, device, shape=None) -> ModelInputs:
     shape = tuple(ids.shape) if ids is not None else tuple(shape)
-    if attention_mask is None:
-        mask = torch.ones(shape, dtype=torch.long)
-    else:
-        if not isinstance(attention_mask, Tensor):
-            raise InvalidInputError(
-                f"attention_mask must be a tensor [batch pos] of 0/1, got {type(attention_mask).__name__}; "
-                "wrap it in torch.tensor(...)."
-            )
-        if tuple(attention_mask.shape) != shape:
-            raise InvalidInputError(
-                f"attention_mask has shape {tuple(attention_mask.shape)} but the inputs have shape {shape}."
-            )
-        mask = attention_mask.long()
-        if bool(((attention_mask != 0) & (attention_mask != 1)).any()):  # before .long() turns 0.5 into 0
-            raise InvalidInputError("attention_mask must hold only 0 (padding) and 1 (token).")
-        if bool((mask.sum(-1) == 0).any()):
-            raise InvalidInputError("a row of attention_mask has no token (all zeros); drop that row.")
-    mask = mask.to(device)
+    mask = checked_mask(attention_mask, shape).to(device)
     position_ids = None
     padded = not bool(mask.all())
     if padded and bool((mask[:, 1:] > mask[:, :-1]).any()):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
@@ -32,6 +32,7 @@ from ._selectors import (
     ExpertSel,
     LayerSel,
     PosSel,
+    check_positions,
     check_selector,
     expert_mask,
     moe_layers,
@@ -115,10 +116,26 @@ def from_dict(data: dict) -> Intervention:
     Scale(layers=0, experts=1, factor=0.8, on='logits', positions=None)
     """
     classes = {cls.__name__: cls for cls in (Perturb, Scale, Ablate, Force, Patch)}
+    if not isinstance(data, dict):
+        raise InterventionError(f"from_dict takes a dict written by to_dict(); got {type(data).__name__}.")
     kind = data.get("type")
     if kind not in classes:
         raise InterventionError(f"unknown intervention type {kind!r}; known: {', '.join(classes)}.")
+    known = {f.name: f for f in fields(classes[kind])}
+    unknown = sorted(set(data) - set(known) - {"type"}, key=str)
+    missing = [name for name, f in known.items() if name not in data and f.default is MISSING and f.default_factory is MISSING]
+    if unknown or missing:
+        problem = f"unknown key(s) {unknown}" if unknown else f"missing key(s) {missing}"
+        raise InterventionError(f"{kind} from_dict: {problem}; its fields are {list(known)} (see {kind}.to_dict()).")
     return classes[kind](**{k: _decode(v) for k, v in data.items() if k != "type"})
+
+
+def _check_number(what: str, value: Any, hint: str) -> None:
+    """A finite, non-negative real number (not a bool, a tensor or NaN), named in the error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InterventionError(f"{what}={value!r} must be a finite number >= 0.")
+    if value < 0:
+        raise InterventionError(f"{what}={value!r} is negative; it must be >= 0 ({hint}).")
 
 
 class _Targeted(Intervention):
@@ -143,8 +160,7 @@ class _Targeted(Intervention):
     def validate(self) -> None:
         check_selector("layers", self.layers)
         check_selector("experts", self.experts, allow_tensor=True)
-        if not (self.positions is None or isinstance(self.positions, (int, slice, tuple))) or isinstance(self.positions, bool):
-            raise InterventionError(f"positions={self.positions!r}: pass an int, a list, a slice, or None.")
+        check_positions(self.positions)
 
     def _on(self, model: HookedMoE, suffix: str, edit: Callable[[Tensor, Tensor], Tensor | None]) -> list[tuple[str, Callable]]:
         def fn(x: Tensor, hook: HookPoint) -> Tensor | None:
@@ -198,8 +214,7 @@ class Perturb(_Targeted):
 
     def validate(self) -> None:
         super().validate()
-        if not (isinstance(self.magnitude, (int, float)) and math.isfinite(self.magnitude)):
-            raise InterventionError(f"Perturb magnitude={self.magnitude!r} must be a finite number.")
+        _check_number("Perturb magnitude", self.magnitude, "the direction is sign=-1 or +1")
         if self.sign not in (-1, 1):
             raise InterventionError(f"Perturb sign={self.sign!r} must be -1 or +1.")
 
@@ -229,8 +244,7 @@ class Scale(_Targeted):
 
     def validate(self) -> None:
         super().validate()
-        if not (isinstance(self.factor, (int, float)) and math.isfinite(self.factor)):
-            raise InterventionError(f"Scale factor={self.factor!r} must be a finite number.")
+        _check_number("Scale factor", self.factor, "a factor below 1 scales down; to push an expert away use Perturb")
         if self.on not in ("logits", "weights"):
             raise InterventionError(f"Scale on={self.on!r} must be 'logits' or 'weights'.")
 
@@ -334,6 +348,10 @@ class Patch(Intervention):
             raise InterventionError(f"Patch hook_name={self.hook_name!r} is not a hook name (see model.hook_names).")
         if not isinstance(self.value, Tensor):
             raise InterventionError(f"Patch value must be a tensor; got {type(self.value).__name__}.")
+        if self.value.is_floating_point() and bool(self.value.isnan().any()):  # once, when built
+            raise InterventionError(
+                f"Patch value for {self.hook_name!r} holds NaN; patch finite values (a NaN spreads to every later activation)."
+            )
 
     def hooks(self, model: HookedMoE) -> list[tuple[str, Callable]]:
         model.hook_point(self.hook_name)  # unknown names raise with suggestions

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ._interception import StopForward, build_hook_points, own_hook, remove_installed_hooks
+from ._validate import check_device
 from .architectures import ArchitectureSpec, find_moe_layers, resolve, spec_for_model
 from .cache import ActivationCache, metric_gradients, no_op_hook
 from .config import MoEConfig
@@ -24,7 +25,15 @@ from .hook_points import (
     NameFilter,
     expand,
 )
-from .inputs import ModelInputs, check_last_axis, layer_range, prepare_inputs, prepare_residual
+from .inputs import (
+    ModelInputs,
+    check_last_axis,
+    checked_mask,
+    layer_range,
+    prepare_inputs,
+    prepare_residual,
+    warn_if_too_long,
+)
 from .loading import load_hf
 
 __all__ = ["HookedMoE", "MoEConfig"]
@@ -43,6 +52,12 @@ class HookedMoE(nn.Module):
     >>> logits, cache = model.run_with_cache(torch.tensor([[1, 2, 3]]))
     >>> cache.topk_mask().shape  # [moe_layer batch pos n_experts]
     torch.Size([2, 1, 3, 4])
+
+    Threads: a model serves one thread at a time. Hooks, interventions and the state of a call are
+    the model's, not a thread's, so while one thread is inside a call (or a ``hooks()`` /
+    ``intervene()`` block) a call from another thread raises :class:`~moelens.ConcurrentUseError`
+    instead of running with the first thread's hooks. Give each thread its own model, or serialise
+    the calls with a ``threading.Lock``; calls from several threads one after another are fine.
     """
 
     resumes_from_residual = True  # run_with_interventions takes start_at_layer= (moelens.backends.protocol)
@@ -104,6 +119,7 @@ class HookedMoE(nn.Module):
         ``hf_kwargs`` go to ``AutoModelForCausalLM.from_pretrained`` (e.g. ``trust_remote_code=True``,
         ``experts_implementation="eager"``).
         """
+        check_device(device)  # before the (slow) load
         model, tokenizer = load_hf(name_or_path, device, dtype, **hf_kwargs)
         return cls.from_hf(model, tokenizer)
 
@@ -123,7 +139,8 @@ class HookedMoE(nn.Module):
 
     def add_hook(self, name: str | Callable[[str], bool], fn: HookFn) -> Callable[[], None]:
         """Attach ``fn`` until :meth:`reset_hooks`; returns a function that detaches it."""
-        detach = [hp.add(fn) for hp in self._registry.select(name)]
+        with self._registry.exclusive():
+            detach = [hp.add(fn) for hp in self._registry.select(name)]
         return lambda: [undo() for undo in detach] and None
 
     def reset_hooks(self) -> None:
@@ -178,16 +195,24 @@ class HookedMoE(nn.Module):
         return self._run(model_inputs, start or 0, stop)
 
     def to_inputs(
-        self, inputs: Any, attention_mask: Tensor | None = None, start_at_layer: int | None = None
+        self, inputs: Any, attention_mask: Tensor | None = None, start_at_layer: int | None = None, max_length: int | None = None
     ) -> ModelInputs:
-        """Validated model inputs (tokens, mask, positions) for texts, token ids or a residual stream."""
+        """Validated model inputs (tokens, mask, positions) for texts, token ids or a residual stream.
+
+        Texts are truncated to their first ``max_length`` tokens when it is given; token ids and residual
+        streams are used as given. Inputs longer than the model's ``max_position_embeddings`` warn.
+        """
         device = self.device
         if start_at_layer is not None:
-            return prepare_residual(inputs, attention_mask, self.cfg.d_model, device)
-        return prepare_inputs(inputs, attention_mask, self.tokenizer, self.cfg.d_vocab, device)
+            model_inputs = prepare_residual(inputs, attention_mask, self.cfg.d_model, device)
+        else:
+            model_inputs = prepare_inputs(inputs, attention_mask, self.tokenizer, self.cfg.d_vocab, device, max_length)
+        warn_if_too_long(model_inputs.attention_mask.shape[-1], getattr(self.hf_model.config, "max_position_embeddings", None))
+        return model_inputs
 
     def _run(self, model_inputs: ModelInputs, start: int, stop: int | None, call: CallContext | None = None) -> Tensor:
         with ExitStack() as stack:
+            stack.enter_context(self._registry.exclusive())  # before any torch hook goes on a shared module
             for index, layer_hooks in enumerate(self._layer_hooks):
                 if stop is not None and index > stop:
                     break
@@ -263,6 +288,7 @@ class HookedMoE(nn.Module):
         >>> cache["blocks.1.moe.hook_router_logits_grad"].shape  # [batch pos n_experts]
         torch.Size([1, 3, 4])
         """
+        check_device(device)
         store: dict[str, Tensor] = {}
 
         def save(tensor: Tensor, hook: HookPoint) -> None:
@@ -337,7 +363,13 @@ class HookedMoE(nn.Module):
         self._moe_layer(layer)
         check_last_axis(moe_input, "moe_input", "d_model", self.cfg.d_model, ndim=3)
         moe_hooks = self._moe_hooks[self.cfg.moe_layers.index(layer)]
-        mask = attention_mask if attention_mask is not None else torch.ones(moe_input.shape[:2], dtype=torch.long)
+        dtype = self.hf_model.get_input_embeddings().weight.dtype  # the residual stream's, which hook_in sees
+        if moe_input.dtype != dtype:
+            raise InvalidInputError(
+                f"moe_input has dtype {moe_input.dtype} but this model's residual stream (hook_in) is {dtype}; "
+                f"pass moe_input.to({dtype})."
+            )
+        mask = checked_mask(attention_mask, tuple(moe_input.shape[:2]))
         with self.hooks(fwd_hooks), ExitStack() as stack:
             stack.enter_context(self._registry.calling(CallContext(mask.to(moe_input.device))))
             moe_hooks.install(stack)
@@ -399,9 +431,10 @@ class HookedMoE(nn.Module):
         """The hub id or folder the model was loaded from ("" for a model built in memory)."""
         return str(getattr(self.hf_model.config, "_name_or_path", ""))
 
-    def to_tokens(self, texts: str | list[str]) -> tuple[Tensor, Tensor]:
-        """Token ids and attention mask ``([batch pos], [batch pos])`` for texts, padded."""
-        model_inputs = self.to_inputs(texts)
+    def to_tokens(self, texts: str | list[str], max_length: int | None = None) -> tuple[Tensor, Tensor]:
+        """Token ids and attention mask ``([batch pos], [batch pos])`` for texts, padded (and truncated
+        to their first ``max_length`` tokens when given)."""
+        model_inputs = self.to_inputs(texts, max_length=max_length)
         return model_inputs.input_ids, model_inputs.attention_mask
 
     def _moe_layer(self, layer: Any) -> int:

@@ -20,6 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
+from ..inputs import check_max_length
 from ..metrics import topk_mask_from_indices
 from ..names import moe_name
 from ._io import Checkpoint, model_fingerprint, model_probe
@@ -47,10 +48,12 @@ def collect_routing_stats(
 
     ``model``: a :class:`~moelens.HookedMoE` or a ``moelens.backends.nnsight.NNsightMoE`` (local or
     remote): one forward per batch, the sums kept here.
-    ``domains`` maps a domain name to its texts (a list of str, tokenized with ``model.tokenizer``,
-    truncated to ``max_length``), or to token ids ``[n pos]`` (optionally with an attention mask, as
-    a ``(ids, mask)`` pair). Padding never counts. ``checkpoint`` (a folder) saves the running sums
-    after every batch, atomically; rerunning with the same arguments resumes. ``token_records`` (a
+    ``domains`` maps a domain name to its texts (a list of str, tokenized with ``model.tokenizer``),
+    or to token ids ``[n pos]`` (optionally with an attention mask, as a ``(ids, mask)`` pair), used
+    as given. ``max_length`` (default 256, as in :func:`driver_effects`) truncates texts to their
+    first ``max_length`` tokens; None keeps them whole. Inputs longer than the model's
+    ``max_position_embeddings`` warn. Padding never counts. ``checkpoint`` (a folder) saves the
+    running sums after every batch, atomically; rerunning with the same arguments resumes. ``token_records`` (a
     folder) writes one safetensors chunk per batch with, for every real token: domain, text index,
     token id, position, relative position in its text, and the selected experts of every MoE layer.
 
@@ -66,8 +69,7 @@ def collect_routing_stats(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidInputError(f"batch_size={batch_size!r} must be an int >= 1.")
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
-        raise InvalidInputError(f"max_length={max_length!r} must be an int >= 1, or None for no truncation.")
+    check_max_length(max_length)
     if not isinstance(domains, Mapping):
         raise InvalidInputError(
             f"domains must be a mapping {{domain_name: texts or token ids}}; got {type(domains).__name__}."
@@ -120,8 +122,8 @@ def _batches(
     """(ids [b pos], mask [b pos], text index [b]) batches, texts sorted by length."""
     if isinstance(data, Tensor) or (isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor)):
         ids, mask = (data, torch.ones_like(data)) if isinstance(data, Tensor) else data
-        if ids.ndim != 2:
-            raise InvalidInputError(f"token ids of domain {domain!r} must be [n pos]; got {tuple(ids.shape)}.")
+        if ids.ndim != 2 or ids.shape[0] == 0:
+            raise InvalidInputError(f"token ids of domain {domain!r} must be [n pos] with n >= 1; got {tuple(ids.shape)}.")
         for start in range(0, ids.shape[0], batch_size):
             rows = torch.arange(start, min(start + batch_size, ids.shape[0]))
             yield ids[rows], mask[rows], rows

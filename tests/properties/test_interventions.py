@@ -82,7 +82,7 @@ def test_batched_expert_sweep_equals_rows_run_separately(family):
 
 
 ALL = st.one_of(
-    st.builds(Perturb, st.sampled_from([0, [0, 1], "all"]), st.sampled_from([1, [0, 2], "all"]), st.floats(-3, 3), st.sampled_from([-1, 1]), st.sampled_from([None, -1, [0, 2], slice(1, None)])),
+    st.builds(Perturb, st.sampled_from([0, [0, 1], "all"]), st.sampled_from([1, [0, 2], "all"]), st.floats(0, 3), st.sampled_from([-1, 1]), st.sampled_from([None, -1, [0, 2], slice(1, None)])),
     st.builds(Scale, st.just(0), st.integers(0, 3), st.floats(0.1, 2), st.sampled_from(["logits", "weights"])),
     st.builds(Ablate, st.just("all"), st.integers(0, 3), st.sampled_from(["route", "zero"])),
     st.builds(Force, st.just(1), st.integers(0, 3), positions=st.sampled_from([None, -2])),

@@ -322,8 +322,8 @@ class CharTokenizer:
 
     pad_token, eos_token = "<pad>", "<eos>"
 
-    def __call__(self, texts, return_tensors="pt", padding=True):
-        rows = [[3 + (ord(c) % 90) for c in text] for text in texts]
+    def __call__(self, texts, return_tensors="pt", padding=True, truncation=False, max_length=None):
+        rows = [[3 + (ord(c) % 90) for c in text][: max_length if truncation else None] for text in texts]
         width = max(len(r) for r in rows)
         ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])

@@ -123,12 +123,13 @@ class SweepInputs:
     """Texts or token ids, validated by :func:`moelens.inputs.prepare_inputs`, served batch by batch,
     with a fingerprint for checkpoints."""
 
-    def __init__(self, model: "HookedMoE", texts: Any, attention_mask: Tensor | None):
+    def __init__(self, model: "HookedMoE", texts: Any, attention_mask: Tensor | None, max_length: int | None = None):
         self.model = model
+        self.max_length = max_length  # texts only: their first max_length tokens
         if isinstance(texts, str):
             texts = [texts]
         if isinstance(texts, (list, tuple)) and texts and all(isinstance(t, str) for t in texts):
-            prepare_inputs(list(texts[:1]), attention_mask, model.tokenizer, model.cfg.d_vocab, "cpu")  # checks only
+            prepare_inputs(list(texts[:1]), attention_mask, model.tokenizer, model.cfg.d_vocab, "cpu", max_length)  # checks only
             self.texts, self.ids, self.mask = list(texts), None, None
             self.digest = hashlib.sha256("\x00".join(self.texts).encode("utf-8")).hexdigest()
             self.n = len(self.texts)
@@ -139,6 +140,7 @@ class SweepInputs:
                 f"(with attention_mask= for padding); got {type(texts).__name__}."
             )
         checked = prepare_inputs(texts, attention_mask, model.tokenizer, model.cfg.d_vocab, "cpu")
+        self.max_length = None  # token ids are used as given
         self.texts, self.ids, self.mask = None, checked.input_ids.long(), checked.attention_mask.long()
         digest = hashlib.sha256(self.ids.numpy().tobytes() + self.mask.numpy().tobytes()).hexdigest()
         self.digest = digest + f":{tuple(self.ids.shape)}"
@@ -147,7 +149,7 @@ class SweepInputs:
     def batch(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
         """Token ids and mask ``[batch pos]`` of inputs ``start..stop-1`` on the model's device."""
         if self.texts is not None:
-            ids, mask = self.model.to_tokens(self.texts[start:stop])
+            ids, mask = self.model.to_tokens(self.texts[start:stop], max_length=self.max_length)
         else:
             ids, mask = self.ids[start:stop], self.mask[start:stop]
         device = self.model.device

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from moelens.analysis._io import Checkpoint, model_fingerprint, model_probe
 from moelens.errors import InvalidInputError
+from moelens.inputs import check_max_length
 from moelens.interventions import Perturb
 
 from .exact import exact_batch
@@ -47,6 +48,7 @@ def driver_effects(
     positions: str = "last",
     layers: int | Sequence[int] | str | None = None,
     batch_size: int = 8,
+    max_length: int | None = 256,
     per_input: bool = False,
     progress: bool = True,
     checkpoint: str | Path | None = None,
@@ -59,7 +61,8 @@ def driver_effects(
     """Driver effect ``E_x KL(P || Q_{l,e})`` of every expert of every (chosen) MoE layer.
 
     ``texts``: texts (the model needs a tokenizer) or token ids ``[batch pos]`` with an optional
-    ``attention_mask``. ``perturbation``: the push, ``None`` (magnitude 1, sign -1), a ``Perturb``
+    ``attention_mask``. ``max_length`` (default 256, as in :func:`collect_routing_stats`) truncates
+    texts to their first ``max_length`` tokens (None keeps them whole); token ids are used as given. ``perturbation``: the push, ``None`` (magnitude 1, sign -1), a ``Perturb``
     used as a template (its ``layers``/``experts`` are ignored; it must have ``positions=None``:
     the push always applies at every position), ``{"magnitude": m, "sign": s}`` or ``(m, s)``.
     ``positions``: ``"last"`` reads the KL at each input's last non-padding token, ``"all"``
@@ -113,7 +116,8 @@ def driver_effects(
         targets=choice("targets", targets, TARGETS),
     )
     batch_size = positive_int("batch_size", batch_size)
-    data = SweepInputs(model, texts, attention_mask)
+    check_max_length(max_length)
+    data = SweepInputs(model, texts, attention_mask, max_length)
     gradient = options.method != "exact"
     if gradient and torch.is_inference_mode_enabled():
         raise InvalidInputError(
@@ -122,7 +126,7 @@ def driver_effects(
         )
     settings = {
         "magnitude": push.magnitude, "sign": push.sign, "positions": options.positions, "n_inputs": data.n,
-        "batch_size": batch_size, "skip_unchanged": options.skip_unchanged, "max_tokens": options.max_tokens,
+        "batch_size": batch_size, "max_length": data.max_length, "skip_unchanged": options.skip_unchanged, "max_tokens": options.max_tokens,
         "n_targets": options.n_targets if gradient else None, "targets": options.targets if gradient else None,
         "seed": seed if gradient and options.targets == "sample" else None,
     }
