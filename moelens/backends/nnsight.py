@@ -39,7 +39,7 @@ from ..architectures import ArchitectureSpec, find_moe_layers, resolve, spec_for
 from ..cache import ActivationCache
 from ..errors import BackendError, InvalidInputError, ModelLoadError
 from ..hook_points import HookPoint, HookRegistry, NameFilter, expand
-from ..inputs import ModelInputs, prepare_inputs
+from ..inputs import ModelInputs, prepare_inputs, warn_if_too_long
 from ..model import HookedMoE, MoEConfig
 from ..names import HOOK_TABLE, moe_name, resid_name
 from ._trace import Recorder, TraceView, build_steps, intercept
@@ -232,13 +232,17 @@ class NNsightMoE:
         """The hub id or folder the model was loaded from ("" for a model built in memory)."""
         return str(getattr(self.hf_model.config, "_name_or_path", ""))
 
-    def to_inputs(self, inputs: Any, attention_mask: Tensor | None = None) -> ModelInputs:
-        """Validated model inputs (tokens, mask, positions) for texts or token ids."""
-        return prepare_inputs(inputs, attention_mask, self.tokenizer, self.cfg.d_vocab, self.device)
+    def to_inputs(self, inputs: Any, attention_mask: Tensor | None = None, max_length: int | None = None) -> ModelInputs:
+        """Validated model inputs (tokens, mask, positions) for texts or token ids, as
+        :meth:`HookedMoE.to_inputs` (texts truncated to ``max_length`` tokens when given; too long warns)."""
+        model_inputs = prepare_inputs(inputs, attention_mask, self.tokenizer, self.cfg.d_vocab, self.device, max_length)
+        warn_if_too_long(model_inputs.attention_mask.shape[-1], getattr(self.hf_model.config, "max_position_embeddings", None))
+        return model_inputs
 
-    def to_tokens(self, texts: str | list[str]) -> tuple[Tensor, Tensor]:
-        """Token ids and attention mask ``([batch pos], [batch pos])`` for texts, padded."""
-        model_inputs = self.to_inputs(texts)
+    def to_tokens(self, texts: str | list[str], max_length: int | None = None) -> tuple[Tensor, Tensor]:
+        """Token ids and attention mask ``([batch pos], [batch pos])`` for texts, padded (and truncated
+        to their first ``max_length`` tokens when given)."""
+        model_inputs = self.to_inputs(texts, max_length=max_length)
         return model_inputs.input_ids, model_inputs.attention_mask
 
     def __call__(self, inputs: Any, *, attention_mask: Tensor | None = None, stop_at_layer: int | None = None) -> Tensor:
