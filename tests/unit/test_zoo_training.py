@@ -59,6 +59,39 @@ def test_training_script_tiny(tmp_path, arch):
         assert "arithmetic_units_heldout_exact_match" in saved
 
 
+@pytest.mark.skipif(not (DATA / "sst2" / "train.jsonl").exists(), reason="../shared/data not present")
+def test_init_from_continues_from_the_saved_model(tmp_path):
+    from safetensors.torch import load_file
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    zoo_train.main(["--arch", "olmoe", "--out", str(first), "--steps", "2", "--tiny", "--no-eval"])
+    # lr 0: the continued run must save exactly the weights it started from (AdamW's decay scales with lr)
+    log = zoo_train.main(["--arch", "olmoe", "--out", str(second), "--steps", "1", "--tiny", "--no-eval",
+                          "--init-from", str(first), "--lr", "0", "--heads", "1"])
+    assert log["args"]["heads"] == 2  # the architecture comes from the saved config (tiny: 2 heads), not the flags
+    assert f"--init-from {first}" in log["reproduce_command"]
+    before, after = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # a positive lr moves them
+    log = zoo_train.main(["--arch", "olmoe", "--out", str(second), "--steps", "2", "--tiny", "--no-eval",
+                          "--init-from", str(first), "--lr", "0.01", "--warmup", "1"])
+    after = load_file(second / "model.safetensors")
+    assert not all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_dev_selection_score_prefers_sst2_above_the_arithmetic_floor():
+    from moelens.zoo.training.loop import dev_selection_score
+
+    a = zoo_train.parse_args(["--arch", "olmoe", "--out", "x"])
+    assert dev_selection_score(a, {"sst2_dev": 0.7, "arith_dev": 0.9}) == pytest.approx(1.6)
+    a = zoo_train.parse_args(["--arch", "olmoe", "--out", "x", "--select-metric", "sst2_dev",
+                              "--arith-dev-floor", "0.8"])
+    assert dev_selection_score(a, {"sst2_dev": 0.7, "arith_dev": 0.9}) == 0.7
+    assert dev_selection_score(a, {"sst2_dev": 0.9, "arith_dev": 0.5}) is None  # below the floor: never kept
+    assert dev_selection_score(a, {"sst2_dev": 0.75}) == 0.75  # no arithmetic dev set: no floor to apply
+
+
 def test_wilson_ci():
     lo, hi = ev.wilson_ci(50, 100)
     assert lo < 0.5 < hi
