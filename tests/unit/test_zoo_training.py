@@ -164,6 +164,21 @@ def test_arithmetic_splits_are_disjoint_and_hold_out_what_they_say():
         assert zd.hash_bucket(int(x), int(y), op) == 1
 
 
+def test_encoded_loss_weights_of_prompt_answer_and_eos():
+    from moelens.zoo.training import data as zd
+
+    class Tok:  # one token per character, BOS = 1, EOS = 2
+        eos_token_id = 2
+
+        def __call__(self, texts, add_special_tokens=True):
+            return {"input_ids": [([1] if add_special_tokens else []) + [ord(c) for c in t] for t in texts]}
+
+    [(toks, w)] = zd.encode_examples(Tok(), [("abc", "d")], answer_weight=5.0)
+    assert toks == [1, 97, 98, 99, 100, 2] and w == [0.0, 1.0, 1.0, 1.0, 5.0, 1.0]
+    [(_, w)] = zd.encode_examples(Tok(), [("abc", "d")], answer_weight=5.0, prompt_weight=0.0)
+    assert w == [0.0, 0.0, 0.0, 0.0, 5.0, 1.0]  # the label alone (and EOS) is trained
+
+
 def test_packer_rows_and_block_causal_mask():
     from moelens.zoo.training import data as zd
 

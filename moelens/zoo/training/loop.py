@@ -60,6 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--aux-coef", type=float, default=0.02)
     p.add_argument("--attn-dropout", type=float, default=0.0, help="attention dropout (olmoe only)")
     p.add_argument("--label-weight", type=float, default=20.0, help="loss weight of sentiment label token")
+    p.add_argument("--sentiment-prompt-weight", type=float, default=1.0,
+                   help="loss weight of the review tokens (0: train sentiment on its label alone)")
     p.add_argument("--answer-weight", type=float, default=2.0, help="loss weight of mmlu/math answers")
     p.add_argument("--sentiment-share", type=float, default=0.6,
                    help="probability that a packed example is a sentiment example")
@@ -362,7 +364,8 @@ def main(argv=None):
     label_tokens = {w: tokenizer(w, add_special_tokens=False)["input_ids"] for w in ev.SENTIMENT_LABEL_WORDS}
     print("label word tokens:", label_tokens, flush=True)
 
-    encoded = {d: zd.encode_examples(tokenizer, ex, a.label_weight if d == "sentiment" else a.answer_weight)
+    encoded = {d: zd.encode_examples(tokenizer, ex, a.label_weight if d == "sentiment" else a.answer_weight,
+                                     a.sentiment_prompt_weight if d == "sentiment" else 1.0)
                for d, ex in examples.items()}
     mix = zd.domain_mix(a.sentiment_share, a.mix)
     word_dropout = None
