@@ -151,7 +151,10 @@ def topk_then_sigmoid(logits: Tensor, router: nn.Module) -> Routing:
     ``scores`` is our fp32 sigmoid of every logit (renormalised by the statistics).
     """
     top_value, index = torch.topk(logits, router.top_k, dim=1)
-    weights = torch.sigmoid(top_value.float()).to(logits.dtype)
+    # HF takes the sigmoid of the dense [T, E] tensor (-inf where not selected): the same op on the
+    # gathered [T, k] values can differ in the last bit (vectorised vs scalar tail), so do it dense.
+    dense = torch.full_like(logits, float("-inf")).scatter(-1, index, top_value)
+    weights = torch.sigmoid(dense.float()).to(logits.dtype).gather(-1, index)
     return Routing(torch.sigmoid(logits.float()), weights, index)
 
 

@@ -80,6 +80,7 @@ class NNsightMoE:
     # The family's routing rule on given logits, with the router parameters of this model (local
     # copies; a remote model's are meta tensors, so rules that read a tensor need a local model).
     route = HookedMoE.route
+    _moe_layer = HookedMoE._moe_layer  # route() validates the layer with it
 
     def __init__(self, nn_model: Any, tokenizer: Any = None, remote: bool | str = False):
         self.nn_model = nn_model

@@ -94,7 +94,8 @@ def test_report_renders_offline_and_no_payload_runs(tmp_path):
     assert up == sorted(up) and down == sorted(up, reverse=True) and len(up) > 3
     assert report.values["h3"] == [PAYLOADS["domain"], PAYLOADS["domain2"]]  # domain names shown as text
     assert PAYLOADS["model"] in report.text
-    assert report.values["images"] == 5  # every embedded figure decoded
+    embedded = path.read_text(encoding="utf-8").count('src="data:image/png;base64,')
+    assert report.values["images"] == embedded >= 5  # every embedded figure decoded
     assert "PWNED_TEXT=1" in report.text.replace("\xa0", " ") or "PWNED" in _flat(report.text)
 
 

@@ -26,7 +26,7 @@ PAYLOADS = {
 }
 ALLOWED_TAGS = {
     "html", "head", "meta", "title", "style", "script", "body", "h1", "h2", "h3", "nav", "a", "section", "p", "b",
-    "ul", "li", "table", "caption", "thead", "tbody", "tr", "th", "td", "img", "div", "svg", "rect", "text",
+    "i", "ul", "li", "table", "caption", "thead", "tbody", "tr", "th", "td", "img", "div", "svg", "rect", "text",
 }
 
 
