@@ -36,7 +36,6 @@ from moelens import HookedMoE, collect_routing_stats
 from moelens.analysis.plots import plot_cwas_heatmap, plot_general_vs_domain
 from moelens.tasks.data import resolve_data_dir
 from moelens.tasks.demo import PAPER_DATASETS, paper_domains
-from moelens.zoo import ZOO_MODELS
 
 small = os.environ.get("MOELENS_TUTORIAL_SMALL") == "1"
 quiet = small or os.environ.get("MOELENS_DOCS_BUILD") == "1"  # no progress bars in the rendered pages
@@ -51,7 +50,7 @@ print({domain: len(texts) for domain, texts in data.items()})
 
 # %%
 results = {}
-for name in [f"moelens/{short}" for short in ZOO_MODELS]:
+for name in ("moelens/mixtral-tiny", "moelens/qwen2moe-tiny", "moelens/olmoe-deep"):
     model = HookedMoE.from_pretrained(name, dtype=torch.float32)
     stats = collect_routing_stats(model, data, batch_size=16, max_length=128, progress=not quiet)
     results[name] = stats

@@ -36,7 +36,6 @@ from scipy.stats import spearmanr
 from moelens import HookedMoE, collect_routing_stats, compare_effects, driver_effects
 from moelens.tasks.data import resolve_data_dir
 from moelens.tasks.demo import PAPER_DATASETS, paper_domains
-from moelens.zoo import ZOO_MODELS
 
 small = os.environ.get("MOELENS_TUTORIAL_SMALL") == "1"
 quiet = small or os.environ.get("MOELENS_DOCS_BUILD") == "1"  # no progress bars in the rendered pages
@@ -61,7 +60,7 @@ def sweep_texts(model) -> list[str]:
 
 # %%
 findings = {}
-for name in [f"moelens/{short}" for short in ZOO_MODELS]:
+for name in ("moelens/mixtral-tiny", "moelens/qwen2moe-tiny", "moelens/olmoe-deep"):
     model = HookedMoE.from_pretrained(name, dtype=torch.float32)
     swept = sweep_texts(model)
     exact = driver_effects(model, swept, method="exact", progress=not quiet)
