@@ -12,8 +12,9 @@
 #
 # The paper (arXiv 2601.10159) claims that (a) some experts are *domain experts*: a domain routes to
 # them often and with confident (low-entropy) router distributions, measured by CWAS; and (b) some
-# experts are *general*: every domain uses them. We test both on the two zoo models with the real
-# evaluation sets in `../shared/data` (validation/test splits, which the zoo never trained on).
+# experts are *general*: every domain uses them. We test both on the three zoo models (two 4-layer
+# models with 8 experts, and `olmoe-deep` with 8 layers of 16 fine-grained experts, top-4) with the
+# real evaluation sets in `../shared/data` (validation/test splits, which the zoo never trained on).
 # Metric definitions are our reconstruction (see the docs' metrics page).
 #
 # Set `MOELENS_TUTORIAL_SMALL=1` for a quick run (CI does); the full run uses 500 texts per domain.
@@ -49,12 +50,8 @@ print({domain: len(texts) for domain, texts in data.items()})
 
 # %%
 results = {}
-for name in ("moelens/mixtral-tiny", "moelens/qwen2moe-tiny"):
-    try:
-        model = HookedMoE.from_pretrained(name, dtype=torch.float32)
-    except Exception as error:  # the second zoo model may not be installed
-        print(f"skipping {name}: {error}")
-        continue
+for name in ("moelens/mixtral-tiny", "moelens/qwen2moe-tiny", "moelens/olmoe-deep"):
+    model = HookedMoE.from_pretrained(name, dtype=torch.float32)
     stats = collect_routing_stats(model, data, batch_size=16, max_length=128, progress=not quiet)
     results[name] = stats
     print(f"\n{name}: {model.cfg.scoring} routing, top-{model.cfg.top_k} of {model.cfg.n_experts}")
@@ -85,8 +82,10 @@ for name, stats in results.items():
     rho = spearmanr(cwas[0].flatten(), cwas[-1].flatten()).statistic
     print(f"{name}: Spearman of CWAS rankings, {stats.domains[0]} vs {stats.domains[-1]}: {rho:.2f}")
     general = stats.general_experts(top=1).iloc[0]
+    best_layers = {domain: int(lift[d].amax(-1).argmax()) for d, domain in enumerate(stats.domains)}
     verdicts[name] = dict(clear=clear, n_domains=len(stats.domains), rho=rho, general=general,
-                          uniform=stats.top_k / stats.n_experts)
+                          uniform=stats.top_k / stats.n_experts, best_layers=best_layers,
+                          n_layers=lift.shape[1])
 
 # %% [markdown]
 # ## What our models show
@@ -105,3 +104,4 @@ for name, v in verdicts.items():
     print(f"  claim (b): expert {int(g.expert)} of layer {int(g.layer)} fires on at least {g.min_activation_rate:.0%} of every "
           f"domain's tokens (uniform routing: {v['uniform']:.0%}) -> "
           f"{'holds' if g.min_activation_rate > v['uniform'] else 'not supported'}")
+    print(f"  the largest lift of each domain sits in MoE layer (of {v['n_layers']}): {v['best_layers']}")

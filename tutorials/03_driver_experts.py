@@ -16,7 +16,8 @@
 # (c) driver experts are not simply the most activated experts, and (d) they concentrate in the
 # middle layers. We compute the exact sweep (every pair, batched, starting at layer l) and the
 # first-order estimate (a few backward passes, exact local change, linear downstream), compare
-# them, and test both claims on the zoo models.
+# them, and test both claims on the three zoo models. Claim (d) needs depth: the two tiny models
+# have four layers, `olmoe-deep` has eight (16 fine-grained experts each, top-4).
 
 # %%
 # %matplotlib inline
@@ -47,13 +48,24 @@ print("data:", f"evaluation sets {PAPER_DATASETS} from {source}" if source else 
 texts = [t for domain in data.values() for t in domain]
 print(len(texts), "texts")
 
+
+def sweep_texts(model) -> list[str]:
+    """The texts of the exact sweep: it costs about (layer, expert) pairs x layers after the pushed one
+    forward passes, 8x more on olmoe-deep (8 layers x 16 experts) than on a 4-layer, 8-expert model,
+    so a quick run sweeps the bigger model on half the texts of each domain."""
+    if small and len(model.cfg.moe_layers) * model.cfg.n_experts > 64:
+        return [t for domain in data.values() for t in domain[: per_domain // 2]]
+    return texts
+
+
 # %%
 findings = {}
-for name in ("moelens/mixtral-tiny", "moelens/qwen2moe-tiny"):
+for name in ("moelens/mixtral-tiny", "moelens/qwen2moe-tiny", "moelens/olmoe-deep"):
     model = HookedMoE.from_pretrained(name, dtype=torch.float32)
-    exact = driver_effects(model, texts, method="exact", progress=not quiet)
-    estimate = driver_effects(model, texts, method="first_order", progress=not quiet)
-    print(f"\n{name}")
+    swept = sweep_texts(model)
+    exact = driver_effects(model, swept, method="exact", progress=not quiet)
+    estimate = driver_effects(model, swept, method="first_order", progress=not quiet)
+    print(f"\n{name} ({len(swept)} texts)")
     agreement = compare_effects(exact, estimate, n=10)
     print("  first-order vs exact:", agreement)
     print(exact.top(5).to_string(index=False))
@@ -69,8 +81,10 @@ for name in ("moelens/mixtral-tiny", "moelens/qwen2moe-tiny"):
     rho = spearmanr(rate.numpy(), exact.effect.flatten().numpy()).statistic
     print(f"  Spearman(activation rate, driver effect) = {rho:.2f}")
     n_layers = len(exact.moe_layers)
+    top10 = exact.top(10)
     findings[name] = dict(
         agreement=agreement, rho=rho, totals=totals, middle=exact.middle_share(),
+        top10_layers=sorted(top10["layer"].tolist()), n_layers=n_layers,
         middle_layers=list(exact.moe_layers[n_layers // 3: n_layers - n_layers // 3]),
         uniform_middle=(n_layers - 2 * (n_layers // 3)) / n_layers,
     )
@@ -80,8 +94,9 @@ for name in ("moelens/mixtral-tiny", "moelens/qwen2moe-tiny"):
 # Computed from this run: how closely the first-order estimate ranks the pairs like the exact
 # sweep (and how far its size is off), whether the drivers are simply the most activated experts
 # (claim (c)), and where the effect sits (claim (d): the middle third of the MoE layers holds more
-# than its share). With four layers, "middle" means the two inner layers, so a tiny model is a weak
-# test of claim (d) either way; it needs a deeper model.
+# than its share, and the ten strongest drivers sit there). With four layers, "middle" means the two
+# inner layers, so a tiny model is a weak test of claim (d) either way; `olmoe-deep`, with eight
+# layers (middle third: layers 2-5), is the zoo's real test of it.
 
 # %%
 for name, f in findings.items():
@@ -93,5 +108,8 @@ for name, f in findings.items():
     print(f"  claim (c): Spearman(activation rate, driver effect) = {f['rho']:.2f} -> "
           f"{'drivers largely are the most used experts' if f['rho'] >= 0.7 else 'frequently used experts are not automatically drivers'}")
     verdict = "supported" if f["middle"] > f["uniform_middle"] else "not supported"
+    in_middle = sum(layer in f["middle_layers"] for layer in f["top10_layers"])
     print(f"  claim (d): layer {int(top.layer)} holds the largest share ({top.share:.0%}); the middle layers "
           f"{f['middle_layers']} hold {f['middle']:.0%} (uniform: {f['uniform_middle']:.0%}) -> {verdict}")
+    print(f"  the top-10 drivers sit in layers {f['top10_layers']}: {in_middle} of 10 in the middle layers, "
+          f"{sum(layer < min(f['middle_layers']) for layer in f['top10_layers'])} before them")

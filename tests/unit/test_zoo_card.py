@@ -33,6 +33,13 @@ def loaded(name: str):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path)
 
 
+@functools.cache
+def hooked(name: str):
+    from moelens import HookedMoE
+
+    return HookedMoE.from_pretrained(f"moelens/{name}", dtype=torch.float32)
+
+
 def test_a_zoo_model_records_per_item_results():
     assert "olmoe-deep" in WITH_ITEMS
 
@@ -84,3 +91,33 @@ def test_docs_comparison_quotes_the_logged_figures():
         for key in ("sentiment_sst2_validation", "arithmetic_heldout_exact_match", "mmlu_test_accuracy"):
             m = log_of(name)[key]
             assert f"{m['accuracy']:.3f} ({m['ci95'][0]:.3f} - {m['ci95'][1]:.3f})" in page, (name, key)
+
+
+@pytest.mark.parametrize("name", WITH_ITEMS)
+def test_sst2_figure_is_reproduced_by_moelens_evaluate(name):
+    """The public evaluation path (``moelens.evaluate`` on the hooked model) gives the card's
+    per-item SST-2 validation results on the first rows, so the card's figure is the library's."""
+    from moelens import evaluate
+
+    path = zd.DEFAULT_DATA / "sst2" / "validation.jsonl"
+    if not path.exists():
+        pytest.skip("../shared/data not present")
+    rows = [{"id": str(i), **r} for i, r in enumerate(zd.read_jsonl(path)[:SLICE])]
+    result = evaluate(hooked(name), "sst2", data=rows, progress=False)
+    items = "".join("1" if c else "0" for c in result.correct)
+    assert result.ids == [r["id"] for r in rows]  # no row filtered or reordered
+    assert items == log_of(name)["sentiment_sst2_validation"]["items"][:SLICE]
+
+
+@pytest.mark.parametrize("name", WITH_ITEMS)
+def test_arithmetic_figure_is_reproduced_by_moelens_evaluate(name):
+    from moelens import evaluate
+
+    log = log_of(name)
+    split = log["args"].get("arith_split", "units")
+    problems = zd.arithmetic_problems(random.Random(log["seed"] + 2), 300, heldout=True, split=split)[:SLICE]
+    rows = [{"id": str(i), "dataset": "arithmetic", "text": q, "answer": a} for i, (q, a) in enumerate(problems)]
+    result = evaluate(hooked(name), "arithmetic", data=rows, progress=False)
+    items = "".join("1" if c else "0" for c in result.correct)
+    assert result.ids == [r["id"] for r in rows]
+    assert items == log["arithmetic_heldout_exact_match"]["items"][:SLICE]

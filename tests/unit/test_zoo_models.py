@@ -60,3 +60,26 @@ def test_first_order_driver_ranking_agrees_with_the_exact_sweep(name):
     agreement = compare_effects(exact, estimate, n=10)
     assert agreement.spearman >= 0.9, agreement
     assert agreement.top_overlap >= 0.8, agreement
+
+
+
+def test_cli_stats_and_drivers_run_on_the_deep_model(tmp_path):
+    """The parts of `moelens analyze --model moelens/olmoe-deep` that depend on the model's shape
+    (issue #15): every (layer, expert) pair of the 8-layer, 16-expert model gets a driver effect.
+    (The whole `analyze`, with triggers and mediation, is tested on the default model in test_cli.)"""
+    import json
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from moelens.cli import app
+
+    for command in ("stats", "drivers"):
+        result = CliRunner().invoke(app, [command, "--model", "moelens/olmoe-deep", "--limit", "2", "--out", str(tmp_path)])
+        assert result.exit_code == 0, result.output
+    stats = json.loads((tmp_path / "routing_stats.json").read_text())
+    assert set(stats["domains"]) == {"sentiment", "mmlu", "math"}
+    assert (stats["moe_layers"], stats["n_experts"], stats["top_k"]) == (list(range(8)), 16, 4)
+    drivers = pd.read_csv(tmp_path / "driver_effects.csv")
+    assert sorted(set(drivers["layer"])) == list(range(8)) and len(drivers) == 8 * 16
+    assert (drivers["effect"] >= 0).all() and drivers["effect"].max() > 0

@@ -59,6 +59,39 @@ def test_training_script_tiny(tmp_path, arch):
         assert "arithmetic_units_heldout_exact_match" in saved
 
 
+@pytest.mark.skipif(not (DATA / "sst2" / "train.jsonl").exists(), reason="../shared/data not present")
+def test_init_from_continues_from_the_saved_model(tmp_path):
+    from safetensors.torch import load_file
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    zoo_train.main(["--arch", "olmoe", "--out", str(first), "--steps", "2", "--tiny", "--no-eval"])
+    # lr 0: the continued run must save exactly the weights it started from (AdamW's decay scales with lr)
+    log = zoo_train.main(["--arch", "olmoe", "--out", str(second), "--steps", "1", "--tiny", "--no-eval",
+                          "--init-from", str(first), "--lr", "0", "--heads", "1"])
+    assert log["args"]["heads"] == 2  # the architecture comes from the saved config (tiny: 2 heads), not the flags
+    assert f"--init-from {first}" in log["reproduce_command"]
+    before, after = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # a positive lr moves them
+    log = zoo_train.main(["--arch", "olmoe", "--out", str(second), "--steps", "2", "--tiny", "--no-eval",
+                          "--init-from", str(first), "--lr", "0.01", "--warmup", "1"])
+    after = load_file(second / "model.safetensors")
+    assert not all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_dev_selection_score_prefers_sst2_above_the_arithmetic_floor():
+    from moelens.zoo.training.loop import dev_selection_score
+
+    a = zoo_train.parse_args(["--arch", "olmoe", "--out", "x"])
+    assert dev_selection_score(a, {"sst2_dev": 0.7, "arith_dev": 0.9}) == pytest.approx(1.6)
+    a = zoo_train.parse_args(["--arch", "olmoe", "--out", "x", "--select-metric", "sst2_dev",
+                              "--arith-dev-floor", "0.8"])
+    assert dev_selection_score(a, {"sst2_dev": 0.7, "arith_dev": 0.9}) == 0.7
+    assert dev_selection_score(a, {"sst2_dev": 0.9, "arith_dev": 0.5}) is None  # below the floor: never kept
+    assert dev_selection_score(a, {"sst2_dev": 0.75}) == 0.75  # no arithmetic dev set: no floor to apply
+
+
 def test_wilson_ci():
     lo, hi = ev.wilson_ci(50, 100)
     assert lo < 0.5 < hi
@@ -129,6 +162,21 @@ def test_arithmetic_splits_are_disjoint_and_hold_out_what_they_say():
         x, op, y = q[len("What is "):-1].split()
         assert int(a) == (int(x) + int(y) if op == "+" else int(x) - int(y)) >= 0
         assert zd.hash_bucket(int(x), int(y), op) == 1
+
+
+def test_encoded_loss_weights_of_prompt_answer_and_eos():
+    from moelens.zoo.training import data as zd
+
+    class Tok:  # one token per character, BOS = 1, EOS = 2
+        eos_token_id = 2
+
+        def __call__(self, texts, add_special_tokens=True):
+            return {"input_ids": [([1] if add_special_tokens else []) + [ord(c) for c in t] for t in texts]}
+
+    [(toks, w)] = zd.encode_examples(Tok(), [("abc", "d")], answer_weight=5.0)
+    assert toks == [1, 97, 98, 99, 100, 2] and w == [0.0, 1.0, 1.0, 1.0, 5.0, 1.0]
+    [(_, w)] = zd.encode_examples(Tok(), [("abc", "d")], answer_weight=5.0, prompt_weight=0.0)
+    assert w == [0.0, 0.0, 0.0, 0.0, 5.0, 1.0]  # the label alone (and EOS) is trained
 
 
 def test_packer_rows_and_block_causal_mask():

@@ -193,15 +193,16 @@ def domain_mix(sentiment_share: float, mix: str | None = None) -> dict[str, floa
             **{k: round(v * (1 - sentiment_share), 4) for k, v in OTHER_MIX.items()}}
 
 
-def encode_examples(tokenizer, examples, answer_weight: float):
-    """-> list of (token ids, per-token loss weight of *predicting* that token)."""
+def encode_examples(tokenizer, examples, answer_weight: float, prompt_weight: float = 1.0):
+    """-> list of (token ids, per-token loss weight of *predicting* that token): ``prompt_weight``
+    for the prompt's tokens after BOS, ``answer_weight`` for the answer's, 1 for EOS."""
     prompts = tokenizer([p for p, _ in examples], add_special_tokens=True)["input_ids"]
     answers = tokenizer([a for _, a in examples], add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
     out = []
     for p, a in zip(prompts, answers):
         toks = p + a + [eos]
-        w = [0.0] + [1.0] * (len(p) - 1) + [answer_weight] * len(a) + [1.0]
+        w = [0.0] + [prompt_weight] * (len(p) - 1) + [answer_weight] * len(a) + [1.0]
         out.append((toks, w))
     return out
 

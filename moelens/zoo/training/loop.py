@@ -60,6 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--aux-coef", type=float, default=0.02)
     p.add_argument("--attn-dropout", type=float, default=0.0, help="attention dropout (olmoe only)")
     p.add_argument("--label-weight", type=float, default=20.0, help="loss weight of sentiment label token")
+    p.add_argument("--sentiment-prompt-weight", type=float, default=1.0,
+                   help="loss weight of the review tokens (0: train sentiment on its label alone)")
     p.add_argument("--answer-weight", type=float, default=2.0, help="loss weight of mmlu/math answers")
     p.add_argument("--sentiment-share", type=float, default=0.6,
                    help="probability that a packed example is a sentiment example")
@@ -72,6 +74,14 @@ def parse_args(argv=None):
     p.add_argument("--sentiment-dev", type=int, default=0, help="SST-2 train sentences kept apart as dev")
     p.add_argument("--select-on-dev", action="store_true", help="keep the checkpoint best on the dev sets")
     p.add_argument("--dev-every", type=float, default=60.0, help="seconds between dev evaluations")
+    p.add_argument("--select-metric", choices=("sum", "sst2_dev"), default="sum",
+                   help="checkpoint score: sum of the dev accuracies, or sst2_dev alone (among the "
+                        "checkpoints whose arith_dev is at least --arith-dev-floor)")
+    p.add_argument("--arith-dev-floor", type=float, default=0.0,
+                   help="with --select-metric sst2_dev: a checkpoint needs this arith_dev to be kept")
+    p.add_argument("--init-from", default=None,
+                   help="continue training from the model (and tokenizer) saved in this directory; the "
+                        "architecture flags are then read from its config")
     p.add_argument("--ema", type=float, default=0.0,
                    help="keep an exponential moving average of the weights with this decay; dev checks and "
                         "the saved model use it")
@@ -179,10 +189,10 @@ def train(a, model, tokenizer, packer, dev: dict, out: pathlib.Path) -> dict:
         model.eval()
         scores = dev_scores(averaged, tokenizer, dev)
         model.train()
-        score = sum(scores.values())
+        score = dev_selection_score(a, scores)
         dev_history.append({"step": step, "elapsed_s": round(time.time() - t_train, 1), **scores})
         print("dev", json.dumps(dev_history[-1]), flush=True)
-        if best is None or score > best["score"]:
+        if score is not None and (best is None or score > best["score"]):
             best = {"step": step, "score": score, **scores}
             save_model(averaged, out)
 
@@ -242,6 +252,30 @@ def train(a, model, tokenizer, packer, dev: dict, out: pathlib.Path) -> dict:
             "final_train_loss_ema": round(ema, 4) if ema is not None else None,
             "dev_history": dev_history, "selected_checkpoint": best, "device": device_name(device),
             "experts_implementation": a.experts_impl or "eager"}
+
+
+def dev_selection_score(a, scores: dict) -> float | None:
+    """The checkpoint-selection score of dev accuracies ``scores`` (None = not eligible)."""
+    if a.select_metric == "sum":
+        return sum(scores.values())
+    if scores.get("arith_dev", 1.0) < a.arith_dev_floor:
+        return None
+    return scores["sst2_dev"]
+
+
+def load_init_model(a):
+    """The fp32 model and tokenizer saved in ``a.init_from``; copies its architecture into ``a``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(a.init_from, dtype=torch.float32)
+    cfg = model.config
+    a.d_model, a.layers, a.heads = cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads
+    a.experts = getattr(cfg, "num_experts", None) or cfg.num_local_experts
+    a.topk, a.vocab = cfg.num_experts_per_tok, cfg.vocab_size
+    a.ffn = getattr(cfg, "moe_intermediate_size", None) or cfg.intermediate_size
+    if hasattr(cfg, "attention_dropout"):
+        cfg.attention_dropout = a.attn_dropout
+    return model, AutoTokenizer.from_pretrained(a.init_from)
 
 
 def train_step(a, model, opt, aux_loss_fn, ids, mask, wts, pos_ids, doc, use_amp: bool):
@@ -320,13 +354,18 @@ def main(argv=None):
     examples, dev = zd.load_training_examples(data, rng, a.tiny, arith_split=a.arith_split,
                                               arith_examples=a.arith_examples,
                                               sentiment_dev=a.sentiment_dev, seed=a.seed)
-    tok_dir = pathlib.Path(a.tokenizer) if a.tokenizer else (out / "_tokenizer" if a.tiny else zd.DEFAULT_TOKENIZER)
-    tok_texts = [p + ans for v in examples.values() for p, ans in v]
-    tokenizer = zd.get_tokenizer(tok_dir, tok_texts, a.vocab, a.retrain_tokenizer)
+    init_model = None
+    if a.init_from:
+        init_model, tokenizer = load_init_model(a)
+    else:
+        tok_dir = pathlib.Path(a.tokenizer) if a.tokenizer else (out / "_tokenizer" if a.tiny else zd.DEFAULT_TOKENIZER)
+        tok_texts = [p + ans for v in examples.values() for p, ans in v]
+        tokenizer = zd.get_tokenizer(tok_dir, tok_texts, a.vocab, a.retrain_tokenizer)
     label_tokens = {w: tokenizer(w, add_special_tokens=False)["input_ids"] for w in ev.SENTIMENT_LABEL_WORDS}
     print("label word tokens:", label_tokens, flush=True)
 
-    encoded = {d: zd.encode_examples(tokenizer, ex, a.label_weight if d == "sentiment" else a.answer_weight)
+    encoded = {d: zd.encode_examples(tokenizer, ex, a.label_weight if d == "sentiment" else a.answer_weight,
+                                     a.sentiment_prompt_weight if d == "sentiment" else 1.0)
                for d, ex in examples.items()}
     mix = zd.domain_mix(a.sentiment_share, a.mix)
     word_dropout = None
@@ -337,7 +376,7 @@ def main(argv=None):
     packer = zd.Packer(encoded, mix, a.seq_len, a.seed, word_dropout)
     print({d: len(v) for d, v in packer.enc.items()}, "dropped (too long):", packer.dropped, flush=True)
 
-    model = build_model(a.arch, a, tokenizer)
+    model = init_model if init_model is not None else build_model(a.arch, a, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{a.arch}: {n_params/1e6:.2f}M params", flush=True)
     tokenizer.save_pretrained(out)
