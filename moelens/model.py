@@ -11,11 +11,11 @@ import torch
 from torch import Tensor, nn
 
 from ._interception import StopForward, build_hook_points, own_hook, remove_installed_hooks
+from ._primitives import AnalysisPrimitives
 from ._validate import check_device
 from .architectures import ArchitectureSpec, find_moe_layers, resolve, spec_for_model
 from .cache import ActivationCache, metric_gradients, no_op_hook
 from .config import MoEConfig
-from .errors import InvalidInputError
 from .hook_points import (
     NO_GRADIENT,
     CallContext,
@@ -27,8 +27,6 @@ from .hook_points import (
 )
 from .inputs import (
     ModelInputs,
-    check_last_axis,
-    checked_mask,
     layer_range,
     prepare_inputs,
     prepare_residual,
@@ -42,7 +40,7 @@ FwdHooks = Sequence[tuple[str | Callable[[str], bool], HookFn]]
 BwdHooks = FwdHooks
 
 
-class HookedMoE(nn.Module):
+class HookedMoE(AnalysisPrimitives, nn.Module):
     """An HF Mixture-of-Experts causal LM with TransformerLens-style hook points on its routing.
 
     >>> from moelens.testing import tiny_model
@@ -339,82 +337,6 @@ class HookedMoE(nn.Module):
         with self.hooks(items):
             yield self
 
-    def run_moe_block(
-        self,
-        layer: int,
-        moe_input: Tensor,
-        fwd_hooks: FwdHooks = (),
-        *,
-        attention_mask: Tensor | None = None,
-    ) -> Tensor:
-        """Run only the MoE block of ``layer`` on ``moe_input [batch pos d_model]`` (the value of
-        ``blocks.{layer}.moe.hook_in``), with hooks or interventions; returns ``hook_out``'s value.
-
-        This is what makes local analyses cheap: a perturbation's direct effect on the block output
-        needs one block, not a forward.
-
-        >>> from moelens.testing import tiny_model
-        >>> model = HookedMoE.from_hf(tiny_model("mixtral"))
-        >>> _, cache = model.run_with_cache(torch.tensor([[4, 5, 6]]))
-        >>> out = model.run_moe_block(1, cache["blocks.1.moe.hook_in"])
-        >>> torch.equal(out, cache["blocks.1.moe.hook_out"])
-        True
-        """
-        self._moe_layer(layer)
-        check_last_axis(moe_input, "moe_input", "d_model", self.cfg.d_model, ndim=3)
-        moe_hooks = self._moe_hooks[self.cfg.moe_layers.index(layer)]
-        dtype = self.hf_model.get_input_embeddings().weight.dtype  # the residual stream's, which hook_in sees
-        if moe_input.dtype != dtype:
-            raise InvalidInputError(
-                f"moe_input has dtype {moe_input.dtype} but this model's residual stream (hook_in) is {dtype}; "
-                f"pass moe_input.to({dtype})."
-            )
-        mask = checked_mask(attention_mask, tuple(moe_input.shape[:2]))
-        with self.hooks(fwd_hooks), ExitStack() as stack:
-            stack.enter_context(self._registry.calling(CallContext(mask.to(moe_input.device))))
-            moe_hooks.install(stack)
-            output = moe_hooks.block(moe_input)
-        hidden = output[0] if self.spec.moe_returns_tuple else output
-        return hidden.view(moe_input.shape)  # some blocks return [tokens d_model]
-
-    # -- primitives for analyses --------------------------------------------------------------
-    def route(self, layer: int, logits: Tensor) -> tuple[Tensor, Tensor]:
-        """The top-k ``(indices, weights)`` ``[... k]`` that MoE layer ``layer`` selects for router
-        logits ``[... n_experts]``, by the family's own rule and router parameters (biases, groups).
-
-        This is what a forward does after a hook edited ``hook_router_logits``: for the clean logits
-        it reproduces HF's selection bit for bit; weights are in the rule's dtype (HF's own).
-
-        >>> from moelens.testing import tiny_model
-        >>> model = HookedMoE.from_hf(tiny_model("mixtral"))
-        >>> _, cache = model.run_with_cache(torch.tensor([[4, 5, 6]]))
-        >>> index, weights = model.route(1, cache["blocks.1.moe.hook_router_logits"])
-        >>> torch.equal(index, cache["blocks.1.moe.hook_topk_indices"])
-        True
-        """
-        router = self._routers[self._moe_layer(layer)]
-        check_last_axis(logits, "logits", "n_experts", self.cfg.n_experts)
-        routing = self.spec.routing.route(logits.reshape(-1, logits.shape[-1]), router)
-        shape = (*logits.shape[:-1], -1)
-        return routing.index.view(shape), routing.weights.view(shape)
-
-    def unembed(self, resid: Tensor) -> Tensor:
-        """Logits ``[... d_vocab]`` from the residual stream ``[... d_model]`` entering the final
-        norm: final norm, LM head, and the family's own logit post-processing (Granite's scaling).
-
-        ``unembed(model(x, stop_at_layer=model.cfg.n_layers))`` equals ``model(x)`` bit for bit.
-
-        >>> from moelens.testing import tiny_model
-        >>> model = HookedMoE.from_hf(tiny_model("mixtral"))
-        >>> ids = torch.tensor([[4, 5, 6]])
-        >>> torch.equal(model.unembed(model(ids, stop_at_layer=model.cfg.n_layers)), model(ids))
-        True
-        """
-        if self._lm_head is None:
-            raise InvalidInputError(f"{type(self.hf_model).__name__} has no output embeddings (LM head) to unembed with.")
-        check_last_axis(resid, "resid", "d_model", self.cfg.d_model)
-        return self.spec.logits_from_head(self._lm_head(self.final_norm(resid)), self.hf_model.config)
-
     # -- helpers ------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -436,11 +358,6 @@ class HookedMoE(nn.Module):
         to their first ``max_length`` tokens when given)."""
         model_inputs = self.to_inputs(texts, max_length=max_length)
         return model_inputs.input_ids, model_inputs.attention_mask
-
-    def _moe_layer(self, layer: Any) -> int:
-        if isinstance(layer, bool) or not isinstance(layer, int) or layer not in self._routers:
-            raise InvalidInputError(f"layer {layer!r} is not an MoE layer; MoE layers are {list(self.cfg.moe_layers)}.")
-        return layer
 
     def __repr__(self) -> str:
         cfg = self.cfg
