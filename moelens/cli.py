@@ -3,6 +3,7 @@
     moelens analyze                      # zoo default model + demo texts -> moelens-report/report.html
     moelens analyze --model allenai/OLMoE-1B-7B-0924 --data sentiment=../shared/data/sst2/validation.jsonl --data mmlu
     moelens stats --out DIR | moelens drivers --out DIR | moelens report DIR
+    moelens stats --backend nnsight | moelens drivers --exact --backend ndif   # through nnsight, local or remote
     moelens study --task sst2 --select-on train --evaluate-on validation --recipe scale-logits --recipe perturb
 
 Each step writes its tables and a report section into ``--out``; an interrupted step resumes from its
@@ -32,6 +33,10 @@ DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="at most N texts per domain")]
 ExactOpt = Annotated[bool, typer.Option("--exact", help="exact driver sweep instead of the first-order estimate")]
+BackendOpt = Annotated[
+    str,
+    typer.Option("--backend", help="hooked (HookedMoE, default), nnsight (NNsightMoE, local) or ndif (NNsightMoE, remote on NDIF)"),
+]
 StudyOpt = Annotated[str | None, typer.Option("--study", help="also run the re-weighting study on this task (sst2, mmlu, ...)")]
 
 
@@ -56,7 +61,10 @@ def _guard(fn):
     return wrapper
 
 
-def _load_model(model_id: str | None, device: str | None, dtype: str | None):
+_BACKENDS = ("hooked", "nnsight", "ndif")
+
+
+def _load_model(model_id: str | None, device: str | None, dtype: str | None, backend: str = "hooked"):
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -71,8 +79,16 @@ def _load_model(model_id: str | None, device: str | None, dtype: str | None):
 
     check_model_name(model_id)
     check_device(device, "--device")
+    if backend not in _BACKENDS:
+        raise _Fail(f"--backend {backend!r} is not one of {', '.join(_BACKENDS)}")
     name = model_id or DEFAULT_MODEL
-    model = HookedMoE.from_pretrained(name, device=device, dtype=dtypes[dtype])
+    if backend == "hooked":
+        model = HookedMoE.from_pretrained(name, device=device, dtype=dtypes[dtype])
+    else:  # the analyses take either backend (moelens.backends.protocol)
+        from .backends.nnsight import NNsightMoE
+
+        placement = {"device_map": device} if device is not None and backend == "nnsight" else {}
+        model = NNsightMoE.from_pretrained(name, remote=backend == "ndif", dtype=dtypes[dtype], **placement)
     if model.tokenizer is None:
         raise _Fail(f"{name!r} has no tokenizer; the CLI needs one to read texts")
     return name, model
@@ -272,10 +288,10 @@ def analyze(
 @app.command()
 @_guard
 def stats(model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("moelens-report"), device: DeviceOpt = None,
-          dtype: DtypeOpt = "float32", limit: LimitOpt = None) -> None:
+          dtype: DtypeOpt = "float32", limit: LimitOpt = None, backend: BackendOpt = "hooked") -> None:
     """Routing statistics only (domain and general experts)."""
     check_out_dir(out)
-    _, hooked = _load_model(model, device, dtype)
+    _, hooked = _load_model(model, device, dtype, backend)
     run_stats(hooked, _load_data(data, limit), out)
     typer.echo(f"tables and sections written to {out}; `moelens report {out}` builds the report")
 
@@ -283,10 +299,12 @@ def stats(model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("moel
 @app.command()
 @_guard
 def drivers(model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("moelens-report"), device: DeviceOpt = None,
-            dtype: DtypeOpt = "float32", limit: LimitOpt = None, exact: ExactOpt = False) -> None:
+            dtype: DtypeOpt = "float32", limit: LimitOpt = None, exact: ExactOpt = False, backend: BackendOpt = "hooked") -> None:
     """Driver experts only."""
     check_out_dir(out)
-    _, hooked = _load_model(model, device, dtype)
+    if backend != "hooked" and not exact:
+        raise _Fail(f"--backend {backend} runs the exact driver sweep only (the estimates need gradients through HookedMoE); add --exact")
+    _, hooked = _load_model(model, device, dtype, backend)
     run_drivers(hooked, _load_data(data, limit), out, exact)
     typer.echo(f"tables and sections written to {out}; `moelens report {out}` builds the report")
 
@@ -304,11 +322,12 @@ def study_command(
     tune_steps: Annotated[int, typer.Option("--tune-steps", help="router LoRA steps for the 'tune the router' row (0: none)")] = 0,
     exact: Annotated[bool, typer.Option("--exact/--first-order", help="driver selection method")] = True,
     device: DeviceOpt = None, dtype: DtypeOpt = "float32", seed: Annotated[int, typer.Option("--seed")] = 0,
+    backend: BackendOpt = "hooked",
 ) -> None:
     """Re-weighting study: domain/driver experts up and down vs random experts; table, plot and report section."""
     from .tasks import reweighting_study, write_study
 
-    name, hooked = _load_model(model, device, dtype)
+    name, hooked = _load_model(model, device, dtype, backend)
     result = reweighting_study(hooked, task, select_on, evaluate_on, tuple(factor or (0.8, 1.2)), n_experts=n_experts, n_random=n_random,
                                recipes=recipe, select_limit=select_limit, limit=limit, tune_steps=tune_steps, seed=seed,
                                driver_method="exact" if exact else "first_order", model_name=name)
