@@ -82,6 +82,9 @@ class NNsightMoE:
     # copies; a remote model's are meta tensors, so rules that read a tensor need a local model).
     route = HookedMoE.route
     _moe_layer = HookedMoE._moe_layer  # route() validates the layer with it
+    # Read only hf_model and to_inputs, which both backends have (a remote model's meta copy
+    # carries the served weights' dtype and the hub id).
+    dtype, name_or_path, to_tokens = HookedMoE.dtype, HookedMoE.name_or_path, HookedMoE.to_tokens
 
     def __init__(self, nn_model: Any, tokenizer: Any = None, remote: bool | str = False):
         self.nn_model = nn_model
@@ -222,28 +225,12 @@ class NNsightMoE:
             return torch.device("cpu")
         return self.hf_model.get_input_embeddings().weight.device
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The parameters' dtype (of the meta copy for a remote model: the served weights' dtype)."""
-        return next(self.hf_model.parameters()).dtype
-
-    @property
-    def name_or_path(self) -> str:
-        """The hub id or folder the model was loaded from ("" for a model built in memory)."""
-        return str(getattr(self.hf_model.config, "_name_or_path", ""))
-
     def to_inputs(self, inputs: Any, attention_mask: Tensor | None = None, max_length: int | None = None) -> ModelInputs:
         """Validated model inputs (tokens, mask, positions) for texts or token ids, as
         :meth:`HookedMoE.to_inputs` (texts truncated to ``max_length`` tokens when given; too long warns)."""
         model_inputs = prepare_inputs(inputs, attention_mask, self.tokenizer, self.cfg.d_vocab, self.device, max_length)
         warn_if_too_long(model_inputs.attention_mask.shape[-1], getattr(self.hf_model.config, "max_position_embeddings", None))
         return model_inputs
-
-    def to_tokens(self, texts: str | list[str], max_length: int | None = None) -> tuple[Tensor, Tensor]:
-        """Token ids and attention mask ``([batch pos], [batch pos])`` for texts, padded (and truncated
-        to their first ``max_length`` tokens when given)."""
-        model_inputs = self.to_inputs(texts, max_length=max_length)
-        return model_inputs.input_ids, model_inputs.attention_mask
 
     def __call__(self, inputs: Any, *, attention_mask: Tensor | None = None, stop_at_layer: int | None = None) -> Tensor:
         """Logits ``[batch pos d_vocab]`` (or the residual stream entering ``stop_at_layer``)."""

@@ -45,7 +45,7 @@ from .prompts import (
     sst5_to_binary,
 )
 
-__all__ = ["TASKS", "Task", "arithmetic_problems", "get_task", "task_records"]
+__all__ = ["TASKS", "Task", "arithmetic_problems", "get_task", "sample_arithmetic", "task_records"]
 
 Record = dict[str, Any]
 
@@ -130,6 +130,17 @@ def arithmetic_problems(rng: random.Random, n: int, heldout: bool) -> list[tuple
     >>> arithmetic_problems(random.Random(0), 2, heldout=True)
     [('What is 8 - 1?', '7'), ('What is 64 - 27?', '37')]
     """
+    return sample_arithmetic(rng, n, lambda a, b, op: ((a * 7 + b * 13 + (op == "-")) % 10 == 0) == heldout)
+
+
+def sample_arithmetic(rng: random.Random, n: int, accept: Callable[[int, int, str], bool]) -> list[tuple[str, str]]:
+    """``n`` problems "What is a + b?" / "a - b" (operands < 10, 20 or 100, no negative results)
+    drawn from ``rng`` in order, keeping those ``accept(a, b, op)`` admits: the one sampler of the
+    held-out rules here and of the zoo's training splits (``moelens.zoo.training.data``).
+
+    >>> sample_arithmetic(random.Random(0), 2, lambda a, b, op: op == "+")
+    [('What is 4 + 3?', '7'), ('What is 3 + 2?', '5')]
+    """
     out = []
     while len(out) < n:
         op = rng.choice("+-")
@@ -137,10 +148,8 @@ def arithmetic_problems(rng: random.Random, n: int, heldout: bool) -> list[tuple
         a, b = rng.randrange(hi), rng.randrange(hi)
         if op == "-" and b > a:
             a, b = b, a
-        is_held = (a * 7 + b * 13 + (op == "-")) % 10 == 0
-        if is_held != heldout:
-            continue
-        out.append((f"What is {a} {op} {b}?", str(a + b if op == "+" else a - b)))
+        if accept(a, b, op):
+            out.append((f"What is {a} {op} {b}?", str(a + b if op == "+" else a - b)))
     return out
 
 

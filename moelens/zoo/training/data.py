@@ -14,6 +14,7 @@ import zlib
 
 import torch
 
+from moelens.tasks.registry import sample_arithmetic
 from moelens.zoo import evaluate as ev
 
 DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[4] / "shared" / "data"
@@ -58,17 +59,7 @@ def arithmetic_problems(rng: random.Random, n: int, heldout: bool | str,
     results) whose role under ``split`` is ``heldout`` (True = "test", False = "train", or a role
     name: "dev", "units")."""
     role = ("test" if heldout else "train") if isinstance(heldout, bool) else heldout
-    out = []
-    while len(out) < n:
-        op = rng.choice("+-")
-        hi = rng.choice([10, 20, 100])
-        a, b = rng.randrange(hi), rng.randrange(hi)
-        if op == "-" and b > a:
-            a, b = b, a
-        if arith_role(a, b, op, split) != role:
-            continue
-        out.append((f"What is {a} {op} {b}?", str(a + b if op == "+" else a - b)))
-    return out
+    return sample_arithmetic(rng, n, lambda a, b, op: arith_role(a, b, op, split) == role)
 
 
 # ----------------------------------------------------------------------------------- loading
