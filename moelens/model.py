@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ._interception import StopForward, build_hook_points, own_hook, remove_installed_hooks
+from ._kernels import warn_if_kernels_hide_hooks
 from ._primitives import AnalysisPrimitives
 from ._validate import check_device
 from .architectures import ArchitectureSpec, find_moe_layers, resolve, spec_for_model
@@ -65,12 +66,6 @@ class HookedMoE(AnalysisPrimitives, nn.Module):
         self.hf_model = hf_model  # registered as a submodule: .to()/.eval() reach it; weights are not copied
         self.tokenizer = tokenizer
         self.spec = spec or spec_for_model(hf_model)
-        if getattr(hf_model, "use_kernels", False):
-            warnings.warn(
-                "this model runs with use_kernels=True: hub kernels replace whole MoE forwards and moelens "
-                "hooks inside them never fire. Load it with use_kernels=False.",
-                stacklevel=2,
-            )
         self.layers: nn.ModuleList = resolve(hf_model, self.spec.layers)
         self.final_norm: nn.Module = resolve(hf_model, self.spec.final_norm)
         self.cfg = MoEConfig.of(hf_model.config, self.spec, len(self.layers), find_moe_layers(hf_model, self.spec))
@@ -78,6 +73,9 @@ class HookedMoE(AnalysisPrimitives, nn.Module):
             self.layers, self.spec, self.cfg.moe_layers, self.cfg.n_experts
         )
         self._registry = HookRegistry(points)
+        # use_kernels alone is no reason to warn (transformers sets it whenever `kernels` is installed)
+        hooked = [h.layer for h in self._layer_hooks] + [m for h in self._moe_hooks for m in (h.block, h.router, h.experts, h.shared)]
+        warn_if_kernels_hide_hooks(hf_model, [m for m in hooked if m is not None])
         self._lm_head: nn.Module | None = hf_model.get_output_embeddings()
         self._routers: dict[int, nn.Module] = {
             layer: hooks.router for layer, hooks in zip(self.cfg.moe_layers, self._moe_hooks, strict=True)
