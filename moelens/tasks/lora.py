@@ -167,7 +167,8 @@ def tune_router(
 
     >>> from moelens import HookedMoE
     >>> model = HookedMoE.from_pretrained("moelens/mixtral-tiny")
-    >>> tuned = tune_router(model, "sst2", data="train[:8]", steps=1, batch_size=4, progress=False)
+    >>> from moelens.tasks.demo import demo_sentiment_records  # labelled reviews shipped with moelens
+    >>> tuned = tune_router(model, "sst2", data=demo_sentiment_records(8), steps=1, batch_size=4, progress=False)
     >>> len(tuned.adapter_parameters())  # lora_A and lora_B of 4 routers
     8
     """

@@ -230,7 +230,9 @@ def reweighting_study(
 
     >>> from moelens import HookedMoE
     >>> model = HookedMoE.from_pretrained("moelens/mixtral-tiny")
-    >>> study = reweighting_study(model, "sst2", select_on="train[:8]", evaluate_on="validation[:8]", n_experts=2,
+    >>> from moelens.tasks.demo import demo_sentiment_records  # labelled reviews shipped with moelens
+    >>> reviews = demo_sentiment_records()
+    >>> study = reweighting_study(model, "sst2", select_on=reviews[:8], evaluate_on=reviews[8:16], n_experts=2,
     ...                           n_random=1, factors=(1.2,), driver_method="first_order", progress=False)
     >>> sorted(set(study.table["expert_set"]))
     ['baseline', 'domain', 'driver', 'random (domain)', 'random (driver)']

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -12,9 +10,6 @@ from moelens import HookedMoE, RoutingStats, collect_routing_stats
 from moelens.testing import tiny_model
 
 from ..models import wrapped
-
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
 
 def planted_model() -> HookedMoE:
     """Mixtral whose residual stream is the token embedding (attention and experts write zero):
@@ -140,15 +135,15 @@ def test_bad_domain_inputs_raise_clear_errors():
         collect_routing_stats(model, {"a": torch.ones(3, dtype=torch.long)}, progress=False)
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is not beside the repo")
-def test_real_data_through_a_tiny_model_round_trips(tmp_path):
+@pytest.mark.needs_data("sst2/validation.jsonl", "mmlu/test.jsonl", "gsm8k/test.jsonl")
+def test_real_data_through_a_tiny_model_round_trips(tmp_path, data_dir):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     from moelens.tasks import format_prompt, load_records
 
     texts = {
-        name: [format_prompt(r, name) for r in load_records(name, data_dir=DATA, limit=200)]
+        name: [format_prompt(r, name) for r in load_records(name, data_dir=data_dir, limit=200)]
         for name in ("sst2", "mmlu", "gsm8k")
     }
     backend = Tokenizer(models.BPE(unk_token="<unk>"))

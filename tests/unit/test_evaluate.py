@@ -1,8 +1,6 @@
 """moelens.evaluate runs through the hooked forward: interventions apply (also as a context), a
 no-op intervention changes nothing, batch size does not change predictions; results round-trip."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -10,9 +8,6 @@ import torch
 import moelens
 from moelens import Ablate, EvalResult, HookedMoE, Scale
 from moelens.zoo import evaluate as ev
-
-DATA = Path(__file__).parents[2] / ".." / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / "sst2" / "validation.jsonl").is_file(), reason=f"no shared data at {DATA.resolve()}")
 
 CUT = [Ablate("all", list(range(6)))]  # 6 of 8 experts never routed to, in every MoE layer
 
@@ -81,8 +76,8 @@ def test_result_round_trip_and_views(model, records, tmp_path):
     assert lo <= res.accuracy <= hi
 
 
-@needs_data
-def test_mmlu_groups_and_the_zoo_card_figure(model):
+@pytest.mark.needs_data("sst2/validation.jsonl", "mmlu/test.jsonl")
+def test_mmlu_groups_and_the_zoo_card_figure(model, data_dir):
     res = moelens.evaluate(model, "mmlu", limit=40, progress=False)
     groups = res.by_group()
     assert groups["n"].sum() == 40 and len(groups) > 5  # evenly spaced over the subject-sorted file

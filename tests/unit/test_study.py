@@ -2,7 +2,6 @@
 and router LoRA (only router adapters train; the loss goes down; adapters save and load)."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,17 +17,13 @@ from moelens.tasks.study import (
 )
 from moelens.tasks.study_result import study_section
 
-DATA = Path(__file__).parents[2] / ".." / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / "sst2" / "train.jsonl").is_file(), reason=f"no shared data at {DATA.resolve()}")
-
-
 @pytest.fixture(scope="module")
 def model():
     return HookedMoE.from_pretrained("moelens/mixtral-tiny", dtype=torch.float32)
 
 
-@needs_data
-def test_study_end_to_end(model, tmp_path):
+@pytest.mark.needs_data("sst2/train.jsonl", "sst2/validation.jsonl")
+def test_study_end_to_end(model, tmp_path, data_dir):
     study = moelens.reweighting_study(
         model, "sst2", select_on="train[:12]", evaluate_on="validation[:10]", n_experts=3, n_random=2,
         recipes=("scale-logits", "perturb"), driver_method="first_order", tune_steps=1, progress=False,
@@ -58,8 +53,8 @@ def test_study_end_to_end(model, tmp_path):
     assert repr(study).startswith("StudyResult(moelens/mixtral-tiny on sst2: baseline")
 
 
-@needs_data
-def test_overlapping_splits_are_refused(model):
+@pytest.mark.needs_data("sst2/train.jsonl", "sst2/validation.jsonl")
+def test_overlapping_splits_are_refused(model, data_dir):
     with pytest.raises(moelens.InvalidInputError, match="share 5 id"):
         moelens.reweighting_study(model, "sst2", select_on="validation[:10]", evaluate_on="validation[5:20]", progress=False)
     same_text = [{"id": "other", "dataset": "sst2", "text": "It 's a  charming and often affecting journey .", "label": 1}]
@@ -85,9 +80,9 @@ def test_helpers_by_hand():
 # -- router LoRA -----------------------------------------------------------------------------------
 
 
-@needs_data
+@pytest.mark.needs_data("sst2/train.jsonl", "sst2/validation.jsonl")
 @pytest.mark.parametrize("name", ["moelens/qwen2moe-tiny"])
-def test_router_lora_trains_only_the_routers(name, tmp_path):
+def test_router_lora_trains_only_the_routers(name, tmp_path, data_dir):
     base = HookedMoE.from_pretrained(name, dtype=torch.float32)
     before = {n: p.detach().clone() for n, p in base.hf_model.named_parameters()}
     names = router_parameter_names(base)
@@ -117,8 +112,8 @@ def test_router_lora_trains_only_the_routers(name, tmp_path):
         TunedMoE.load_adapter(base, tmp_path)
 
 
-@needs_data
-def test_study_cli_writes_table_plot_and_section(tmp_path):
+@pytest.mark.needs_data("sst2/train.jsonl", "sst2/validation.jsonl")
+def test_study_cli_writes_table_plot_and_section(tmp_path, data_dir):
     from typer.testing import CliRunner
 
     from moelens.cli import app

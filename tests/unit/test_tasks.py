@@ -2,7 +2,6 @@
 
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,29 +17,22 @@ from moelens.tasks import (
     load_records,
 )
 
-DATA = Path(__file__).parents[2] / ".." / "shared" / "data"
-needs_data = pytest.mark.skipif(
-    not (DATA / "sst2" / "validation.jsonl").is_file(),
-    reason=f"shared evaluation data not found at {DATA.resolve()} (it lives beside the repo)",
-)
-
-
-@needs_data
-def test_sst2_records_and_sentiment_prompt():
-    records = load_records("sst2", "validation", limit=300, data_dir=DATA)
+@pytest.mark.needs_data("sst2/validation.jsonl")
+def test_sst2_records_and_sentiment_prompt(data_dir):
+    records = load_records("sst2", "validation", limit=300, data_dir=data_dir)
     assert len(records) == 300
     assert {r["label_text"] for r in records} == {"negative", "positive"}
-    texts = load_domain_texts("sst2", limit=300, data_dir=DATA)  # default split: validation
+    texts = load_domain_texts("sst2", limit=300, data_dir=data_dir)  # default split: validation
     assert texts[0] == "Review: it 's a charming and often affecting journey .\nSentiment:"
     assert all(t.startswith("Review: ") and t.endswith("\nSentiment:") for t in texts)
     assert format_target(records[0]) == "positive"
-    raw = load_domain_texts("sst2", limit=3, data_dir=DATA, prompt=False)
+    raw = load_domain_texts("sst2", limit=3, data_dir=data_dir, prompt=False)
     assert raw == [r["text"] for r in records[:3]]
 
 
-@needs_data
-def test_mmlu_prompt_has_lettered_choices():
-    records = load_records("mmlu", "validation", limit=200, data_dir=DATA)
+@pytest.mark.needs_data("mmlu/validation.jsonl")
+def test_mmlu_prompt_has_lettered_choices(data_dir):
+    records = load_records("mmlu", "validation", limit=200, data_dir=data_dir)
     assert len(records) == 200 and all(len(r["choices"]) == 4 for r in records)
     first = records[0]
     assert format_prompt(first) == (
@@ -55,9 +47,8 @@ def test_mmlu_prompt_has_lettered_choices():
         assert format_target(r) == "ABCD"[r["label"]]
 
 
-@needs_data
-def test_gsm8k_prompt_and_answer(monkeypatch):
-    monkeypatch.setenv("MOELENS_DATA_DIR", str(DATA))  # resolution through the environment
+@pytest.mark.needs_data("gsm8k/test.jsonl")
+def test_gsm8k_prompt_and_answer(data_dir):  # the fixture sets MOELENS_DATA_DIR: resolution through the environment
     records = load_records("gsm8k", limit=250)  # default split: test
     assert len(records) == 250 and records[0]["split"] == "test"
     prompt = format_prompt(records[0])
@@ -67,13 +58,13 @@ def test_gsm8k_prompt_and_answer(monkeypatch):
     assert load_domain_texts("gsm8k", limit=250)[5] == format_prompt(records[5], task="math")
 
 
-@needs_data
-def test_paths_files_and_folders_load_too():
-    assert load_records(DATA / "sst2" / "validation.jsonl", limit=5) == load_records(
-        DATA / "sst2", limit=5)
-    assert len(load_jsonl(DATA / "mmlu" / "validation.jsonl", limit=0)) == 0
+@pytest.mark.needs_data("sst2/validation.jsonl", "mmlu/validation.jsonl")
+def test_paths_files_and_folders_load_too(data_dir):
+    assert load_records(data_dir / "sst2" / "validation.jsonl", limit=5) == load_records(
+        data_dir / "sst2", limit=5)
+    assert len(load_jsonl(data_dir / "mmlu" / "validation.jsonl", limit=0)) == 0
     with pytest.raises(FileNotFoundError, match="splits there"):
-        load_records("sst2", split="tset", data_dir=DATA)
+        load_records("sst2", split="tset", data_dir=data_dir)
 
 
 def test_unknown_name_and_bad_json(tmp_path):

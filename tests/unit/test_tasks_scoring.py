@@ -3,7 +3,6 @@ word-level tokenizer (the prediction is planted), and real GSM8K/MATH answer str
 
 import math
 import random
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -29,9 +28,6 @@ from moelens.tasks import (
     wilson_ci,
 )
 from moelens.tasks.registry import arithmetic_problems
-
-DATA = Path(__file__).parents[2] / ".." / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / "gsm8k" / "test.jsonl").is_file(), reason=f"no shared data at {DATA.resolve()}")
 
 VOCAB = ["<pad>", "</s>", "<s>", "Review:", "Sentiment:", "Question:", "Answer:", "good", "bad", "fine", "negative", "positive", "7", "8", "\n"]
 
@@ -154,9 +150,9 @@ def _jsonl(path):
     return load_jsonl(path)
 
 
-@needs_data
-def test_gsm8k_numbers_from_real_solutions():
-    records = _jsonl(DATA / "gsm8k" / "test.jsonl") + _jsonl(DATA / "gsm8k" / "train.jsonl")
+@pytest.mark.needs_data("gsm8k/test.jsonl", "gsm8k/train.jsonl")
+def test_gsm8k_numbers_from_real_solutions(data_dir):
+    records = _jsonl(data_dir / "gsm8k" / "test.jsonl") + _jsonl(data_dir / "gsm8k" / "train.jsonl")
     assert all(numbers_match(extract_number(r["solution"]), r["answer"]) for r in records)
     with_comma = [r for r in records if "," in r["solution"].rsplit("####", 1)[-1]]
     negative = [r for r in records if r["answer"].startswith("-")]
@@ -169,9 +165,9 @@ def test_gsm8k_numbers_from_real_solutions():
     assert not numbers_match(extract_number("#### 17"), "18")
 
 
-@needs_data
-def test_math_boxed_answers_from_real_solutions():
-    records = _jsonl(DATA / "math" / "test.jsonl")
+@pytest.mark.needs_data("math/test.jsonl")
+def test_math_boxed_answers_from_real_solutions(data_dir):
+    records = _jsonl(data_dir / "math" / "test.jsonl")
     assert all(math_answers_match(extract_math_answer(r["solution"]), r["answer"]) for r in records)
     fractions = [r for r in records if "frac" in r["answer"]]
     nested = [r for r in records if r["answer"].count("{") >= 2]
@@ -181,8 +177,8 @@ def test_math_boxed_answers_from_real_solutions():
     assert extract_math_answer("  -12\nso on") == "-12"
 
 
-@needs_data
-def test_few_shot_prompts_use_another_split():
+@pytest.mark.needs_data("sst2/validation.jsonl", "sst2/train.jsonl")
+def test_few_shot_prompts_use_another_split(data_dir):
     from moelens import HookedMoE
 
     model = HookedMoE.from_pretrained("moelens/mixtral-tiny")

@@ -69,11 +69,10 @@ def test_arithmetic_figure_is_reproduced_on_a_slice(name):
     assert ev.exact_match_accuracy(model, tok, q, a, 6)["correct"] == items.count("1")
 
 
+@pytest.mark.needs_data("sst2/validation.jsonl")
 @pytest.mark.parametrize("name", WITH_ITEMS)
-def test_sst2_figure_is_reproduced_on_a_slice(name):
-    path = zd.DEFAULT_DATA / "sst2" / "validation.jsonl"
-    if not path.exists():
-        pytest.skip("../shared/data not present")
+def test_sst2_figure_is_reproduced_on_a_slice(name, data_dir):
+    path = data_dir / "sst2" / "validation.jsonl"
     model, tok = loaded(name)
     rows = zd.read_jsonl(path)[:SLICE]
     result = ev.sentiment_accuracy(model, tok, [r["text"] for r in rows], [r["label"] for r in rows])
@@ -93,15 +92,14 @@ def test_docs_comparison_quotes_the_logged_figures():
             assert f"{m['accuracy']:.3f} ({m['ci95'][0]:.3f} - {m['ci95'][1]:.3f})" in page, (name, key)
 
 
+@pytest.mark.needs_data("sst2/validation.jsonl")
 @pytest.mark.parametrize("name", WITH_ITEMS)
-def test_sst2_figure_is_reproduced_by_moelens_evaluate(name):
+def test_sst2_figure_is_reproduced_by_moelens_evaluate(name, data_dir):
     """The public evaluation path (``moelens.evaluate`` on the hooked model) gives the card's
     per-item SST-2 validation results on the first rows, so the card's figure is the library's."""
     from moelens import evaluate
 
-    path = zd.DEFAULT_DATA / "sst2" / "validation.jsonl"
-    if not path.exists():
-        pytest.skip("../shared/data not present")
+    path = data_dir / "sst2" / "validation.jsonl"
     rows = [{"id": str(i), **r} for i, r in enumerate(zd.read_jsonl(path)[:SLICE])]
     result = evaluate(hooked(name), "sst2", data=rows, progress=False)
     items = "".join("1" if c else "0" for c in result.correct)

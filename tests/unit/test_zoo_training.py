@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 
 import pytest
 
@@ -17,7 +16,6 @@ from moelens import zoo  # noqa: E402
 from moelens.zoo import evaluate as ev  # noqa: E402
 from moelens.zoo import train as zoo_train  # noqa: E402
 
-DATA = pathlib.Path(os.environ.get("MOELENS_DATA", str(zoo_train.DEFAULT_DATA)))
 EXPECTED = {"mixtral-tiny": ("MixtralForCausalLM", "mixtral"),
             "qwen2moe-tiny": ("Qwen2MoeForCausalLM", "qwen2_moe"),
             "olmoe-deep": ("OlmoeForCausalLM", "olmoe")}
@@ -29,12 +27,12 @@ DEEP_FLAGS = ["--arith-split", "hash", "--sentiment-dev", "16", "--select-on-dev
               "--ema", "0.9", "--word-dropout", "0.2", "--mix", "sentiment=0.4,arith=0.4,mmlu=0.1,gsm8k=0.05,math=0.05"]
 
 
-@pytest.mark.skipif(not (DATA / "sst2" / "train.jsonl").exists(), reason="../shared/data not present")
+@pytest.mark.needs_data("sst2/train.jsonl")
 @pytest.mark.parametrize("arch", ["mixtral", "qwen2moe", "olmoe"])
-def test_training_script_tiny(tmp_path, arch):
+def test_training_script_tiny(tmp_path, arch, data_dir):
     out = tmp_path / arch
     extra = DEEP_FLAGS if arch == "olmoe" else []
-    log = zoo_train.main(["--arch", arch, "--out", str(out), "--steps", "3", "--tiny", "--seed", "0", *extra])
+    log = zoo_train.main(["--data", str(data_dir), "--arch", arch, "--out", str(out), "--steps", "3", "--tiny", "--seed", "0", *extra])
     assert log["steps"] == 3
     for f in ("config.json", "model.safetensors", "tokenizer.json", "train_log.json", "README.md"):
         assert (out / f).exists(), f
@@ -59,14 +57,14 @@ def test_training_script_tiny(tmp_path, arch):
         assert "arithmetic_units_heldout_exact_match" in saved
 
 
-@pytest.mark.skipif(not (DATA / "sst2" / "train.jsonl").exists(), reason="../shared/data not present")
-def test_init_from_continues_from_the_saved_model(tmp_path):
+@pytest.mark.needs_data("sst2/train.jsonl")
+def test_init_from_continues_from_the_saved_model(tmp_path, data_dir):
     from safetensors.torch import load_file
 
     first, second = tmp_path / "first", tmp_path / "second"
-    zoo_train.main(["--arch", "olmoe", "--out", str(first), "--steps", "2", "--tiny", "--no-eval"])
+    zoo_train.main(["--data", str(data_dir), "--arch", "olmoe", "--out", str(first), "--steps", "2", "--tiny", "--no-eval"])
     # lr 0: the continued run must save exactly the weights it started from (AdamW's decay scales with lr)
-    log = zoo_train.main(["--arch", "olmoe", "--out", str(second), "--steps", "1", "--tiny", "--no-eval",
+    log = zoo_train.main(["--data", str(data_dir), "--arch", "olmoe", "--out", str(second), "--steps", "1", "--tiny", "--no-eval",
                           "--init-from", str(first), "--lr", "0", "--heads", "1"])
     assert log["args"]["heads"] == 2  # the architecture comes from the saved config (tiny: 2 heads), not the flags
     assert f"--init-from {first}" in log["reproduce_command"]
@@ -74,7 +72,7 @@ def test_init_from_continues_from_the_saved_model(tmp_path):
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
     # a positive lr moves them
-    log = zoo_train.main(["--arch", "olmoe", "--out", str(second), "--steps", "2", "--tiny", "--no-eval",
+    log = zoo_train.main(["--data", str(data_dir), "--arch", "olmoe", "--out", str(second), "--steps", "2", "--tiny", "--no-eval",
                           "--init-from", str(first), "--lr", "0.01", "--warmup", "1"])
     after = load_file(second / "model.safetensors")
     assert not all(torch.equal(before[k], after[k]) for k in before)
