@@ -20,8 +20,10 @@ def tokenizer():
 
 
 @functools.cache
-def pair(family: str):
-    """``(HookedMoE, NNsightMoE)`` over two identical copies of the same tiny model (same seed)."""
+def pair(family: str, **config):
+    """``(HookedMoE, NNsightMoE)`` over two identical copies of the same tiny model (same seed);
+    ``config`` overrides go to :func:`moelens.testing.tiny_model` (e.g. ``initializer_range``)."""
     from moelens.backends.nnsight import NNsightMoE
 
-    return HookedMoE.from_hf(tiny_model(family)), NNsightMoE.from_hf(tiny_model(family), tokenizer=tokenizer())
+    return (HookedMoE.from_hf(tiny_model(family, **config)),
+            NNsightMoE.from_hf(tiny_model(family, **config), tokenizer=tokenizer()))

@@ -8,6 +8,7 @@ import torch
 from moelens import collect_routing_stats, driver_effects
 from moelens.backends.protocol import MoEBackend
 
+from ..tolerance import float_tol
 from .conftest import pair
 
 IDS = torch.randint(3, 97, (6, 7), generator=torch.Generator().manual_seed(5))
@@ -36,16 +37,24 @@ def test_collect_routing_stats_is_the_same_through_both_backends(family):
 
 @pytest.mark.parametrize(("family", "positions"), [("mixtral", "last"), ("olmoe", "all"), ("deepseek_v3", "last")])
 def test_exact_driver_effects_are_the_same_through_both_backends(family, positions):
-    hooked, nns = pair(family)
+    hooked, nns = pair(family, initializer_range=0.2)  # outputs that depend on the routing: KLs well above rounding
     kwargs = dict(attention_mask=MASK, method="exact", positions=positions, batch_size=4, per_input=True, progress=False,
                   perturbation=(4.0, -1))
     ref = driver_effects(hooked, IDS, **kwargs)
     got = driver_effects(nns, IDS, **kwargs)
-    assert float(ref.effect.max()) > 1e-6  # something moves: the comparison can fail
     # HookedMoE resumes from the cached residual stream at the perturbed layer and unembeds the last
-    # token alone; nnsight runs full forwards: same arithmetic up to float32 rounding of the KL.
-    torch.testing.assert_close(got.per_input, ref.per_input, rtol=1e-4, atol=1e-7)
-    assert got.top(5)[["layer", "expert"]].equals(ref.top(5)[["layer", "expert"]])
+    # token alone; nnsight runs full forwards: the same arithmetic in another order. A KL is a sum of
+    # p * (log p - log q), so one rounding of each log-probability moves it by up to eps * max |log p|:
+    # the tolerance is a few roundings of the log-probabilities' size.
+    with torch.no_grad():
+        log_probs = hooked(IDS, attention_mask=MASK).log_softmax(-1)[MASK.bool()]
+    atol = float_tol(hooked.dtype, log_probs, ulps=8)
+    assert float(ref.effect.max()) > 1000 * atol  # something moves far above rounding: the comparison can fail
+    torch.testing.assert_close(got.per_input, ref.per_input, rtol=1e-4, atol=atol)
+    # the same drivers: ranks agree up to ties within the tolerance
+    top_ref, top_got = ref.top(5), got.top(5)
+    picked = ref.effect[top_got["layer"].map(ref.moe_layers.index).tolist(), top_got["expert"].tolist()]
+    torch.testing.assert_close(picked, torch.tensor(top_ref["effect"].tolist(), dtype=picked.dtype), rtol=1e-4, atol=atol)
 
 
 def test_one_trace_per_batch_and_layer_not_per_expert(monkeypatch):

@@ -15,6 +15,8 @@ from moelens.analysis.mediation import Mediation, logit_diff, routing_mediation
 from moelens.architectures import resolve
 from moelens.testing import tiny_model
 
+from ..tolerance import float_tol
+
 # Fused-expert families with different routing rules: renormalised softmax (mixtral), softmax with
 # a shared expert (qwen2_moe), sigmoid + bias + groups + scaling (deepseek_v3), plain softmax (olmoe).
 FAMILIES = ["mixtral", "qwen2_moe", "deepseek_v3", "olmoe"]
@@ -141,16 +143,20 @@ def test_batched_sweep_equals_the_single_patch_loop(family, seed, length, change
 @given(family=st.sampled_from(FAMILIES), seed=st.integers(0, 10_000))
 def test_patching_nothing_gives_zero(family, seed):
     """An expert whose gate is the same in both runs (here: a corruption at the last position leaves
-    earlier gates alone, and experts never selected anywhere) has indirect effect exactly 0."""
+    earlier gates alone, and experts never selected anywhere) has indirect effect 0: the patched run
+    computes the clean forward again, but stacked in a batch with other patches, so the metric (a
+    difference of float32 logits) agrees with the clean one up to a few roundings of the logits' size."""
     model = _model(family)
     clean, corrupt = _pair(seed, 1, 5, 0)
     corrupt[0, -1] = (clean[0, -1] + 1 - 3) % 94 + 3
     med = routing_mediation(model, clean, corrupt, metric=_metric, progress=False)
+    with torch.no_grad():
+        tol = float_tol(model.dtype, model(clean)[:, -1], ulps=16)
     n = model.cfg.n_experts
     for li, layer in enumerate(model.cfg.moe_layers):
         same = (_dense(*_gates(model, clean)[layer], n) == _dense(*_gates(model, corrupt)[layer], n)).all(1)[0]
-        assert torch.equal(med.per_pair_indirect[0, li][same], torch.zeros(int(same.sum()), dtype=torch.float64))
-        assert torch.equal(med.per_pair_by_position[0, li, :-1], torch.zeros(4, dtype=torch.float64))
+        assert float(torch.cat([med.per_pair_indirect[0, li][same].abs(), torch.zeros(1, dtype=torch.float64)]).max()) <= tol
+        assert float(med.per_pair_by_position[0, li, :-1].abs().max()) <= tol
 
 
 def test_k_plus_one_experts_are_exact_for_every_layout():
