@@ -24,3 +24,15 @@ def float_tol(dtype: torch.dtype, magnitude: float | torch.Tensor, ulps: int = U
     if isinstance(magnitude, torch.Tensor):
         magnitude = float(magnitude.detach().abs().max()) if magnitude.numel() else 0.0
     return ulps * torch.finfo(dtype).eps * max(1.0, abs(magnitude))
+
+
+def kl_tol(model, ids: torch.Tensor, attention_mask: torch.Tensor | None = None, ulps: int = 8) -> float:
+    """Absolute tolerance for a KL divergence of ``model``'s next-token distributions computed in two
+    summation orders: a KL is a sum of p * (log p - log q), so each rounding of a log-probability
+    moves it by up to eps * max |log p|; ``ulps`` such roundings."""
+    with torch.no_grad():
+        logits = model(ids, attention_mask=attention_mask)
+    log_probs = logits.float().log_softmax(-1)
+    if attention_mask is not None:
+        log_probs = log_probs[attention_mask.bool()]
+    return float_tol(logits.dtype, log_probs, ulps=ulps)
