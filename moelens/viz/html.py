@@ -148,8 +148,10 @@ def heatmap_svg(values: Sequence[Sequence[float]], row_labels: Sequence[object],
         for r, row in enumerate(values) for c, v in enumerate(row)
     ]
     labels = [el("text", row_labels[r], x=0, y=14 + r * cell + cell - 2, font_size=cell - 1) for r in range(n_rows)]
-    caption = el("text", f"{title} (min {low:.3g}, max {high:.3g})", x=0, y=10, font_size=10)
-    width, height = label_width + n_cols * cell + 2, 16 + n_rows * cell
+    text = f"{title} (min {low:.3g}, max {high:.3g})"
+    caption = el("text", text, x=0, y=10, font_size=10)
+    # SVG clips at its width: make room for the caption (at most ~0.62 em per character of a sans-serif font)
+    width, height = max(label_width + n_cols * cell + 2, math.ceil(len(text) * 6.2) + 4), 16 + n_rows * cell
     return el("svg", caption, *labels, *rects, xmlns="http://www.w3.org/2000/svg", width=max(width, 240), height=height, role="img")
 
 

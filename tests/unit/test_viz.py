@@ -183,6 +183,16 @@ def test_heatmap_has_one_cell_per_value():
     assert svg.count("<rect") == 6 and "#dddddd" in svg and "L1 expert 1: 0.25" in svg
 
 
+def test_heatmap_caption_fits_in_the_svg():
+    """An SVG clips what lies past its width: the caption ("share of tokens routed to each expert (min 0,
+    m...") was cut at 240 px. The width now leaves at least 0.6 em (6 px at font-size 10) per character."""
+    title = "share of tokens routed to each expert"
+    svg = heatmap_svg([[0.0, 0.5, 0.125]], ["L0"], title)
+    caption = re.search(r"<text[^>]*>([^<]*share of tokens[^<]*)</text>", svg).group(1)
+    width = float(re.search(r'<svg[^>]* width="(\d+)"', svg).group(1))
+    assert caption == f"{title} (min 0, max 0.5)" and width >= 6 * len(caption)
+
+
 def test_notebook_displays(model):
     from moelens import collect_routing_stats, driver_effects
     from moelens.tasks.demo import demo_texts
