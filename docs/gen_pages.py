@@ -411,11 +411,14 @@ def tutorial_environment(environ: dict[str, str] | None = None) -> dict[str, str
     exist, so the data folder is named from the repository root (unless ``MOELENS_DATA_DIR`` is set);
     they import this checkout; and they print no progress bars or library log lines, which would
     show as red stderr boxes on the pages (``MOELENS_DOCS_BUILD`` turns off the tutorials' own bars).
+    The tutorials run at their quick size (``MOELENS_TUTORIAL_SMALL=1``): at full size they took over
+    20 minutes of a 2-core machine, which is not what a docs build is for; the full-size findings are
+    quoted in the tutorials' text. ``MOELENS_TUTORIAL_SMALL=0 mkdocs build`` executes them at full size.
     """
     environ = dict(os.environ if environ is None else environ)
     settings = {
         "MOELENS_DOCS_BUILD": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
-        "TQDM_DISABLE": "1",
+        "TQDM_DISABLE": "1", "MOELENS_TUTORIAL_SMALL": environ.get("MOELENS_TUTORIAL_SMALL") or "1",
         # tqdm.auto warns once per kernel when ipywidgets is missing (the pages have no widgets anyway)
         "PYTHONWARNINGS": ",".join(w for w in (environ.get("PYTHONWARNINGS"), "ignore:IProgress not found") if w),
     }

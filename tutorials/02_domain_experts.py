@@ -40,7 +40,7 @@ from moelens.tasks.demo import PAPER_DATASETS, paper_domains
 small = os.environ.get("MOELENS_TUTORIAL_SMALL") == "1"
 quiet = small or os.environ.get("MOELENS_DOCS_BUILD") == "1"  # no progress bars in the rendered pages
 limit = 48 if small else 500
-out = Path(os.environ.get("MOELENS_TUTORIAL_OUT", "tutorials/_out"))
+out = Path(os.environ.get("MOELENS_TUTORIAL_OUT", "tutorials/_out")) / "02_domain_experts"
 out.mkdir(parents=True, exist_ok=True)
 
 data = paper_domains(limit)  # ../shared/data (or MOELENS_DATA_DIR) if present, else the packaged demo texts
@@ -92,7 +92,7 @@ for name, stats in results.items():
 # The verdicts below are computed from this run (a domain "clearly" has a domain expert when its
 # best CWAS lift is positive and more than twice the size of its median lift; a general expert is
 # one whose lowest activation rate over the domains exceeds the uniform-routing rate top-k / n).
-# The figures are also written to `tutorials/_out/`.
+# The figures are also written to `tutorials/_out/02_domain_experts/`.
 
 # %%
 for name, v in verdicts.items():

@@ -40,7 +40,7 @@ from moelens.tasks.demo import PAPER_DATASETS, paper_domains
 small = os.environ.get("MOELENS_TUTORIAL_SMALL") == "1"
 quiet = small or os.environ.get("MOELENS_DOCS_BUILD") == "1"  # no progress bars in the rendered pages
 per_domain = 8 if small else 64
-out = Path(os.environ.get("MOELENS_TUTORIAL_OUT", "tutorials/_out"))
+out = Path(os.environ.get("MOELENS_TUTORIAL_OUT", "tutorials/_out")) / "03_driver_experts"
 out.mkdir(parents=True, exist_ok=True)
 data = paper_domains(per_domain)  # ../shared/data (or MOELENS_DATA_DIR) if present, else the packaged demo texts
 source = resolve_data_dir()

@@ -25,6 +25,7 @@
 # Set `MOELENS_TUTORIAL_SMALL=1` for a quick run (CI does).
 
 # %%
+# %matplotlib inline
 import os
 from pathlib import Path
 
@@ -39,15 +40,21 @@ except NameError:
 from moelens import HookedMoE, driver_effects, routing_mediation, token_attribution, token_triggers
 from moelens.analysis import expert_representations, logit_diff
 from moelens.analysis.mediation_report import sentiment_pair
-from moelens.tasks.demo import paper_domains
+from moelens.tasks.data import resolve_data_dir
+from moelens.tasks.demo import PAPER_DATASETS, paper_domains
 
 small = os.environ.get("MOELENS_TUTORIAL_SMALL") == "1"
 per_domain = 16 if small else 160
-out = Path(os.environ.get("MOELENS_TUTORIAL_OUT", "tutorials/_out"))
+out = Path(os.environ.get("MOELENS_TUTORIAL_OUT", "tutorials/_out")) / "04_mediation_attribution_triggers"
 out.mkdir(parents=True, exist_ok=True)
-data = paper_domains(per_domain)  # ../shared/data if present, else the packaged demo texts
-# drivers are selected on the first texts of each domain (32), triggers measured on the others (128)
-n_select = 4 if small else 32
+data = paper_domains(per_domain)  # ../shared/data (or MOELENS_DATA_DIR) if present, else the packaged demo texts
+source = resolve_data_dir()
+print("data:", f"evaluation sets {PAPER_DATASETS} from {source}" if source else
+      "the packaged demo texts (no ../shared/data found): 30-40 texts per domain, so the numbers below are "
+      "a smaller, noisier version of the run quoted at the end")
+# drivers are selected on the first texts of each domain (32), triggers measured on the others (128);
+# with fewer texts (the demo texts), a quarter of each domain selects and the rest is held out
+n_select = min(4 if small else 32, min(len(texts) for texts in data.values()) // 4)
 select = {d: texts[:n_select] for d, texts in data.items()}
 held_out = {d: texts[n_select:] for d, texts in data.items()}
 model = HookedMoE.from_pretrained("moelens/mixtral-tiny", dtype=torch.float32)
@@ -63,7 +70,8 @@ print(model, {d: (len(select[d]), len(held_out[d])) for d in data})
 # run's value, all other experts keep their clean gates; the layers after it route by their own rule.
 
 # %%
-reviews = paper_domains(120 if small else 872)["sentiment"]  # sst2 validation: about 1 review in 12 has a swap
+# sst2 validation (about 1 review in 12 has a swap), or the demo reviews, whose lines end with their answer: cut it
+reviews = [text.rsplit("\nSentiment:", 1)[0] + "\nSentiment:" for text in paper_domains(120 if small else 872)["sentiment"]]
 pairs = [p for text in reviews if (p := sentiment_pair(model, {"sentiment": [text]})) is not None]
 pairs = pairs[: 4 if small else 32]
 print(len(pairs), "pairs, e.g.", pairs[0][2])
