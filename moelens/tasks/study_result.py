@@ -57,11 +57,12 @@ class StudyResult:
 
     def plot(self, path: str | Path | None = None):
         """Delta vs baseline with its 95% CI, one bar per expert set and factor, a panel per recipe."""
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # not pyplot: a notebook would show a pyplot figure twice
 
         rows = self.table[self.table["recipe"].isin(sorted(set(self.table["recipe"]) - {"none"}))]
         recipes = list(dict.fromkeys(rows["recipe"]))
-        fig, axes = plt.subplots(1, max(1, len(recipes)), figsize=(4.2 * max(1, len(recipes)), 3.6), squeeze=False)
+        fig = Figure(figsize=(4.2 * max(1, len(recipes)), 3.6))
+        axes = fig.subplots(1, max(1, len(recipes)), squeeze=False)
         for ax, recipe in zip(axes[0], recipes, strict=False):
             part = rows[rows["recipe"] == recipe].reset_index(drop=True)
             labels = [f"{s}\n{_factor(f, recipe)}" for s, f in zip(part["expert_set"], part["factor"], strict=True)]

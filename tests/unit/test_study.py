@@ -128,3 +128,17 @@ def test_study_cli_writes_table_plot_and_section(tmp_path, data_dir):
     assert list(table["expert_set"]) == ["baseline", "domain", "random (domain)", "driver", "random (driver)"]
     bad = CliRunner().invoke(app, ["study", "--select-on", "validation[:4]", "--evaluate-on", "validation[:4]", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "share 4 id" in bad.output
+
+
+def test_study_plot_is_not_a_pyplot_figure(tmp_path):
+    """A figure left in pyplot is shown twice in a notebook (display() and the inline backend at the
+    end of the cell): the study's plot is a plain Figure, like the other moelens plots."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    table = pd.DataFrame([
+        {"expert_set": "baseline", "recipe": "none", "factor": float("nan"), "delta": 0.0, "delta_ci_low": 0.0, "delta_ci_high": 0.0},
+        {"expert_set": "domain", "recipe": "scale-logits", "factor": 1.2, "delta": 0.02, "delta_ci_low": -0.01, "delta_ci_high": 0.05}])
+    before = plt.get_fignums()
+    fig = StudyResult(table, {"model": "m", "task": "sst2"}).plot(tmp_path / "study.png")
+    assert plt.get_fignums() == before and (tmp_path / "study.png").stat().st_size > 0 and len(fig.axes) == 1
