@@ -200,7 +200,7 @@ def test_zoo_card_page(tmp_path):
 def test_tutorial_environment_names_the_data_and_silences_progress(tmp_path):
     env = gen.tutorial_environment({"PYTHONPATH": "/elsewhere"})
     assert env["MOELENS_DOCS_BUILD"] == "1" and env["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
-    assert env["MOELENS_TUTORIAL_SMALL"] == "1"  # the quick size unless asked otherwise
+    assert env["MOELENS_TUTORIAL_SMALL"] == "1" and env["OMP_NUM_THREADS"] == "1"  # unless asked otherwise
     assert gen.tutorial_environment({"MOELENS_TUTORIAL_SMALL": "0"})["MOELENS_TUTORIAL_SMALL"] == "0"
     assert env["PYTHONPATH"].split(os.pathsep) == [str(ROOT), "/elsewhere"]  # the kernels import this checkout
     shared = ROOT.parent / "shared" / "data"
