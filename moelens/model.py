@@ -311,7 +311,7 @@ class HookedMoE(AnalysisPrimitives, nn.Module):
             with torch.enable_grad():  # the metric joins the graph, also inside a caller's no_grad()
                 store.update(metric_gradients(logits, metric, grad_points, call, device))
             logits = logits.detach()
-        cache = ActivationCache(store, self.cfg.moe_layers, self.cfg.n_experts, model_inputs.attention_mask.bool())
+        cache = ActivationCache(store, self.cfg.moe_layers, self.cfg.n_experts, model_inputs.attention_mask.bool(), self)
         return logits, cache
 
     def run_with_interventions(

@@ -99,6 +99,7 @@ class ArchitectureSpec:
     attn_norm: str = "input_layernorm"
     mlp_norm: str = "post_attention_layernorm"  # its input is hook_resid_mid
     norm: Literal["rms", "layer"] = "rms"  # the formula of every norm (RMSNorm or LayerNorm), for apply_ln
+    norm_eps_attr: str = "rms_norm_eps"  # config attribute with every norm's epsilon
     residual: ResidualForm = ADDITIVE
     checkpoints: tuple[str, ...] = ()
     notes: str = ""

@@ -329,7 +329,7 @@ class NNsightMoE:
             mask = model_inputs.attention_mask.cpu()
             out, store = _traced(self.nn_model, model_inputs.hf_kwargs(), steps, registry, mask, recorder, stop_envoy, self.remote,
                                  positions)
-        cache = ActivationCache(dict(store), self.cfg.moe_layers, self.cfg.n_experts, model_inputs.attention_mask.bool())
+        cache = ActivationCache(dict(store), self.cfg.moe_layers, self.cfg.n_experts, model_inputs.attention_mask.bool(), self)
         return out, cache
 
     def _stop(self, stop_at_layer: int | None) -> int | None:
