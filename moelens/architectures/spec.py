@@ -53,7 +53,7 @@ class RoutingRule:
 @dataclass(frozen=True)
 class ResidualForm:
     """How a decoder layer writes its two branches into the residual stream (read from the family's
-    ``DecoderLayer.forward``; docs/concepts/residual.md lists every family).
+    ``DecoderLayer.forward``; docs/concepts/hook-points.md lists every family).
 
     ``additive``: ``resid_mid = resid_pre + s * attn_out`` and ``resid_post = resid_mid + s * mlp_out``,
     with ``s = branch_scale(config)`` (HF's own op, so the identities hold bit for bit; ``None`` means

@@ -185,7 +185,7 @@ def test_residual_identities(family, seed, overrides):
     """resid_mid == resid_pre + attn_out and resid_post == resid_mid + mlp_out, bit for bit (HF's own
     adds, recomputed on the cached tensors), on every layer, dense layers of mixed models included;
     Granite multiplies each branch (and the embedding) by a config factor; MiniMax's skip connection
-    carries the normalised stream, so it gets its own formula (docs/concepts/residual.md)."""
+    carries the normalised stream, so it gets its own formula (docs/concepts/hook-points.md)."""
     hf = build(family, seed, overrides)
     model = HookedMoE.from_hf(hf)
     ids = tokens(seed + 3)
