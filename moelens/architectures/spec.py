@@ -89,6 +89,9 @@ class ArchitectureSpec:
     experts: str
     shared_experts: str | None
     shared_expert_count: Callable[[Any], int] = field(default=lambda config: 0)
+    # the block calls its shared experts before the router (Qwen2-MoE): the nnsight backend reads
+    # modules in call order
+    shared_first: bool = False
     # What the causal LM does to the LM head's output before returning it (logit scaling, casts);
     # ``(logits, config) -> logits``. HookedMoE.unembed applies it so it matches the forward bit for bit.
     logits_from_head: Callable[[Tensor, Any], Tensor] = field(default=lambda logits, config: logits)
