@@ -70,12 +70,17 @@ class StreamHooks:
 
     def _mid_pre(self, module: nn.Module, args: tuple) -> None:
         resid = args[0]
-        new = self.points["hook_resid_mid"](resid)
+        point = self.points["hook_resid_mid"]
+        if point.has_bwd:
+            # A backward function needs a node of its own that the copy below does not rewrite (a view
+            # of ``resid`` would be re-based by it, and its gradient lost): hand the points a copy and
+            # write what comes back, in-place edits included, into HF's tensor.
+            resid.copy_(point(resid.clone()))
+            return None
+        new = point(resid)
         if new is not resid:
-            # A backward function hands back a view of ``resid`` itself; copying a tensor into its own
-            # storage needs the copy to come first (the graph then runs: later use -> copy -> view).
             same_storage = new.untyped_storage().data_ptr() == resid.untyped_storage().data_ptr()
-            resid.copy_(new.clone() if same_storage else new)
+            resid.copy_(new.clone() if same_storage else new)  # a view of resid: read it before writing
         return None
 
 

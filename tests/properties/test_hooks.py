@@ -204,3 +204,31 @@ def test_backward_hook_on_resid_mid_fires_and_changes_no_value(family):
     assert torch.equal(logits.detach(), reference)
     logits[:, -1].sum().backward()
     assert len(seen) == 1 and seen[0].shape == (*ids.shape, model.cfg.d_model) and bool(seen[0].ne(0).any())
+
+
+def test_stream_gradients_match_finite_differences():
+    """incl_bwd gradients of the stream hooks (resid_mid goes through a copy into HF's tensor) against
+    central differences of the same edit, in float64 with eager experts (O(eps^2) = 1e-8 error)."""
+    from moelens import HookedMoE
+    from moelens.testing import tiny_model
+
+    model = HookedMoE.from_hf(tiny_model("mixtral", experts_implementation="eager").double())
+    ids = token_batch(6, batch=1, pos=5)
+
+    def metric(logits):
+        return logits[0, -1, 7]
+
+    _, cache = model.run_with_cache(ids, incl_bwd=True, metric=metric)
+    for layer in range(model.cfg.n_layers):
+        assert torch.equal(cache[f"blocks.{layer}.hook_mlp_out_grad"], cache[f"blocks.{layer}.hook_resid_post_grad"])
+    for name in ("blocks.0.hook_resid_mid", "blocks.1.hook_resid_mid", "blocks.1.hook_attn_out", "hook_embed"):
+        grad = cache[name + "_grad"]
+        direction = torch.randn(grad.shape, generator=torch.Generator().manual_seed(1), dtype=grad.dtype)
+        eps = 1e-4
+
+        def at(step, name=name, direction=direction):
+            with torch.no_grad():
+                return float(metric(model.run_with_hooks(ids, [(name, lambda x, hook: x + step * direction)])))
+
+        finite = (at(eps) - at(-eps)) / (2 * eps)
+        assert float((grad * direction).sum()) == pytest.approx(finite, rel=1e-4, abs=1e-6), name
