@@ -33,6 +33,10 @@ def test_routing_cache_equals_hookedmoe(family):
     assert torch.equal(cache.topk_mask(), ref.topk_mask())
     assert torch.equal(cache.gate_weights(), ref.gate_weights())
     assert torch.equal(cache.attention_mask, ref.attention_mask)
+    # the residual helpers read the model through the cache: the same on both backends
+    assert torch.equal(cache.accumulated_resid(incl_mid=True, apply_ln=True), ref.accumulated_resid(incl_mid=True, apply_ln=True))
+    assert torch.equal(cache.decompose_resid(), ref.decompose_resid())
+    assert torch.equal(cache["router_logits", hooked.cfg.moe_layers[-1]], ref["router_logits", hooked.cfg.moe_layers[-1]])
 
 
 def _interventions(hooked):
