@@ -215,3 +215,16 @@ def test_residual_identities(family, seed, overrides):
                 assert torch.equal(post, skip * block.mlp_alpha_factor + mlp * block.mlp_beta_factor)
         if form.additive:
             assert torch.equal(cache["blocks.0.hook_resid_pre"], embed(cache["hook_embed"]))
+
+
+@pytest.mark.parametrize("family", ["mixtral", "deepseek_v3", "granitemoe", "llama4_text"])
+def test_residual_identities_in_bf16(family):
+    """The same adds in bf16: still bit for bit (HF's op on the cached tensors, same dtype)."""
+    model = HookedMoE.from_hf(tiny_model(family, 3).to(torch.bfloat16))
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens(3))
+    branch = _branch(model, model.spec.residual.branch_scale)
+    for layer in range(model.cfg.n_layers):
+        assert cache["resid_mid", layer].dtype == torch.bfloat16
+        assert torch.equal(cache["resid_mid", layer], cache["resid_pre", layer] + branch(cache["attn_out", layer]))
+        assert torch.equal(cache["resid_post", layer], cache["resid_mid", layer] + branch(cache["mlp_out", layer]))
