@@ -29,11 +29,12 @@ if str(ROOT) not in sys.path:  # the build must document this checkout, installe
 import moelens.architectures as architectures  # noqa: E402
 from moelens import errors  # noqa: E402
 from moelens.architectures.spec import ArchitectureSpec  # noqa: E402
-from moelens.names import HOOK_TABLE  # noqa: E402
+from moelens.names import HOOK_TABLE, hook_name  # noqa: E402
 
 MARKER = re.compile(r"<!-- moelens:([\w-]+)(?: ([\w.-]+))? -->")
 
 SCOPES = {
+    "model": "once per model",
     "layer": "every layer",
     "moe": "every MoE layer",
     "shared": "MoE layers with shared experts",
@@ -120,8 +121,7 @@ def offered_hooks(spec: ArchitectureSpec) -> list[str]:
 
 
 def _hook_name(suffix: str) -> str:
-    row = HOOK_TABLE[suffix]
-    return f"blocks.{{L}}.{suffix}" if row.scope == "layer" else f"blocks.{{L}}.moe.{suffix}"
+    return hook_name("{L}", suffix)
 
 
 def _doc_first_block(obj) -> str:
@@ -184,6 +184,8 @@ def architecture_markdown(spec: ArchitectureSpec) -> str:
 | MoE block returns a tuple | {"yes" if spec.moe_returns_tuple else "no"} |
 | number of experts | `config.{spec.n_experts_attr}` |
 | k (experts per token) | `config.{spec.top_k_attr}` |
+| norms | {"LayerNorm" if spec.norm == "layer" else "RMSNorm"} (epsilon `config.{spec.norm_eps_attr}`) |
+| residual stream | {"additive" if spec.residual.additive else "**not additive**"}: {_cell(spec.residual.note)} |
 
 ## Checkpoints it covers
 
@@ -197,13 +199,17 @@ Dotted attribute paths; `a|b` lists candidates where HF renamed a module between
 |---|---|
 | decoder layers (from the causal LM) | `{spec.layers}` |
 | final norm (from the causal LM) | `{spec.final_norm}` |
-| MoE block (from a decoder layer) | `{spec.moe_block}` |
+| MoE block, or the dense MLP (from a decoder layer) | `{spec.moe_block}` |
+| attention (from a decoder layer; `hook_attn_out`) | `{spec.attention}` |
+| attention norm (from a decoder layer) | `{spec.attn_norm}` |
+| pre-MLP norm (from a decoder layer; its input is `hook_resid_mid`) | `{spec.mlp_norm}` |
 | router (from the MoE block) | `{spec.router}` |
 | experts (from the MoE block) | `{spec.experts}` |
 | shared experts (from the MoE block) | {f"`{spec.shared_experts}`" if spec.shared_experts else "none"} |
 
 A decoder layer is an MoE layer when its MoE block has both a router and experts at these paths;
-the others (dense layers, e.g. the first layers of DeepSeek models) get only the residual hooks.
+the others (dense layers, e.g. the first layers of DeepSeek models) get only the per-layer hooks
+(residual stream, `hook_attn_out`, `hook_mlp_out`).
 `model.cfg.moe_layers` lists the MoE layers.
 
 ## Routing rule

@@ -6,7 +6,8 @@
 1
 """
 
-from . import viz  # noqa: F401  (so that moelens.viz.routing_tokens works right after `import moelens`)
+# so that moelens.viz.routing_tokens, moelens.patching and moelens.utils work right after `import moelens`
+from . import patching, utils, viz  # noqa: F401
 from .analysis import (
     Agreement,
     Attribution,

@@ -22,7 +22,7 @@ from .architectures.registry import resolve
 from .architectures.spec import ArchitectureSpec, RouterOutput
 from .errors import HookShapeError, ReadOnlyHookError
 from .hook_points import HookPoint
-from .names import HOOK_TABLE, moe_name, resid_name
+from .names import HOOK_TABLE, hook_name
 
 __all__ = ["LayerHooks", "MoEHooks", "StopForward", "build_hook_points"]
 
@@ -249,32 +249,47 @@ def _patched_forward(module: nn.Module, forward: Callable):
 
 
 def build_hook_points(
-    layers: Sequence[nn.Module], spec: ArchitectureSpec, moe_layers: tuple[int, ...], n_experts: int
-) -> tuple[list[HookPoint], list[LayerHooks], list[MoEHooks]]:
-    """Every hook point of a model in forward order, with the interception of each layer and MoE block."""
-    points: list[HookPoint] = []
+    layers: Sequence[nn.Module],
+    spec: ArchitectureSpec,
+    moe_layers: tuple[int, ...],
+    n_experts: int,
+    embed: nn.Module,
+    final_norm: nn.Module,
+) -> tuple[list[HookPoint], list[LayerHooks], list[MoEHooks], list]:
+    """Every hook point of a model in forward order, with the interception of each layer, MoE block
+    and stream point (:mod:`moelens._stream_hooks`: the model's first, then one per layer)."""
+    from ._stream_hooks import ModelStreamHooks, StreamHooks  # it imports own_hook from here
+
+    def point(layer: int | None, suffix: str) -> HookPoint:
+        return HookPoint(hook_name(layer, suffix), layer, HOOK_TABLE[suffix])
+
+    ends = {suffix: point(None, suffix) for suffix in ("hook_embed", "ln_final.hook_normalized")}
+    points: list[HookPoint] = [ends["hook_embed"]]
     layer_hooks: list[LayerHooks] = []
     moe_hooks: list[MoEHooks] = []
+    stream_hooks: list = [ModelStreamHooks(embed, final_norm, ends)]
     for index, layer in enumerate(layers):
-        pre = HookPoint(resid_name(index, "pre"), index, HOOK_TABLE["hook_resid_pre"])
-        post = HookPoint(resid_name(index, "post"), index, HOOK_TABLE["hook_resid_post"])
+        stream = {suffix: point(index, suffix) for suffix in ("hook_attn_out", "hook_resid_mid", "hook_mlp_out")}
+        pre, post = point(index, "hook_resid_pre"), point(index, "hook_resid_post")
         layer_hooks.append(LayerHooks(layer, pre, post))
-        points.append(pre)
+        block = resolve(layer, spec.moe_block)
+        stream_hooks.append(StreamHooks(resolve(layer, spec.attention), resolve(layer, spec.mlp_norm), block, stream))
+        points.extend([pre, stream["hook_attn_out"], stream["hook_resid_mid"]])
         if index in moe_layers:
-            block = resolve(layer, spec.moe_block)
             shared = resolve(block, spec.shared_experts) if spec.shared_experts else None
             moe_points = {}
             for suffix, row in HOOK_TABLE.items():
-                if row.scope == "layer" or (row.scope == "shared" and shared is None):
+                if row.scope in ("model", "layer") or (row.scope == "shared" and shared is None):
                     continue
                 if suffix == "hook_expert_out" and spec.experts_layout != "fused":
                     continue  # per-slot outputs need HF's fused (hidden, index, weights) experts call
-                moe_points[suffix] = HookPoint(moe_name(index, suffix), index, row)
+                moe_points[suffix] = point(index, suffix)
             router, experts = resolve(block, spec.router), resolve(block, spec.experts)
             moe_hooks.append(MoEHooks(spec, block, router, experts, shared, moe_points, n_experts))
             points.extend(moe_points.values())
-        points.append(post)
-    return points, layer_hooks, moe_hooks
+        points.extend([stream["hook_mlp_out"], post])
+    points.append(ends["ln_final.hook_normalized"])
+    return points, layer_hooks, moe_hooks, stream_hooks
 
 
 def _same(a: Tensor, b: Tensor) -> bool:

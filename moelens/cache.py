@@ -13,35 +13,103 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from .errors import InvalidInputError, UnknownHookError
+from ._residual import ResidualHelpers
+from .errors import InvalidInputError, MoelensError, UnknownHookError
 from .hook_points import CallContext, HookPoint
 from .names import moe_name
+from .utils import get_act_name
 
 __all__ = ["ActivationCache", "metric_gradients"]
 
 
-class ActivationCache(Mapping[str, Tensor]):
-    """A read-only mapping ``hook name -> tensor`` plus stacked routing helpers.
+class ActivationCache(ResidualHelpers, Mapping[str, Tensor]):
+    """A read-only mapping ``hook name -> tensor`` plus stacked routing helpers and TransformerLens's
+    residual-stream helpers (:mod:`moelens._residual`).
+
+    Keys are hook names, TransformerLens short names (``cache["embed"]``) or ``(short name, layer)``
+    pairs, negative layers counting from the end (``cache["resid_post", -1]``,
+    ``cache["router_logits", 1]``): see :func:`moelens.utils.get_act_name`.
 
     Example (``model`` is any :class:`~moelens.HookedMoE`)::
 
         logits, cache = model.run_with_cache("The cat sat")
         cache["blocks.0.moe.hook_router_logits"]      # [batch pos n_experts]
+        cache["resid_post", 0]                        # [batch pos d_model]
         cache.topk_mask()                             # [moe_layer batch pos n_experts], bool
     """
 
-    def __init__(self, store: dict[str, Tensor], moe_layers: tuple[int, ...], n_experts: int, attention_mask: Tensor):
+    def __init__(
+        self,
+        store: dict[str, Tensor],
+        moe_layers: tuple[int, ...],
+        n_experts: int,
+        attention_mask: Tensor,
+        model: Any = None,
+    ):
         self._store = store
         self.moe_layers = moe_layers
         self.n_experts = n_experts
         self.attention_mask = attention_mask  # [batch pos], bool: False on padding
+        self.model = model  # HookedMoE or NNsightMoE: layers, norms and LM head for the residual helpers
+        self.has_batch_dim = True
 
-    def __getitem__(self, name: str) -> Tensor:
+    def __getitem__(self, key: str | tuple) -> Tensor:
+        name = self._name(key)
         try:
             return self._store[name]
         except KeyError:
             hint = "" if "hook_" not in name else " (if the name is right, it was not cached: check names_filter)"
             raise UnknownHookError(name + hint, self._store) from None
+
+    def _name(self, key: str | tuple) -> str:
+        if isinstance(key, tuple):
+            name, layer, *rest = key
+            if isinstance(layer, int) and layer < 0 and self.model is not None:
+                layer += self.model.cfg.n_layers
+            return get_act_name(name, layer, *rest)
+        if isinstance(key, str) and key not in self._store and "." not in key and not key.startswith("hook_"):
+            return get_act_name(key)
+        return key
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            return self._name(key) in self._store  # type: ignore[arg-type]
+        except (MoelensError, TypeError, ValueError):
+            return False
+
+    def to(self, device: str | torch.device) -> ActivationCache:
+        """Move every tensor (and the mask) to ``device``, in place; returns the cache.
+
+        >>> from moelens import HookedMoE
+        >>> from moelens.testing import tiny_model
+        >>> _, cache = HookedMoE.from_hf(tiny_model("mixtral")).run_with_cache(torch.tensor([[4, 5]]))
+        >>> cache.to("cpu")["embed"].device.type
+        'cpu'
+        """
+        self._store = {name: tensor.to(device) for name, tensor in self._store.items()}
+        self.attention_mask = self.attention_mask.to(device)
+        return self
+
+    def remove_batch_dim(self) -> ActivationCache:
+        """Drop the batch axis of a one-row cache, in place (TransformerLens's); returns the cache.
+        The residual helpers then work on ``[pos d_model]``; the stacked MoE helpers need the batch axis.
+
+        >>> from moelens import HookedMoE
+        >>> from moelens.testing import tiny_model
+        >>> _, cache = HookedMoE.from_hf(tiny_model("mixtral")).run_with_cache(torch.tensor([[4, 5]]))
+        >>> cache.remove_batch_dim()["resid_pre", 0].shape
+        torch.Size([2, 32])
+        """
+        if not self.has_batch_dim:
+            return self
+        rows = {name: tensor.shape[0] for name, tensor in self._store.items() if tensor.shape[0] != 1}
+        if rows:
+            name, size = next(iter(rows.items()))
+            raise InvalidInputError(f"remove_batch_dim needs a batch of one; {name!r} has {size} rows. Cache one input.")
+        self._store = {name: tensor[0] for name, tensor in self._store.items()}
+        self.attention_mask = self.attention_mask[0]
+        self.has_batch_dim = False
+        return self
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._store)

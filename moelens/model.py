@@ -69,8 +69,8 @@ class HookedMoE(AnalysisPrimitives, nn.Module):
         self.layers: nn.ModuleList = resolve(hf_model, self.spec.layers)
         self.final_norm: nn.Module = resolve(hf_model, self.spec.final_norm)
         self.cfg = MoEConfig.of(hf_model.config, self.spec, len(self.layers), find_moe_layers(hf_model, self.spec))
-        points, self._layer_hooks, self._moe_hooks = build_hook_points(
-            self.layers, self.spec, self.cfg.moe_layers, self.cfg.n_experts
+        points, self._layer_hooks, self._moe_hooks, self._stream_hooks = build_hook_points(
+            self.layers, self.spec, self.cfg.moe_layers, self.cfg.n_experts, hf_model.get_input_embeddings(), self.final_norm
         )
         self._registry = HookRegistry(points)
         # use_kernels alone is no reason to warn (transformers sets it whenever `kernels` is installed)
@@ -217,6 +217,8 @@ class HookedMoE(AnalysisPrimitives, nn.Module):
                 own_hook(stack, self.final_norm, _raise_stop, pre=True)
             for moe_hooks in self._moe_hooks:
                 moe_hooks.install(stack)
+            for stream_hooks in self._stream_hooks:  # after the MoE hooks: hook_mlp_out follows moe.hook_out
+                stream_hooks.install(stack)
             stack.enter_context(self._registry.calling(call or CallContext()))
             self._registry.call.attention_mask = model_inputs.attention_mask
             try:
@@ -307,7 +309,7 @@ class HookedMoE(AnalysisPrimitives, nn.Module):
             with torch.enable_grad():  # the metric joins the graph, also inside a caller's no_grad()
                 store.update(metric_gradients(logits, metric, grad_points, call, device))
             logits = logits.detach()
-        cache = ActivationCache(store, self.cfg.moe_layers, self.cfg.n_experts, model_inputs.attention_mask.bool())
+        cache = ActivationCache(store, self.cfg.moe_layers, self.cfg.n_experts, model_inputs.attention_mask.bool(), self)
         return logits, cache
 
     def run_with_interventions(

@@ -2,7 +2,7 @@
 
 from .io import DENSE_SCORES_LOGITS, LOGITS_WEIGHTS_INDEX
 from .routing import sparsemixer_eval, topk_then_sigmoid, topk_then_softmax
-from .spec import ArchitectureSpec, RoutingRule
+from .spec import ArchitectureSpec, ResidualForm, RoutingRule
 
 _TOPK_THEN_SOFTMAX = RoutingRule("softmax", topk_then_softmax, "top-k on the logits -> softmax over the k values")
 
@@ -36,6 +36,13 @@ GRANITEMOE = ArchitectureSpec(
     experts="experts",
     shared_experts=None,
     checkpoints=("ibm-granite/granite-3.0-1b-a400m-base", "ibm-granite/granite-3.0-3b-a800m-base"),
+    residual=ResidualForm(
+        True,
+        branch_scale=lambda config: config.residual_multiplier,
+        embed_scale=lambda config: config.embedding_multiplier,
+        note="both branches are multiplied by residual_multiplier before the add, and the embedding by "
+        "embedding_multiplier: resid_mid = resid_pre + attn_out * residual_multiplier",
+    ),
     notes="Logits are cast to fp32 before top-k; weights are cast back to the hidden dtype.",
 )
 
@@ -53,6 +60,7 @@ PHIMOE = ArchitectureSpec(
     experts="experts",
     shared_experts=None,
     checkpoints=("microsoft/Phi-3.5-MoE-instruct",),
+    norm="layer",  # nn.LayerNorm everywhere (with a bias), not RMSNorm
     notes="In train() the router samples (Gumbel) and jitters its input: analyse in eval(). k is always 2.",
 )
 

@@ -22,6 +22,7 @@ QWEN2_MOE = ArchitectureSpec(
     experts="experts",
     shared_experts="shared_expert",
     shared_expert_count=lambda config: 1,
+    shared_first=True,
     checkpoints=("Qwen/Qwen1.5-MoE-A2.7B",),
     notes="The shared expert's output is multiplied by sigmoid(shared_expert_gate(x)); "
     "hook_shared_out is the shared expert's output before that gate.",

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..errors import UnsupportedArchitectureError
 from .deepseek import DEEPSEEK_V1, DEEPSEEK_V2, DEEPSEEK_V3
-from .mixtral import MIXTRAL
+from .mixtral import MINIMAX, MIXTRAL
 from .others import GPT_OSS, GRANITEMOE, LLAMA4_TEXT, PHIMOE
 from .qwen import OLMOE, QWEN2_MOE, QWEN3_MOE
 from .spec import ArchitectureSpec
@@ -21,6 +21,7 @@ __all__ = ["SPECS", "spec_for_model", "spec_for_model_type", "supported_model_ty
 
 SPECS: tuple[ArchitectureSpec, ...] = (
     MIXTRAL,
+    MINIMAX,
     QWEN2_MOE,
     QWEN3_MOE,
     OLMOE,

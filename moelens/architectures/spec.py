@@ -1,7 +1,8 @@
 """An MoE family described as data: where its modules are, its routing rule, how to read its router.
 
 Paths are dotted attribute paths. ``layers`` and ``final_norm`` start at the causal-LM root;
-``moe_block`` starts at a decoder layer; ``router``, ``experts`` and ``shared_experts`` start at the
+``moe_block``, ``attention``, ``attn_norm`` and ``mlp_norm`` start at a decoder layer (``moe_block`` is
+also where dense layers of mixed models keep their MLP); ``router``, ``experts`` and ``shared_experts`` start at the
 MoE block. A path may list candidates separated by ``|`` where HF renamed a module between releases.
 Routing semantics have no defaults: every spec states its rule and its router's output format.
 """
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from .routing import Routing
 
-__all__ = ["ArchitectureSpec", "RouterIO", "RoutingRule", "RouterOutput"]
+__all__ = ["ADDITIVE", "ArchitectureSpec", "ResidualForm", "RouterIO", "RoutingRule", "RouterOutput"]
 
 
 class RouterOutput(NamedTuple):
@@ -50,6 +51,27 @@ class RoutingRule:
 
 
 @dataclass(frozen=True)
+class ResidualForm:
+    """How a decoder layer writes its two branches into the residual stream (read from the family's
+    ``DecoderLayer.forward``; docs/concepts/hook-points.md lists every family).
+
+    ``additive``: ``resid_mid = resid_pre + s * attn_out`` and ``resid_post = resid_mid + s * mlp_out``,
+    with ``s = branch_scale(config)`` (HF's own op, so the identities hold bit for bit; ``None`` means
+    the plain add, no multiplication), and ``resid_pre[0] = hook_embed * embed_scale(config)``. A
+    family whose skip connection carries something else (MiniMax: the *normalised* stream times an
+    alpha) has ``additive=False``: the stream is then not a sum of branch outputs.
+    """
+
+    additive: bool
+    branch_scale: Callable[[Any], float] | None = None
+    embed_scale: Callable[[Any], float] | None = None
+    note: str = ""
+
+
+ADDITIVE = ResidualForm(True, note="resid_mid = resid_pre + attn_out; resid_post = resid_mid + mlp_out")
+
+
+@dataclass(frozen=True)
 class ArchitectureSpec:
     """Everything moelens needs to know about one MoE family of ``transformers``."""
 
@@ -67,12 +89,21 @@ class ArchitectureSpec:
     experts: str
     shared_experts: str | None
     shared_expert_count: Callable[[Any], int] = field(default=lambda config: 0)
+    # the block calls its shared experts before the router (Qwen2-MoE): the nnsight backend reads
+    # modules in call order
+    shared_first: bool = False
     # What the causal LM does to the LM head's output before returning it (logit scaling, casts);
     # ``(logits, config) -> logits``. HookedMoE.unembed applies it so it matches the forward bit for bit.
     logits_from_head: Callable[[Tensor, Any], Tensor] = field(default=lambda logits, config: logits)
     layers: str = "model.layers"
     final_norm: str = "model.norm"
     moe_block: str = "mlp"
+    attention: str = "self_attn"  # its output is hook_attn_out
+    attn_norm: str = "input_layernorm"
+    mlp_norm: str = "post_attention_layernorm"  # its input is hook_resid_mid
+    norm: Literal["rms", "layer"] = "rms"  # the formula of every norm (RMSNorm or LayerNorm), for apply_ln
+    norm_eps_attr: str = "rms_norm_eps"  # config attribute with every norm's epsilon
+    residual: ResidualForm = ADDITIVE
     checkpoints: tuple[str, ...] = ()
     notes: str = ""
 

@@ -7,8 +7,9 @@ local model. The edits reuse :class:`~moelens._interception.MoEHooks` and
 :class:`~moelens._interception.LayerHooks` unchanged: the same code edits the same tensors as
 ``HookedMoE``, so the two backends agree bit for bit.
 
-Module reads follow forward order (layer input, block input, router, block output, layer output),
-as nnsight requires; a module is touched only when one of its hook points has functions.
+Module reads follow forward order (embedding, then per layer: layer input, attention output, pre-MLP
+norm input, block input, router, experts, shared experts, block output, layer output; then the final
+norm), as nnsight requires; a module is touched only when one of its hook points has functions.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import torch
 from torch import Tensor
 
 from .._interception import LayerHooks, MoEHooks
+from .._stream_hooks import ModelStreamHooks, StreamHooks, _replace_output
 from ..hook_points import CallContext, HookPoint, HookRegistry
-from ..names import moe_name
+from ..names import HOOK_TABLE, hook_name, moe_name
 
-__all__ = ["LayerStep", "Recorder", "TraceView", "build_steps", "intercept"]
+__all__ = ["LayerStep", "Recorder", "TraceEnvoys", "TraceView", "build_steps", "intercept", "point_rows"]
 
 _ROUTING = ("hook_router_logits", "hook_router_scores", "hook_topk_indices", "hook_topk_weights")
 
@@ -40,7 +42,7 @@ class TraceView:
 
     def hook_point(self, name: str) -> HookPoint:
         from ..errors import UnknownHookError
-        from ..names import HOOK_TABLE, parse_hook_name
+        from ..names import parse_hook_name
 
         if name not in self.hook_names:
             raise UnknownHookError(name, dict.fromkeys(self.hook_names))
@@ -55,9 +57,68 @@ class LayerStep:
     index: int
     layer: Any  # envoy of the decoder layer
     layer_hooks: LayerHooks
-    block: Any = None  # envoy of the MoE block (None on dense layers)
-    router: Any = None  # envoy of the router
+    stream: StreamHooks  # hook_attn_out, hook_resid_mid, hook_mlp_out (holds no module here)
+    attention: Any = None  # envoys of the attention, the pre-MLP norm and the MLP or MoE block
+    mlp_norm: Any = None
+    mlp: Any = None
+    router: Any = None  # envoys of the router, experts and shared experts (MoE layers)
+    experts: Any = None
+    shared: Any = None
     moe_hooks: MoEHooks | None = None
+
+
+@dataclass
+class TraceEnvoys:
+    """The envoys a trace edits, found once per model by module identity (HF modules -> envoys)."""
+
+    embed: Any
+    final_norm: Any
+    layers: list
+    attention: list
+    mlp_norm: list
+    mlp: list
+    routers: dict  # MoE layer -> envoy
+    experts: dict
+    shared: dict  # MoE layers with shared experts only
+
+    @classmethod
+    def collect(cls, nn_model: Any, hf_model: Any, spec: Any, moe_layers: tuple[int, ...]) -> TraceEnvoys:
+        from ..architectures import resolve
+
+        by_id = {id(envoy._module): envoy for envoy in nn_model.modules()}
+        layers = list(resolve(hf_model, spec.layers))
+        blocks = {index: resolve(layers[index], spec.moe_block) for index in moe_layers}
+        shared = {i: resolve(b, spec.shared_experts) for i, b in blocks.items()} if spec.shared_experts else {}
+        return cls(
+            embed=by_id[id(hf_model.get_input_embeddings())],
+            final_norm=by_id[id(resolve(hf_model, spec.final_norm))],
+            layers=[by_id[id(layer)] for layer in layers],
+            attention=[by_id[id(resolve(layer, spec.attention))] for layer in layers],
+            mlp_norm=[by_id[id(resolve(layer, spec.mlp_norm))] for layer in layers],
+            mlp=[by_id[id(resolve(layer, spec.moe_block))] for layer in layers],
+            routers={i: by_id[id(resolve(b, spec.router))] for i, b in blocks.items()},
+            experts={i: by_id[id(resolve(b, spec.experts))] for i, b in blocks.items()},
+            shared={i: by_id[id(module)] for i, module in shared.items() if module is not None},
+        )
+
+
+def point_rows(spec: Any, n_layers: int, moe_layers: tuple[int, ...], shared_layers: Any) -> list[tuple]:
+    """``(layer, name, row)`` of every hook point, in ``HookedMoE``'s forward order."""
+    def row(layer: int | None, suffix: str) -> tuple:
+        return layer, hook_name(layer, suffix), HOOK_TABLE[suffix]
+
+    rows = [row(None, "hook_embed")]
+    for index in range(n_layers):
+        rows += [row(index, s) for s in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid")]
+        if index in moe_layers:
+            for suffix, spec_row in HOOK_TABLE.items():
+                if spec_row.scope in ("model", "layer") or (spec_row.scope == "shared" and index not in shared_layers):
+                    continue
+                if suffix == "hook_expert_out" and spec.experts_layout != "fused":
+                    continue
+                rows.append(row(index, suffix))
+        rows += [row(index, s) for s in ("hook_mlp_out", "hook_resid_post")]
+    return [*rows, row(None, "ln_final.hook_normalized")]
 
 
 class Recorder:
@@ -72,7 +133,8 @@ class Recorder:
         self.store[hook.name] = value.to(self.device) if self.device is not None else value
 
 
-def intercept(steps: list[LayerStep], registry: HookRegistry, attention_mask: Tensor) -> None:
+def intercept(steps: list[LayerStep], ends: ModelStreamHooks, envoys: TraceEnvoys, registry: HookRegistry,
+              attention_mask: Tensor) -> None:
     """Run every active hook point on the live tensors of the trace, in forward order, within one
     call context (``hook.call``: the attention mask ``[batch pos]`` and the call's scratch)."""
     # What HookRegistry.calling does, spelled out: a @contextmanager method does not survive
@@ -80,39 +142,44 @@ def intercept(steps: list[LayerStep], registry: HookRegistry, attention_mask: Te
     context = CallContext(attention_mask)
     registry._state.stack.append(context)
     try:
-        _intercept(steps, tuple(attention_mask.shape))
+        shape = tuple(attention_mask.shape)
+        _edit_output(envoys.embed, ends.points["hook_embed"], shape)
+        _intercept(steps, shape)
+        _edit_output(envoys.final_norm, ends.points["ln_final.hook_normalized"], shape)
     finally:
         registry._state.stack.pop()
         context.scratch.clear()
 
 
+def _edit_output(envoy: Any, point: HookPoint, shape: tuple[int, int], output: Any = None) -> Any:
+    """Pass ``envoy.output`` through ``point`` and write an edit back; returns the (new) output."""
+    if not point.active:
+        return output
+    output = envoy.output if output is None else output
+    new = _replace_output(point, output, shape)
+    if new is not None:
+        envoy.output = output = new
+    return output
+
+
 def _intercept(steps: list[LayerStep], shape: tuple[int, int]) -> None:
     for step in steps:
-        lh = step.layer_hooks
+        lh, st = step.layer_hooks, step.stream
         if lh.resid_pre.active:
             args, kwargs = step.layer.inputs
             new = lh._pre(False)(None, args, kwargs)
             if new is not None:
                 step.layer.inputs = new
+        _edit_output(step.attention, st.points["hook_attn_out"], shape)
+        if st.points["hook_resid_mid"].active:
+            args, _ = step.mlp_norm.inputs
+            st._mid_pre(None, args)  # an edit is written into the tensor itself, as in HookedMoE
         moe = step.moe_hooks
+        block_output = None
         if moe is not None and any(point.active for point in moe.points.values()):
             moe.shape = shape
-            if moe._active("hook_in"):
-                args, kwargs = step.block.inputs
-                new = moe._block_pre(None, args)
-                if new is not None:
-                    step.block.inputs = (new, kwargs)
-            if moe._active(*_ROUTING):
-                router_input = step.router.input
-                output = step.router.output
-                new = moe._router_post(step.router._module, (router_input,), output)
-                if new is not None:
-                    step.router.output = new
-            if moe._active("hook_out"):
-                output = step.block.output
-                new = moe._block_post(None, (), output)
-                if new is not None:
-                    step.block.output = new
+            block_output = _intercept_moe(step, moe)
+        _edit_output(step.mlp, st.points["hook_mlp_out"], shape, block_output)
         if lh.resid_post.active:
             output = step.layer.output
             new = lh._post(None, (), output)
@@ -120,22 +187,60 @@ def _intercept(steps: list[LayerStep], shape: tuple[int, int]) -> None:
                 step.layer.output = new
 
 
-def build_steps(layers: list, blocks: dict, routers: dict, registry: HookRegistry, spec, n_experts: int) -> list[LayerStep]:
-    """Steps for every decoder layer: ``layers`` envoys in order, ``blocks``/``routers`` envoys by
-    MoE layer index; the hook objects hold no module (they only read tensors they are given)."""
-    from ..names import HOOK_TABLE, resid_name
+def _intercept_moe(step: LayerStep, moe: MoEHooks) -> Any:
+    """The MoE block's hook points in forward order; returns the block's output when it was read."""
+    if moe._active("hook_in"):
+        args, kwargs = step.mlp.inputs
+        new = moe._block_pre(None, args)
+        if new is not None:
+            step.mlp.inputs = (new, kwargs)
+    shared = moe._active("hook_shared_out") and step.shared is not None
+    if shared and moe.spec.shared_first:
+        step.shared.output = moe._shared_post(None, (), step.shared.output)
+    if moe._active(*_ROUTING):
+        router_input = step.router.input
+        output = step.router.output
+        new = moe._router_post(step.router._module, (router_input,), output)
+        if new is not None:
+            step.router.output = new
+    if moe._active("hook_expert_out"):
+        args, kwargs = step.experts.inputs
+        output = step.experts.output
+        # the per-slot rerun calls the experts envoy: nnsight runs it ad hoc, outside the trace's order
+        new = moe._experts_post(_Forward(step.experts), args, kwargs, output)
+        if new is not None:
+            step.experts.output = new
+    if shared and not moe.spec.shared_first:
+        step.shared.output = moe._shared_post(None, (), step.shared.output)
+    if moe._active("hook_out"):
+        output = step.mlp.output
+        new = moe._block_post(None, (), output)
+        if new is not None:
+            step.mlp.output = output = new
+        return output
+    return None
 
+
+class _Forward:
+    """An envoy seen as a module with ``forward`` (what MoEHooks._experts_post calls)."""
+
+    def __init__(self, envoy: Any):
+        self.forward = envoy
+
+
+def build_steps(envoys: TraceEnvoys, registry: HookRegistry, spec: Any, n_experts: int) -> tuple[list[LayerStep], ModelStreamHooks]:
+    """Steps for every decoder layer, and the once-per-model points; the hook objects hold no module
+    (they only read tensors they are given)."""
+    points = registry.points
+    ends = ModelStreamHooks(None, None, {s: points[s] for s in ("hook_embed", "ln_final.hook_normalized")})
     steps = []
-    for index, layer in enumerate(layers):
-        lh = LayerHooks(None, registry.points[resid_name(index, "pre")], registry.points[resid_name(index, "post")])
-        step = LayerStep(index, layer, lh)
-        if index in blocks:
-            points = {
-                suffix: registry.points[moe_name(index, suffix)]
-                for suffix in HOOK_TABLE
-                if moe_name(index, suffix) in registry.points
-            }
-            step.block, step.router = blocks[index], routers[index]
-            step.moe_hooks = MoEHooks(spec, None, None, None, None, points, n_experts)
+    for index, layer in enumerate(envoys.layers):
+        lh = LayerHooks(None, points[hook_name(index, "hook_resid_pre")], points[hook_name(index, "hook_resid_post")])
+        stream = StreamHooks(None, None, None, {s: points[hook_name(index, s)] for s in ("hook_attn_out", "hook_resid_mid", "hook_mlp_out")})
+        step = LayerStep(index, layer, lh, stream, envoys.attention[index], envoys.mlp_norm[index], envoys.mlp[index])
+        if index in envoys.routers:
+            moe_points = {suffix: points[moe_name(index, suffix)] for suffix in HOOK_TABLE if moe_name(index, suffix) in points}
+            step.router, step.experts, step.shared = envoys.routers[index], envoys.experts[index], envoys.shared.get(index)
+            step.moe_hooks = MoEHooks(spec, None, None, None, None, moe_points, n_experts)
         steps.append(step)
-    return steps
+    return steps, ends

@@ -8,10 +8,10 @@ asked, block and layer inputs and outputs) through moelens hook points built fro
 paths, router output format and routing rule, and the same editing code
 (:mod:`moelens.backends._trace`). Hook names, cache names and shapes are ``HookedMoE``'s.
 
-Offered hook points: ``blocks.{L}.hook_resid_pre|post`` and, per MoE layer, ``hook_in``,
-``hook_router_logits``, ``hook_router_scores``, ``hook_topk_indices``, ``hook_topk_weights``,
-``hook_out``. Not offered (they need moelens code around HF's experts call):
-``hook_expert_out`` and ``hook_shared_out``.
+Offered hook points: every one ``HookedMoE`` offers on the same model (``hook_embed``, per layer
+``hook_resid_pre|mid|post``, ``hook_attn_out``, ``hook_mlp_out``, per MoE layer the ``moe.*`` points,
+``hook_expert_out`` included: the experts envoy is rerun ad hoc on one row per slot), and
+``ln_final.hook_normalized``.
 
 Batching: nnsight 0.8 applies an edit written in one ``tracer.invoke`` to the whole batch's router
 tensor (the router sees flattened tokens, not invokes), so batched sweeps put every row in one
@@ -41,13 +41,9 @@ from ..errors import BackendError, InvalidInputError, ModelLoadError
 from ..hook_points import HookPoint, HookRegistry, NameFilter, expand
 from ..inputs import ModelInputs, prepare_inputs, warn_if_too_long
 from ..model import HookedMoE, MoEConfig
-from ..names import HOOK_TABLE, moe_name, resid_name
-from ._trace import Recorder, TraceView, build_steps, intercept
+from ._trace import Recorder, TraceEnvoys, TraceView, build_steps, intercept, point_rows
 
 __all__ = ["NNsightMoE", "register_for_remote"]
-
-# hook points that need no moelens code around HF's experts call
-_OFFERED = ("hook_in", "hook_router_logits", "hook_router_scores", "hook_topk_indices", "hook_topk_weights", "hook_out")
 
 
 def _nnsight():
@@ -108,15 +104,8 @@ class NNsightMoE:
             n_shared_experts=self.spec.shared_expert_count(config),
             scoring=self.spec.routing.scoring,
         )
-        envoys = {id(envoy._module): envoy for envoy in nn_model.modules()}
-        self._layers = [envoys[id(layer)] for layer in layers]
-        self._final_norm = envoys[id(resolve(self.hf_model, self.spec.final_norm))]
-        self._blocks, self._router_envoys, self._routers = {}, {}, {}
-        for index in self.cfg.moe_layers:
-            block = resolve(layers[index], self.spec.moe_block)
-            self._routers[index] = resolve(block, self.spec.router)  # HF modules, for route()
-            self._blocks[index] = envoys[id(block)]
-            self._router_envoys[index] = envoys[id(self._routers[index])]
+        self._envoys = TraceEnvoys.collect(nn_model, self.hf_model, self.spec, self.cfg.moe_layers)
+        self._routers = {index: envoy._module for index, envoy in self._envoys.routers.items()}  # HF modules, for route()
         self.hook_names = [name for _, name, _ in self._point_rows()]
 
     # -- construction -------------------------------------------------------------------------
@@ -201,13 +190,8 @@ class NNsightMoE:
         return cls._wrap(model, tokenizer, remote)
 
     # -- hook points --------------------------------------------------------------------------
-    def _point_rows(self):
-        for index in range(self.cfg.n_layers):
-            yield index, resid_name(index, "pre"), HOOK_TABLE["hook_resid_pre"]
-            if index in self.cfg.moe_layers:
-                for suffix in _OFFERED:
-                    yield index, moe_name(index, suffix), HOOK_TABLE[suffix]
-            yield index, resid_name(index, "post"), HOOK_TABLE["hook_resid_post"]
+    def _point_rows(self) -> list[tuple]:
+        return point_rows(self.spec, self.cfg.n_layers, self.cfg.moe_layers, self._envoys.shared)
 
     def _registry(self) -> HookRegistry:
         """Fresh hook points for one call: what a trace ships is only that call's functions."""
@@ -321,15 +305,15 @@ class NNsightMoE:
         pairs = expand(list(fwd_hooks), view) + [(name, recorder) for name in cache_names]
         with registry.attached(pairs):
             if stop is not None:
-                after = [hp.name for hp in registry.points.values() if hp.active and hp.layer >= stop]
+                after = [hp.name for hp in registry.points.values() if hp.active and _runs_at(hp, self.cfg.n_layers) >= stop]
                 if after:
                     raise InvalidInputError(f"stop_at_layer={stop} stops before hooked points {after[:3]}.")
-            steps = build_steps(self._layers, self._blocks, self._router_envoys, registry, self.spec, self.cfg.n_experts)
-            stop_envoy = None if stop is None else (self._layers[stop] if stop < self.cfg.n_layers else self._final_norm)
+            steps = build_steps(self._envoys, registry, self.spec, self.cfg.n_experts)
+            stop_envoy = None if stop is None else (self._envoys.layers[stop] if stop < self.cfg.n_layers else self._envoys.final_norm)
             mask = model_inputs.attention_mask.cpu()
-            out, store = _traced(self.nn_model, model_inputs.hf_kwargs(), steps, registry, mask, recorder, stop_envoy, self.remote,
-                                 positions)
-        cache = ActivationCache(dict(store), self.cfg.moe_layers, self.cfg.n_experts, model_inputs.attention_mask.bool())
+            out, store = _traced(self.nn_model, model_inputs.hf_kwargs(), (*steps, self._envoys), registry, mask, recorder,
+                                 stop_envoy, self.remote, positions)
+        cache = ActivationCache(dict(store), self.cfg.moe_layers, self.cfg.n_experts, model_inputs.attention_mask.bool(), self)
         return out, cache
 
     def _stop(self, stop_at_layer: int | None) -> int | None:
@@ -350,15 +334,16 @@ class NNsightMoE:
 
 
 def _traced(nn_model, hf_kwargs: dict, steps, registry, mask, recorder, stop_envoy, remote, positions=None) -> tuple[Tensor, dict]:
-    """One nnsight trace. Its body is what a remote run ships: ``steps``/``registry``/``recorder``
-    hold envoys, hook points and small tensors only. ``positions`` ``[batch k]``: keep only those
+    """One nnsight trace. Its body is what a remote run ships: ``steps`` (layer steps, the
+    once-per-model points, the envoys), ``registry`` and ``recorder`` hold envoys, hook points and
+    small tensors only. ``positions`` ``[batch k]``: keep only those
     logits (selected on the server)."""
     import nnsight
 
     ids = hf_kwargs.pop("input_ids")
     out = None
     with nn_model.trace(ids, **hf_kwargs, remote=remote) as tracer:
-        intercept(steps, registry, mask)
+        intercept(*steps, registry, mask)
         store = nnsight.save(recorder.store)
         if stop_envoy is not None:
             out = nnsight.save(stop_envoy.input)
@@ -370,6 +355,13 @@ def _traced(nn_model, hf_kwargs: dict, steps, registry, mask, recorder, stop_env
         else:
             out = nnsight.save(nn_model.output.logits)
     return out, store
+
+
+def _runs_at(point: HookPoint, n_layers: int) -> int:
+    """The layer a hook point runs in, for stop_at_layer: the embedding before layer 0, the final norm after the last."""
+    if point.layer is not None:
+        return point.layer
+    return -1 if point.name == "hook_embed" else n_layers
 
 
 def check_remote_ready(model_or_name: str) -> None:

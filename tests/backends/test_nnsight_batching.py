@@ -30,7 +30,7 @@ def _route_without(router, output, expert):
 def test_per_invoke_router_edits_hit_every_row_of_the_batch():
     hooked, nns = pair("mixtral")
     ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
-    router = nns._router_envoys[LAYER]
+    router = nns._envoys.routers[LAYER]
     rows_seen: list[int] = []
     with nns.nn_model.trace() as tracer:
         with tracer.invoke(ids[:1]):

@@ -25,13 +25,18 @@ def test_routing_cache_equals_hookedmoe(family):
     ref_logits, ref = hooked.run_with_cache(ids, attention_mask=MASK)
     logits, cache = nns.run_with_cache(ids, attention_mask=MASK)
     assert torch.equal(logits, ref_logits)
-    assert set(cache) == set(nns.hook_names) and set(cache) <= set(ref)
+    assert set(cache) == set(nns.hook_names) == set(ref)  # the same keys as HookedMoE's, expert/shared outs included
+    assert nns.hook_names == hooked.hook_names  # in the same forward order
     for name in cache:
         assert cache[name].shape == ref[name].shape and cache[name].dtype == ref[name].dtype, name
         assert torch.equal(cache[name], ref[name]), name
     assert torch.equal(cache.topk_mask(), ref.topk_mask())
     assert torch.equal(cache.gate_weights(), ref.gate_weights())
     assert torch.equal(cache.attention_mask, ref.attention_mask)
+    # the residual helpers read the model through the cache: the same on both backends
+    assert torch.equal(cache.accumulated_resid(incl_mid=True, apply_ln=True), ref.accumulated_resid(incl_mid=True, apply_ln=True))
+    assert torch.equal(cache.decompose_resid(), ref.decompose_resid())
+    assert torch.equal(cache["router_logits", hooked.cfg.moe_layers[-1]], ref["router_logits", hooked.cfg.moe_layers[-1]])
 
 
 def _interventions(hooked):
@@ -70,9 +75,36 @@ def test_logits_and_stop_at_layer():
     assert sorted(cache) == sorted(n for n in nns.hook_names if "topk" in n)
 
 
-def test_unknown_and_unoffered_hooks_raise():
-    _, nns = pair("qwen2_moe")
+def test_unknown_hooks_raise_and_shared_out_is_offered():
+    hooked, nns = pair("qwen2_moe")
     with pytest.raises(UnknownHookError, match="hook_router_logit"):
         nns.run_with_cache(token_batch(0), names_filter="blocks.0.moe.hook_router_logit")
-    with pytest.raises(UnknownHookError):  # needs moelens code around HF's experts call: not offered
-        nns.run_with_interventions(token_batch(0), Patch("blocks.0.moe.hook_shared_out", torch.zeros(32)))
+    patch = Patch("blocks.0.moe.hook_shared_out", torch.zeros(32))
+    assert torch.equal(nns.run_with_interventions(token_batch(0), patch), hooked.run_with_interventions(token_batch(0), patch))
+
+
+def _shift(x, hook):
+    return x * 0.5 + 1.0
+
+
+def _shift_in_place(x, hook):
+    x.mul_(0.5).add_(1.0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_edits_of_the_stream_and_expert_hooks_give_hookedmoe_logits(family):
+    """Writing to every hook point outside the routing (returned or in place) gives HookedMoE's
+    logits bit for bit: the embedding, attention and MLP outputs, resid_mid (written into HF's
+    tensor), the final norm, expert and shared-expert outputs."""
+    hooked, nns = pair(family)
+    ids = token_batch(3)
+    layer = hooked.cfg.moe_layers[-1]
+    suffixes = ("hook_attn_out", "hook_resid_mid", "hook_mlp_out", "moe.hook_expert_out", "moe.hook_shared_out")
+    names = ["hook_embed", "ln_final.hook_normalized"] + [f"blocks.{layer}.{s}" for s in suffixes]
+    clean = hooked(ids, attention_mask=MASK)
+    for name in [n for n in names if n in hooked.hook_names]:
+        for edit in (_shift, _shift_in_place):
+            ref = hooked.run_with_hooks(ids, [(name, edit)], attention_mask=MASK)
+            got = nns.run_with_hooks(ids, [(name, edit)], attention_mask=MASK)
+            assert not torch.equal(ref, clean), f"editing {name} changes nothing on {family}: the test could not fail"
+            assert torch.equal(got, ref), (name, edit.__name__)

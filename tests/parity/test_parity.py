@@ -170,3 +170,61 @@ def test_padding_real_tokens_match_unpadded_hf(family):
 def test_every_registered_family_has_a_parity_case():
     covered = {family for family, _, _ in CASES}
     assert covered == set(supported_model_types())
+
+
+def _branch(model: HookedMoE, scale_of) -> callable:
+    """The family's own branch multiplication (none for a plain add), as data in its spec."""
+    if scale_of is None:
+        return lambda tensor: tensor
+    scale = scale_of(model.hf_model.config)
+    return lambda tensor: tensor * scale
+
+
+@pytest.mark.parametrize(("family", "seed", "overrides"), CASES, ids=IDS)
+def test_residual_identities(family, seed, overrides):
+    """resid_mid == resid_pre + attn_out and resid_post == resid_mid + mlp_out, bit for bit (HF's own
+    adds, recomputed on the cached tensors), on every layer, dense layers of mixed models included;
+    Granite multiplies each branch (and the embedding) by a config factor; MiniMax's skip connection
+    carries the normalised stream, so it gets its own formula (docs/concepts/hook-points.md)."""
+    hf = build(family, seed, overrides)
+    model = HookedMoE.from_hf(hf)
+    ids = tokens(seed + 3)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(ids)
+        n = model.cfg.n_layers
+        assert torch.equal(cache["ln_final.hook_normalized"], model.final_norm(cache[f"blocks.{n - 1}.hook_resid_post"]))
+        assert torch.equal(model.spec.logits_from_head(hf.lm_head(cache["ln_final.hook_normalized"]), hf.config), logits)
+        form = model.spec.residual
+        branch, embed = _branch(model, form.branch_scale), _branch(model, form.embed_scale)
+        for layer in range(n):
+            pre, mid, post = (cache[f"blocks.{layer}.hook_resid_{w}"] for w in ("pre", "mid", "post"))
+            attn, mlp = cache[f"blocks.{layer}.hook_attn_out"], cache[f"blocks.{layer}.hook_mlp_out"]
+            if layer in model.cfg.moe_layers:
+                assert torch.equal(mlp, cache[f"blocks.{layer}.moe.hook_out"])
+            if layer + 1 < n:
+                assert torch.equal(cache[f"blocks.{layer + 1}.hook_resid_pre"], post)
+            if form.additive:
+                assert torch.equal(mid, pre + branch(attn)), f"layer {layer}: resid_mid != resid_pre + attn_out"
+                assert torch.equal(post, mid + branch(mlp)), f"layer {layer}: resid_post != resid_mid + mlp_out"
+            else:  # MiniMax: h = norm(x); x' = h * alpha + branch(h) * beta
+                block = model.layers[layer]
+                assert not torch.equal(mid, pre + attn)
+                skip = block.input_layernorm(pre)
+                assert torch.equal(mid, skip * block.attn_alpha_factor + attn * block.attn_beta_factor)
+                skip = block.post_attention_layernorm(mid)
+                assert torch.equal(post, skip * block.mlp_alpha_factor + mlp * block.mlp_beta_factor)
+        if form.additive:
+            assert torch.equal(cache["blocks.0.hook_resid_pre"], embed(cache["hook_embed"]))
+
+
+@pytest.mark.parametrize("family", ["mixtral", "deepseek_v3", "granitemoe", "llama4_text"])
+def test_residual_identities_in_bf16(family):
+    """The same adds in bf16: still bit for bit (HF's op on the cached tensors, same dtype)."""
+    model = HookedMoE.from_hf(tiny_model(family, 3).to(torch.bfloat16))
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens(3))
+    branch = _branch(model, model.spec.residual.branch_scale)
+    for layer in range(model.cfg.n_layers):
+        assert cache["resid_mid", layer].dtype == torch.bfloat16
+        assert torch.equal(cache["resid_mid", layer], cache["resid_pre", layer] + branch(cache["attn_out", layer]))
+        assert torch.equal(cache["resid_post", layer], cache["resid_mid", layer] + branch(cache["mlp_out", layer]))

@@ -162,3 +162,73 @@ def test_start_and_stop_at_layer_compose_to_the_full_forward(family):
             assert torch.equal(resumed, full)
         final = model(ids, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
         assert torch.equal(final, cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"])
+
+
+@pytest.mark.parametrize("family", PROPERTY_FAMILIES)
+def test_stream_edits_reach_the_rest_of_the_layer(family):
+    """An edit of attn_out, resid_mid or mlp_out is what the rest of the forward sees: the residual
+    identities still hold, bit for bit, on the edited values (so writing resid_mid also moves the skip
+    connection, not only the pre-MLP norm's input). None of these families scales its branches."""
+    model = wrapped(family)
+    assert model.spec.residual.additive and model.spec.residual.branch_scale is None
+    ids = token_batch(4)
+    layer = model.cfg.n_layers - 1
+    names = [f"blocks.{layer}.hook_{s}" for s in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")]
+
+    def shift(x, hook):
+        return x * 0.5 + 1.0
+
+    def shift_in_place(x, hook):
+        x.mul_(0.5).add_(1.0)
+
+    with torch.no_grad():
+        _, clean = model.run_with_cache(ids, names_filter=names)
+        for target in names[1:4]:
+            for edit in (shift, shift_in_place):
+                _, cache = model.run_with_cache(ids, names_filter=names, fwd_hooks=[(target, edit)])
+                pre, attn, mid, mlp, post = (cache[name] for name in names)
+                assert torch.equal(cache[target], shift(clean[target], None)), (target, edit.__name__)
+                if target != names[2]:
+                    assert torch.equal(mid, pre + attn), (target, edit.__name__)
+                assert torch.equal(post, mid + mlp), (target, edit.__name__)
+
+
+@pytest.mark.parametrize("family", ["mixtral", "llama4_text"])
+def test_backward_hook_on_resid_mid_fires_and_changes_no_value(family):
+    model = wrapped(family)
+    ids = token_batch(5)
+    seen = []
+    with torch.no_grad():
+        reference = model(ids)
+    logits = model.run_with_hooks(ids, bwd_hooks=[("blocks.0.hook_resid_mid", lambda g, hook: seen.append(g))])
+    assert torch.equal(logits.detach(), reference)
+    logits[:, -1].sum().backward()
+    assert len(seen) == 1 and seen[0].shape == (*ids.shape, model.cfg.d_model) and bool(seen[0].ne(0).any())
+
+
+def test_stream_gradients_match_finite_differences():
+    """incl_bwd gradients of the stream hooks (resid_mid goes through a copy into HF's tensor) against
+    central differences of the same edit, in float64 with eager experts (O(eps^2) = 1e-8 error)."""
+    from moelens import HookedMoE
+    from moelens.testing import tiny_model
+
+    model = HookedMoE.from_hf(tiny_model("mixtral", experts_implementation="eager").double())
+    ids = token_batch(6, batch=1, pos=5)
+
+    def metric(logits):
+        return logits[0, -1, 7]
+
+    _, cache = model.run_with_cache(ids, incl_bwd=True, metric=metric)
+    for layer in range(model.cfg.n_layers):
+        assert torch.equal(cache[f"blocks.{layer}.hook_mlp_out_grad"], cache[f"blocks.{layer}.hook_resid_post_grad"])
+    for name in ("blocks.0.hook_resid_mid", "blocks.1.hook_resid_mid", "blocks.1.hook_attn_out", "hook_embed"):
+        grad = cache[name + "_grad"]
+        direction = torch.randn(grad.shape, generator=torch.Generator().manual_seed(1), dtype=grad.dtype)
+        eps = 1e-4
+
+        def at(step, name=name, direction=direction):
+            with torch.no_grad():
+                return float(metric(model.run_with_hooks(ids, [(name, lambda x, hook: x + step * direction)])))
+
+        finite = (at(eps) - at(-eps)) / (2 * eps)
+        assert float((grad * direction).sum()) == pytest.approx(finite, rel=1e-4, abs=1e-6), name

@@ -127,14 +127,16 @@ def test_offered_hooks_on_the_page_match_a_real_model(family):
     from moelens.testing import tiny_model
 
     model = HookedMoE.from_hf(tiny_model(family))
-    suffixes = {name.rsplit(".", 1)[-1] for name in model.hook_names}
+    from moelens.names import parse_hook_name
+
+    suffixes = {parse_hook_name(name)[1] for name in model.hook_names}
     assert suffixes == set(gen.offered_hooks(model.spec))
 
 
 def test_hook_table_has_every_row():
     table = gen.hook_table()
     for suffix, row in HOOK_TABLE.items():
-        line = next(line for line in table.splitlines() if f".{suffix}`" in line)
+        line = next(line for line in table.splitlines() if f"`{gen._hook_name(suffix)}`" in line)
         assert row.shape in line and ("read-only" in line) == (not row.writable)
 
 
