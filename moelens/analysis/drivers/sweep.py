@@ -27,6 +27,7 @@ from .options import (
     parse_push,
     positive_int,
 )
+from .positions import describe_push, parse_perturb_positions, push_mask
 from .result import DriverEffects
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ def driver_effects(
     method: str = "exact",
     perturbation: Perturb | Mapping[str, Any] | tuple[float, int] | None = None,
     positions: str = "last",
+    perturb_positions: Any = "all",
     layers: int | Sequence[int] | str | None = None,
     batch_size: int = 8,
     max_length: int | None = 256,
@@ -66,7 +68,11 @@ def driver_effects(
     used as a template (its ``layers``/``experts`` are ignored; it must have ``positions=None``:
     the push always applies at every position), ``{"magnitude": m, "sign": s}`` or ``(m, s)``.
     ``positions``: ``"last"`` reads the KL at each input's last non-padding token, ``"all"``
-    averages it over its non-padding positions. ``layers``: MoE layer indices (default all).
+    averages it over its non-padding positions. ``perturb_positions``: where the push applies
+    (``"all"``, ``"non_special"``, ``"last"``, an int, a list, a slice, or one list per input;
+    :mod:`moelens.analysis.drivers.positions`), distinct from ``positions`` (where the KL is read);
+    :func:`~moelens.analysis.drivers.by_position.driver_effects_by_position` breaks the effect down
+    by pushed position. ``layers``: MoE layer indices (default all).
 
     ``method``: ``"exact"``, ``"first_order"`` or ``"router_gradient"`` (module docstring). The
     gradient methods use ``n_targets`` backward passes per batch (times the number of positions for
@@ -118,6 +124,7 @@ def driver_effects(
     batch_size = positive_int("batch_size", batch_size)
     check_max_length(max_length)
     data = SweepInputs(model, texts, attention_mask, max_length)
+    pushed_at = parse_perturb_positions(perturb_positions, data.n)
     gradient = options.method != "exact"
     if gradient and torch.is_inference_mode_enabled():
         raise InvalidInputError(
@@ -125,7 +132,8 @@ def driver_effects(
             "outside inference_mode (torch.no_grad() is fine), or use method='exact'."
         )
     settings = {
-        "magnitude": push.magnitude, "sign": push.sign, "positions": options.positions, "n_inputs": data.n,
+        "magnitude": push.magnitude, "sign": push.sign, "positions": options.positions,
+        "perturb_positions": describe_push(pushed_at), "n_inputs": data.n,
         "batch_size": batch_size, "max_length": data.max_length, "skip_unchanged": options.skip_unchanged, "max_tokens": options.max_tokens,
         "n_targets": options.n_targets if gradient else None, "targets": options.targets if gradient else None,
         "seed": seed if gradient and options.targets == "sample" else None,
@@ -158,12 +166,13 @@ def driver_effects(
             stop = min(start + batch_size, data.n)
             ids, mask = data.batch(start, stop)
             bar.set_postfix_str(f"inputs {start}-{stop - 1} of {data.n}")
+            where = push_mask(model, pushed_at, ids, mask, start)
             if options.method == "exact":
-                results[start:stop] = exact_batch(model, ids, mask, options, bar.update)
+                results[start:stop] = exact_batch(model, ids, mask, options, bar.update, where)
             else:
                 sampled = options.targets == "sample"
                 generator = torch.Generator().manual_seed(seed * 1_000_003 + start) if sampled else None
-                results[start:stop] = first_order_batch(model, ids, mask, options, generator, bar.update)
+                results[start:stop] = first_order_batch(model, ids, mask, options, generator, bar.update, where)
             if state is not None:
                 state.save({"per_input": results[:stop]}, complete=stop == data.n, n_done=stop)
     finally:
