@@ -121,12 +121,28 @@ class DriverEffects:
         )
 
     def middle_share(self) -> float:
-        """Share of the summed effect held by the middle third of the MoE layers (for uniform
-        effects, the fraction of layers in that third: about 1/3)."""
+        """Share of the summed effect held by the middle MoE layers, ``n // 3 .. n - n // 3 - 1``
+        of ``n``. Compare it with :meth:`middle_share_uniform`, the share a flat profile gives at
+        this depth (0.5 for 8 layers, 0.375 for 16, 0.5 for 4: not 1/3).
+
+        >>> e = DriverEffects(torch.ones(8, 2), tuple(range(8)), 2, "exact")
+        >>> e.middle_share(), e.middle_share_uniform()
+        (0.5, 0.5)
+        """
         n = len(self.moe_layers)
         lo, hi = n // 3, n - n // 3
         total = float(self.effect.sum())
         return float(self.effect[lo:hi].sum()) / total if total > 0 else float("nan")
+
+    def middle_share_uniform(self) -> float:
+        """The :meth:`middle_share` of a flat profile (every layer the same total): the fraction
+        of the layers that count as middle at this depth.
+
+        >>> DriverEffects(torch.ones(16, 2), tuple(range(16)), 2, "exact").middle_share_uniform()
+        0.375
+        """
+        n = len(self.moe_layers)
+        return (n - 2 * (n // 3)) / n if n else float("nan")
 
     # -- robust aggregates over inputs (moelens.analysis.drivers.robust; need per_input) ---------
     def median(self) -> Tensor:
@@ -210,7 +226,8 @@ class DriverEffects:
         ax.set_xticks(range(0, n, step), [str(x) for x in self.moe_layers[::step]])
         ax.set_xlabel("layer")
         ax.set_ylabel("sum of driver effects (nats)")
-        ax.set_title(f"driver effect per layer — middle third holds {self.middle_share():.0%}")
+        ax.set_title(f"driver effect per layer — middle layers hold {self.middle_share():.0%} "
+                     f"(flat profile: {self.middle_share_uniform():.0%})")
         ax.legend(loc="upper right", frameon=False)
         return save_figure(fig, path)
 
