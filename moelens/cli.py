@@ -184,10 +184,10 @@ def run_drivers(model, data: dict[str, list[str]], out: Path, exact: bool, progr
     top = effects.top(10)
     body = (
         el("p", f"Effect of (layer, expert) = mean KL(P ‖ Q) at the last token when the expert's router logit is perturbed "
-                f"({method.replace('_', '-')}; {len(texts)} texts).", cls="note")
+                f"({effects.estimator()}; {len(texts)} texts).", cls="note")
         + el("p", as_sentence(driver_sentence(effects)))
         + figure_html(effects.plot_heatmap(), "driver heatmap") + figure_html(effects.plot_layer_totals(), "driver totals by layer")
-        + table_html(top, caption="The 10 strongest drivers (mean KL in nats)")
+        + table_html(top, caption=f"The 10 strongest drivers (mean KL in nats; {effects.estimator()})")
     )
     write_section(out, 40, "Driver experts", body)
     if (out / "routing_stats.safetensors").exists():

@@ -146,3 +146,18 @@ def test_bad_perturb_positions_are_refused(bad):
 def test_a_perturb_with_positions_points_to_perturb_positions():
     with pytest.raises(InvalidInputError, match="perturb_positions=-1"):
         driver_effects(sharp(), torch.tensor([[5, 6]]), perturbation=Perturb("all", "all", positions=-1), **QUIET)
+
+
+def test_first_order_carries_its_calibration_against_exact():
+    model = sharp()
+    ids, mask = batch()
+    approx = driver_effects(model, ids, attention_mask=mask, method="first_order", n_targets=8, calibrate=2, per_input=True, **QUIET)
+    cal = approx.settings["calibration"]
+    assert cal["n_inputs"] == 2
+    rows = [0, 1]  # evenly spaced: (i * 3) // 2 for i in 0, 1
+    exact = driver_effects(model, ids[rows], attention_mask=mask[rows], **QUIET)
+    want = float(approx.per_input[rows].mean(0).sum() / exact.effect.sum())
+    assert cal["ratio"] == pytest.approx(want, rel=1e-4)
+    assert -1 <= cal["spearman"] <= 1 and "calibrated on 2 inputs: sum" in repr(approx)
+    assert "calibration" not in driver_effects(model, ids, attention_mask=mask, method="first_order", calibrate=0, **QUIET).settings
+    assert "calibration" not in driver_effects(model, ids, attention_mask=mask, **QUIET).settings  # exact needs none

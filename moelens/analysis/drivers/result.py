@@ -207,7 +207,7 @@ class DriverEffects:
         ax.set_yticks(range(0, n_l, step), [str(x) for x in self.moe_layers[::step]])
         ax.set_xlabel("expert")
         ax.set_ylabel("layer")
-        ax.set_title(f"driver effect, KL (nats) — {self.method}, {self._push()}")
+        ax.set_title(f"driver effect, KL (nats) — {self.estimator()}, {self._push()}", fontsize=8)
         fig.colorbar(image, ax=ax, label="KL (nats)")
         return save_figure(fig, path)
 
@@ -225,11 +225,25 @@ class DriverEffects:
         step = max(1, math.ceil(n / 24))
         ax.set_xticks(range(0, n, step), [str(x) for x in self.moe_layers[::step]])
         ax.set_xlabel("layer")
-        ax.set_ylabel("sum of driver effects (nats)")
+        ax.set_ylabel(f"sum of driver effects (nats, {self.method.replace('_', '-')})")
         ax.set_title(f"driver effect per layer — middle layers hold {self.middle_share():.0%} "
                      f"(flat profile: {self.middle_share_uniform():.0%})")
         ax.legend(loc="upper right", frameon=False)
         return save_figure(fig, path)
+
+    def estimator(self) -> str:
+        """What the numbers are, for labels: ``"exact KL"``, or the gradient method with its measured
+        calibration against exact (:mod:`.calibration`).
+
+        >>> DriverEffects(torch.zeros(1, 2), (0,), 2, "first_order").estimator()
+        'first-order estimate (uncalibrated)'
+        """
+        from .calibration import calibration_note
+
+        if self.method == "exact":
+            return "exact KL"
+        note = calibration_note(self.settings)
+        return f"{self.method.replace('_', '-')} estimate ({note or 'uncalibrated'})"
 
     def _push(self) -> str:
         magnitude, sign = self.settings.get("magnitude"), self.settings.get("sign")
@@ -268,7 +282,10 @@ class DriverEffects:
     def __repr__(self) -> str:
         best = self.top(1)
         lead = f", top L{int(best.layer[0])}E{int(best.expert[0])}={best.effect[0]:.3g}" if len(best) else ""
+        from .calibration import calibration_note
+
+        note = calibration_note(self.settings)
         return (
-            f"DriverEffects({self.method}, moe_layers={list(self.moe_layers)}, n_experts={self.n_experts}, "
-            f"n_inputs={self.n_inputs}, {self._push()}{lead})"
+            f"DriverEffects({self.method}{f' [{note}]' if note else ''}, moe_layers={list(self.moe_layers)}, "
+            f"n_experts={self.n_experts}, n_inputs={self.n_inputs}, {self._push()}{lead})"
         )

@@ -59,6 +59,7 @@ def driver_effects(
     seed: int = 0,
     skip_unchanged: bool = True,
     max_tokens: int | None = None,
+    calibrate: int = 8,
 ) -> DriverEffects:
     """Driver effect ``E_x KL(P || Q_{l,e})`` of every expert of every (chosen) MoE layer.
 
@@ -84,6 +85,10 @@ def driver_effects(
     without a forward (False runs every pair). ``max_tokens``: tokens per stacked forward (default
     1024 on CPU, 16384 on an accelerator; with ``positions="all"`` the exact method holds logits
     of that many tokens).
+    ``calibrate``: for the gradient methods, the number of evenly spaced inputs on which the exact
+    sweep is also run, to measure the estimate's calibration (sum ratio, Spearman, top-10 overlap
+    in ``settings["calibration"]``, printed with the result; 0 skips it;
+    :mod:`moelens.analysis.drivers.calibration`).
     ``checkpoint``: a folder; the per-input effects are saved atomically after each batch, and a
     call with the same arguments resumes where the last one stopped, with the same result as an
     uninterrupted run. ``per_input=True`` keeps ``[input moe_layer expert]`` in the result.
@@ -122,6 +127,8 @@ def driver_effects(
         targets=choice("targets", targets, TARGETS),
     )
     batch_size = positive_int("batch_size", batch_size)
+    if calibrate != 0:
+        positive_int("calibrate", calibrate)
     check_max_length(max_length)
     data = SweepInputs(model, texts, attention_mask, max_length)
     pushed_at = parse_perturb_positions(perturb_positions, data.n)
@@ -140,7 +147,7 @@ def driver_effects(
     }
     n_experts = model.cfg.n_experts
     results = torch.zeros(data.n, len(options.layers), n_experts, dtype=torch.float64)
-    n_done, state = 0, None
+    n_done, state, calibrated = 0, None, None
     if checkpoint is not None:
         fingerprint = {"format": _CKPT_FORMAT, "version": _VERSION, "method": options.method,
                        "layers": list(options.layers), "inputs": data.digest, "model": model_fingerprint(model),
@@ -154,6 +161,7 @@ def driver_effects(
                 raise state._refuse("does not hold the per-input effects of this run")
             n_done = saved.shape[0]
             results[:n_done] = saved
+            calibrated = found[0].get("calibration")  # [n_inputs ratio spearman top10_overlap], a finished run's
     from tqdm.auto import tqdm
 
     n_layers = len(options.layers)
@@ -178,4 +186,19 @@ def driver_effects(
     finally:
         bar.close()
     per = results if per_input else None
+    if gradient and calibrate:
+        from .calibration import CALIBRATION_KEYS
+        from .calibration import calibrate as measure
+
+        if calibrated is not None and int(calibrated[0]) == min(calibrate, data.n):
+            settings = {**settings, "calibration": {k: float(v) for k, v in zip(CALIBRATION_KEYS, calibrated.tolist(), strict=True)}}
+            settings["calibration"]["n_inputs"] = int(calibrated[0])
+            return DriverEffects(results.mean(0), options.layers, n_experts, options.method, settings, per)
+        same = {"perturbation": push, "positions": options.positions, "perturb_positions": pushed_at, "layers": list(options.layers),
+                "batch_size": batch_size, "max_length": max_length, "skip_unchanged": options.skip_unchanged,
+                "max_tokens": options.max_tokens}
+        settings = {**settings, "calibration": measure(model, data, results, calibrate, same)}
+        if state is not None:  # a finished checkpoint answers with its calibration, without recomputing it
+            values = torch.tensor([float(settings["calibration"][k]) for k in CALIBRATION_KEYS], dtype=torch.float64)
+            state.save({"per_input": results, "calibration": values}, complete=True, n_done=data.n)
     return DriverEffects(results.mean(0), options.layers, n_experts, options.method, settings, per)
