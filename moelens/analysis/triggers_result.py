@@ -67,6 +67,7 @@ class EarlyLate:
     matched_diff: float = float("nan")
     matched_ci: tuple[float, float] = (float("nan"), float("nan"))
     n_matched: int = 0
+    matched_p: float = float("nan")  # two-sided bootstrap p of matched_diff (2 x the smaller tail around 0)
 
     @property
     def holds(self) -> bool:
@@ -264,7 +265,7 @@ class TokenTriggers:
             n_texts=self.n_texts, n_selected=int(selected.sum()), n_control=int(control.sum()), level=level,
             per_expert=per_expert.reset_index(drop=True),
             matched_diff=float(d_pool[0] - d_match[0]), matched_ci=percentile_ci(d_pool[1:] - d_match[1:], level),
-            n_matched=len(set(matched.tolist())),
+            n_matched=len(set(matched.tolist())), matched_p=_two_sided_p(d_pool[1:] - d_match[1:]),
         )
 
     # -- plots ------------------------------------------------------------------------------------
@@ -309,3 +310,18 @@ class TokenTriggers:
     def __repr__(self) -> str:
         shown = ", ".join(f"L{a}E{b}" for a, b in self.selection[:4]) + (", ..." if len(self.selection) > 4 else "")
         return f"TokenTriggers({len(self.selection)} experts [{shown}], {self.n_texts} texts, {self.n_tokens} tokens)"
+
+
+def _two_sided_p(samples: Tensor) -> float:
+    """Two-sided bootstrap p-value for "the statistic is 0": twice the smaller tail of the resampled
+    statistics on either side of 0, as ``(1 + count) / (1 + n)`` so that it is never 0 (at most 1;
+    NaN samples dropped).
+
+    >>> _two_sided_p(torch.ones(99))
+    0.02
+    """
+    finite = samples[torch.isfinite(samples)]
+    if len(finite) == 0:
+        return float("nan")
+    tail = min(int((finite <= 0).sum()), int((finite >= 0).sum()))
+    return min(1.0, 2 * (1 + tail) / (1 + len(finite)))

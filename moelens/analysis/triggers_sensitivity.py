@@ -37,7 +37,7 @@ def early_late_sensitivity(
     ``template_ids`` are given, ``"special + template excluded"``.
 
     Returns one row per (protocol, tokens): ``protocol, tokens, n_selected, diff, lo, hi,
-    matched_diff, matched_lo, matched_hi, verdict``. A claim whose verdict changes across rows
+    matched_diff, matched_lo, matched_hi, matched_p, verdict``. A claim whose verdict changes across rows
     depends on those choices.
 
     >>> import torch
@@ -66,6 +66,6 @@ def early_late_sensitivity(
             rows.append({
                 "protocol": name, "tokens": label, "n_selected": res.n_selected, "diff": res.diff, "lo": res.ci[0],
                 "hi": res.ci[1], "matched_diff": res.matched_diff, "matched_lo": res.matched_ci[0],
-                "matched_hi": res.matched_ci[1], "verdict": res.verdict,
+                "matched_hi": res.matched_ci[1], "matched_p": res.matched_p, "verdict": res.verdict,
             })
     return pd.DataFrame(rows)

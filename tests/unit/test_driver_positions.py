@@ -72,12 +72,15 @@ def test_all_is_todays_sweep_and_pushing_less_changes_the_result():
 
 
 def test_non_special_skips_the_bos_token():
-    model = sharp()
-    bos = model.hf_model.config.bos_token_id
+    model = HookedMoE.from_pretrained("moelens/mixtral-tiny")
+    bos = model.tokenizer.bos_token_id
     ids = torch.tensor([[bos, 5, 6, 7], [bos, 8, 9, 10]])
     got = driver_effects(model, ids, perturb_positions="non_special", per_input=True, **QUIET)
     want = driver_effects(model, ids, perturb_positions=slice(1, None), per_input=True, **QUIET)
+    assert float(want.effect.max()) > 1e-6
     torch.testing.assert_close(got.per_input, want.per_input, rtol=1e-5, atol=1e-8)
+    with pytest.raises(InvalidInputError, match="needs the model's tokenizer"):
+        driver_effects(sharp(), ids, perturb_positions="non_special", **QUIET)
 
 
 @pytest.mark.parametrize("selector", ["last", [[0, 1], [2], [0, 3, 4]]])

@@ -5,8 +5,8 @@ router logit is pushed. A selector is resolved, batch by batch, to a bool mask `
 the real tokens:
 
 - ``"all"`` (default): every real token, today's behaviour (no mask: the plain ``Perturb`` runs);
-- ``"non_special"``: every real token except the tokenizer's special tokens (BOS, EOS, pad; without
-  a tokenizer, the model config's ``bos/eos/pad_token_id``);
+- ``"non_special"``: every real token except the tokenizer's special tokens (BOS, EOS, pad; the model
+  needs a tokenizer);
 - ``"last"``: each row's last real token (``-1``);
 - an int, a list of ints or a slice: as ``Perturb(positions=...)`` (negative values count from
   each row's last real token; a position outside a row is an error, as there);
@@ -87,12 +87,12 @@ def describe_push(selector: Any) -> Any:
 
 def _special_ids(model: "HookedMoE") -> list[int]:
     tokenizer = model.tokenizer
-    if tokenizer is not None and getattr(tokenizer, "all_special_ids", None):
-        return list(tokenizer.all_special_ids)
-    config = model.hf_model.config
-    found = [getattr(config, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id")]
-    flat = [i for v in found for i in (v if isinstance(v, (list, tuple)) else [v])]
-    return [int(i) for i in flat if isinstance(i, int)]
+    if tokenizer is None or not getattr(tokenizer, "all_special_ids", None):
+        raise InvalidInputError(
+            "perturb_positions='non_special' needs the model's tokenizer (its special token ids), and this model has "
+            "none; pass the positions instead, e.g. perturb_positions=slice(1, None) to skip a BOS at position 0."
+        )
+    return list(tokenizer.all_special_ids)
 
 
 def push_mask(model: "HookedMoE", selector: Any, ids: Tensor, mask: Tensor, start: int) -> Tensor | None:
