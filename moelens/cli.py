@@ -184,10 +184,10 @@ def run_drivers(model, data: dict[str, list[str]], out: Path, exact: bool, progr
     top = effects.top(10)
     body = (
         el("p", f"Effect of (layer, expert) = mean KL(P ‖ Q) at the last token when the expert's router logit is perturbed "
-                f"({method.replace('_', '-')}; {len(texts)} texts).", cls="note")
+                f"({effects.estimator()}; {len(texts)} texts).", cls="note")
         + el("p", as_sentence(driver_sentence(effects)))
         + figure_html(effects.plot_heatmap(), "driver heatmap") + figure_html(effects.plot_layer_totals(), "driver totals by layer")
-        + table_html(top, caption="The 10 strongest drivers (mean KL in nats)")
+        + table_html(top, caption=f"The 10 strongest drivers (mean KL in nats; {effects.estimator()})")
     )
     write_section(out, 40, "Driver experts", body)
     if (out / "routing_stats.safetensors").exists():
@@ -315,6 +315,8 @@ def study_command(
     model: ModelOpt = None, task: Annotated[str, typer.Option("--task")] = "sst2", out: OutOpt = Path("moelens-study"),
     select_on: Annotated[str | None, typer.Option("--select-on", help="split name (train, validation[:200]) or JSONL path")] = None,
     evaluate_on: Annotated[str | None, typer.Option("--evaluate-on", help="split name or JSONL path")] = None,
+    confirm_on: Annotated[str | None, typer.Option("--confirm-on", help="third split, looked at once: confirmatory rows")] = None,
+    correction: Annotated[str, typer.Option("--correction", help="holm | bh | none (multiplicity, per stage)")] = "holm",
     factor: Annotated[list[float] | None, typer.Option("--factor", help="repeatable; default 0.8 and 1.2")] = None,
     recipe: Annotated[list[str] | None, typer.Option("--recipe", help="scale-logits | scale-weights | perturb; repeatable")] = None,
     n_experts: Annotated[int, typer.Option("--n-experts")] = 4, n_random: Annotated[int, typer.Option("--n-random")] = 3,
@@ -330,7 +332,8 @@ def study_command(
     name, hooked = _load_model(model, device, dtype, backend)
     result = reweighting_study(hooked, task, select_on, evaluate_on, tuple(factor or (0.8, 1.2)), n_experts=n_experts, n_random=n_random,
                                recipes=recipe, select_limit=select_limit, limit=limit, tune_steps=tune_steps, seed=seed,
-                               driver_method="exact" if exact else "first_order", model_name=name)
+                               driver_method="exact" if exact else "first_order", model_name=name, confirm_on=confirm_on,
+                               correction=correction)
     typer.echo(result.table.drop(columns=["model", "task"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     typer.echo(f"table: {write_study(out, result)}")
 

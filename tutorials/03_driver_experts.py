@@ -72,7 +72,8 @@ for name in ("moelens/mixtral-tiny", "moelens/qwen2moe-tiny", "moelens/olmoe-dee
     print(exact.top(5).to_string(index=False))
     totals = exact.layer_totals()
     print(totals.to_string(index=False))
-    print(f"  share of the total effect in the middle third of the layers: {exact.middle_share():.2f}")
+    print(f"  share of the total effect in the middle layers: {exact.middle_share():.2f} "
+          f"(a flat profile gives {exact.middle_share_uniform():.2f} at this depth)")
     tag = name.split("/")[-1]
     display(exact.plot_heatmap(out / f"{tag}-drivers.png"))
     display(exact.plot_layer_totals(out / f"{tag}-driver-layers.png"))

@@ -34,16 +34,17 @@ def triggers_html(model: HookedMoE, texts: list[str], effects: Any, n_drivers: i
     top = effects.top(n_drivers)
     trig = token_triggers(model, texts, top, progress=False)
     res = trig.early_vs_late()
-    verdict = "holds" if res.holds else "does not hold"
+    verdict = res.verdict
     summary = res.summary()
     return (
         f"<p>Does the paper's claim \"early tokens trigger driver experts\" hold here? Firing rate of the top "
         f"{len(top)} drivers (by effect) on the first decile of each text's tokens vs the rest, special tokens "
         f"(BOS, ...) excluded, {res.n_texts} texts; {res.level:.0%} bootstrap intervals over texts. The control is "
         f"every other expert: {res.control_share_early:.0%} of them also fire more on the first decile. "
-        f"Verdict: it <b>{verdict}</b> (first - rest {res.diff:+.4f} [{res.ci[0]:+.4f}, {res.ci[1]:+.4f}], beyond "
-        f"the control by {res.diff_vs_control:+.4f} [{res.diff_vs_control_ci[0]:+.4f}, "
-        f"{res.diff_vs_control_ci[1]:+.4f}]). The last decile is reported too: prompt templates put fixed tokens "
+        f"Verdict (decided by the intervals): <b>{verdict}</b> (first - rest {res.diff:+.4f} [{res.ci[0]:+.4f}, "
+        f"{res.ci[1]:+.4f}], beyond {res.n_matched} frequency-matched control experts of the same layers by "
+        f"{res.matched_diff:+.4f} [{res.matched_ci[0]:+.4f}, {res.matched_ci[1]:+.4f}]; beyond the mean of all "
+        f"others by {res.diff_vs_control:+.4f}). The last decile is reported too: prompt templates put fixed tokens "
         f"there.</p>"
         + table_html(summary, "{:+.4f}") + figure_html(trig.plot(), "firing rate by position")
         + "<p class='note'>Tokens with the highest firing rate (seen at least 5 times):</p>"

@@ -15,6 +15,7 @@ from moelens.errors import InvalidInputError
 
 from ._bootstrap import bootstrap_counts, percentile_ci
 from ._io import load_sidecar, save_figure, save_sidecar
+from .triggers_controls import matched_controls
 
 __all__ = ["EarlyLate", "TokenTriggers"]
 
@@ -33,9 +34,16 @@ class EarlyLate:
     least once: ``control_share_early`` is the share of them with first-decile rate above their rest
     rate (``..._significant``: bootstrap interval above 0), to compare with ``drivers_share_early``;
     ``diff_vs_control`` is the pooled ``diff`` minus the control experts' mean ``diff``, with its CI.
-    ``holds`` is True when both ``ci`` and ``diff_vs_control_ci`` lie above 0. Every token selects
-    exactly k experts per layer, so the other experts' mean ``diff`` tends to move opposite to the
-    selected ones' and ``diff_vs_control`` overstates the contrast: compare the shares too.
+    Every token selects exactly k experts per layer, so the other experts' mean ``diff`` tends to
+    move opposite to the selected ones' and ``diff_vs_control`` overstates the contrast.
+
+    The decision uses **matched controls**: for each selected expert, the ``n_matched`` unselected
+    experts of the same layer whose overall firing rate is closest to its own.
+    ``matched_diff = diff - (their mean diff)`` with a bootstrap ``matched_ci`` over texts.
+    ``holds`` is True only when both ``ci`` and ``matched_ci`` exclude 0 from above (the selected
+    experts fire more early, and more so than experts of the same layer and frequency);
+    ``verdict`` is ``"holds"``, ``"does not hold"`` (``matched_ci`` or ``ci`` entirely at or below
+    0) or ``"undecided"`` (an interval straddles 0).
     """
 
     rate_first: float
@@ -56,10 +64,24 @@ class EarlyLate:
     n_control: int
     level: float
     per_expert: pd.DataFrame
+    matched_diff: float = float("nan")
+    matched_ci: tuple[float, float] = (float("nan"), float("nan"))
+    n_matched: int = 0
+    matched_p: float = float("nan")  # two-sided bootstrap p of matched_diff (2 x the smaller tail around 0)
 
     @property
     def holds(self) -> bool:
-        return bool(self.ci[0] > 0 and self.diff_vs_control_ci[0] > 0)
+        """True only when ``ci`` and ``matched_ci`` both lie above 0 (NaN intervals never hold)."""
+        return bool(self.ci[0] > 0 and self.matched_ci[0] > 0)
+
+    @property
+    def verdict(self) -> str:
+        """``"holds"``, ``"does not hold"`` or ``"undecided"``, from the two intervals."""
+        if self.holds:
+            return "holds"
+        if self.matched_ci[1] <= 0 or self.ci[1] <= 0:
+            return "does not hold"
+        return "undecided"
 
     def to_frame(self) -> pd.DataFrame:
         """Per expert (selected first): ``layer, expert, selected, first, rest, last, diff, lo, hi, last_diff``."""
@@ -76,6 +98,7 @@ class EarlyLate:
             (f"control: other experts firing more early (share of {self.n_control})", self.control_share_early, None, None),
             ("  ... significantly", self.control_share_early_significant, None, None),
             ("(first - rest) minus control mean", self.diff_vs_control, *self.diff_vs_control_ci),
+            (f"(first - rest) minus matched controls' ({self.n_matched} experts)", self.matched_diff, *self.matched_ci),
         ]
         return pd.DataFrame(rows, columns=["statistic", "value", "lo", "hi"])
 
@@ -89,7 +112,9 @@ class EarlyLate:
             f"[{pct} CI {self.ci[0]:+.3f}, {self.ci[1]:+.3f}]; last {self.last_diff:+.3f} [{self.last_ci[0]:+.3f}, "
             f"{self.last_ci[1]:+.3f}]; more early: selected {self.drivers_share_early:.0%} vs control "
             f"{self.control_share_early:.0%} of {self.n_control}; vs control {self.diff_vs_control:+.3f} "
-            f"[{self.diff_vs_control_ci[0]:+.3f}, {self.diff_vs_control_ci[1]:+.3f}]; {self.n_texts} texts; holds={self.holds})"
+            f"[{self.diff_vs_control_ci[0]:+.3f}, {self.diff_vs_control_ci[1]:+.3f}]; vs {self.n_matched} matched "
+            f"{self.matched_diff:+.3f} [{self.matched_ci[0]:+.3f}, {self.matched_ci[1]:+.3f}]; {self.n_texts} texts; "
+            f"holds={self.holds}, {self.verdict})"
         )
 
 
@@ -191,10 +216,12 @@ class TokenTriggers:
         return pd.concat(frames, ignore_index=True)
 
     # -- the early-vs-late test -------------------------------------------------------------------
-    def early_vs_late(self, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> EarlyLate:
+    def early_vs_late(self, n_boot: int = 1000, seed: int = 0, level: float = 0.95, n_matched: int = 3) -> EarlyLate:
         """First-decile firing rate of the selected experts vs the rest of the text, with a
-        bootstrap CI over texts, the last decile, and the control over every other expert
-        (see :class:`EarlyLate`)."""
+        bootstrap CI over texts, the last decile, the control over every other expert and the
+        ``n_matched`` frequency-matched controls per selected expert (see :class:`EarlyLate`)."""
+        if isinstance(n_matched, bool) or not isinstance(n_matched, int) or n_matched < 1:
+            raise InvalidInputError(f"n_matched={n_matched!r} must be a positive int (control experts per selected expert).")
         n_l, n_e = len(self.moe_layers), self.n_experts
         selected = torch.zeros(n_l, n_e, dtype=torch.bool)
         for layer, expert in self.selection:
@@ -214,6 +241,8 @@ class TokenTriggers:
         pooled = selected.double() / selected.sum()
         d_pool, l_pool = diff @ pooled, last_diff @ pooled  # mean over selected = pooled rate difference
         d_ctrl = diff[:, control].mean(1) if control.any() else torch.full_like(d_pool, float("nan"))
+        matched = matched_controls(selected, control, fires.sum((0, 1)) / tokens.sum().clamp_min(1), n_e, n_matched)
+        d_match = diff[:, matched].mean(1) if len(matched) else torch.full_like(d_pool, float("nan"))
         lo_e, hi_e = torch.quantile(diff[1:].nan_to_num(0.0), torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64), dim=0)
 
         def share(mask: Tensor, values: Tensor) -> float:
@@ -235,6 +264,8 @@ class TokenTriggers:
             diff_vs_control=float(d_pool[0] - d_ctrl[0]), diff_vs_control_ci=percentile_ci(d_pool[1:] - d_ctrl[1:], level),
             n_texts=self.n_texts, n_selected=int(selected.sum()), n_control=int(control.sum()), level=level,
             per_expert=per_expert.reset_index(drop=True),
+            matched_diff=float(d_pool[0] - d_match[0]), matched_ci=percentile_ci(d_pool[1:] - d_match[1:], level),
+            n_matched=len(set(matched.tolist())), matched_p=_two_sided_p(d_pool[1:] - d_match[1:]),
         )
 
     # -- plots ------------------------------------------------------------------------------------
@@ -279,3 +310,18 @@ class TokenTriggers:
     def __repr__(self) -> str:
         shown = ", ".join(f"L{a}E{b}" for a, b in self.selection[:4]) + (", ..." if len(self.selection) > 4 else "")
         return f"TokenTriggers({len(self.selection)} experts [{shown}], {self.n_texts} texts, {self.n_tokens} tokens)"
+
+
+def _two_sided_p(samples: Tensor) -> float:
+    """Two-sided bootstrap p-value for "the statistic is 0": twice the smaller tail of the resampled
+    statistics on either side of 0, as ``(1 + count) / (1 + n)`` so that it is never 0 (at most 1;
+    NaN samples dropped).
+
+    >>> _two_sided_p(torch.ones(99))
+    0.02
+    """
+    finite = samples[torch.isfinite(samples)]
+    if len(finite) == 0:
+        return float("nan")
+    tail = min(int((finite <= 0).sum()), int((finite >= 0).sum()))
+    return min(1.0, 2 * (1 + tail) / (1 + len(finite)))

@@ -100,6 +100,9 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("yelp", "sentiment", "validation", "fancyzhx/yelp_polarity",
                     _sentiment(("negative", "positive"), "text"),
                     {"train": "train", "test": "test"}),
+        # Customer reviews (Hu & Liu 2004) as SetFit/CR: train/test, 64% positive in test.
+        DatasetSpec("cr", "sentiment", "test", "SetFit/CR", _sentiment(("negative", "positive"), "text"),
+                    {"train": "train", "test": "test"}),
         DatasetSpec("mmlu", "mmlu", "test", "cais/mmlu", _mmlu,
                     {"dev": "dev", "validation": "validation", "test": "test"}, ("all",)),
         DatasetSpec("gsm8k", "math", "test", "openai/gsm8k", _gsm8k,

@@ -25,8 +25,9 @@ import torch
 from torch import Tensor
 
 from ..errors import InvalidInputError
+from .baselines import balanced_accuracy, majority_rate
 from .prompts import few_shot_prompt, format_prompt
-from .registry import Task, get_task, task_records
+from .registry import Task, check_records, get_task, task_records
 from .scoring import (
     bootstrap_ci,
     choice_logprobs,
@@ -76,6 +77,17 @@ class EvalResult:
         return weighted_f1(self.predictions, self.golds) if self.scores is not None else float("nan")
 
     @property
+    def majority_rate(self) -> float:
+        """Accuracy of always answering the most frequent gold label (choice tasks; NaN for free
+        answers): the floor an accuracy must beat (:mod:`moelens.tasks.baselines`)."""
+        return majority_rate(self.golds) if self.scores is not None else float("nan")
+
+    @property
+    def balanced_accuracy(self) -> float:
+        """Mean per-class recall (choice tasks; NaN for free answers): 1/n_classes for a constant answer."""
+        return balanced_accuracy(self.predictions, self.golds) if self.scores is not None else float("nan")
+
+    @property
     def ci(self) -> tuple[float, float]:
         """95% Wilson interval of the accuracy."""
         return wilson_ci(int(self.correct.sum()), self.n)
@@ -110,7 +122,8 @@ class EvalResult:
 
     def summary(self) -> dict:
         lo, hi = self.ci
-        return {"task": self.task, "n": self.n, "accuracy": self.accuracy, "f1": self.f1, "ci_low": lo, "ci_high": hi}
+        return {"task": self.task, "n": self.n, "accuracy": self.accuracy, "f1": self.f1, "ci_low": lo, "ci_high": hi,
+                "majority_rate": self.majority_rate, "balanced_accuracy": self.balanced_accuracy}
 
     def save(self, path: str | Path) -> Path:
         """Write ``path`` (JSON; scores as nested lists). Returns the path."""
@@ -135,7 +148,9 @@ class EvalResult:
     def __repr__(self) -> str:
         lo, hi = self.ci
         f1 = "" if np.isnan(self.f1) else f", f1={self.f1:.3f}"
-        return f"EvalResult({self.task}: n={self.n}, accuracy={self.accuracy:.3f} [{lo:.3f}, {hi:.3f}]{f1})"
+        base = "" if np.isnan(self.majority_rate) else (
+            f", majority={self.majority_rate:.3f}, balanced={self.balanced_accuracy:.3f}")
+        return f"EvalResult({self.task}: n={self.n}, accuracy={self.accuracy:.3f} [{lo:.3f}, {hi:.3f}]{f1}{base})"
 
     def _repr_html_(self) -> str:
         s = self.summary()
@@ -179,6 +194,7 @@ def resolve_records(task: str | Task, data: Any = None, split: str | None = None
         record.setdefault("dataset", spec.dataset)
     if not records:
         raise InvalidInputError(f"no records for task {spec.name!r} (data={data!r}, split={split!r}).")
+    check_records(spec, records)
     return spread(records, limit)
 
 
@@ -222,10 +238,10 @@ def evaluate(
     or a bare HF causal LM without interventions. Both backends give the same predictions and
     scores.
 
-    ``task``: ``"sst2"``, ``"sst5"``, ``"sst5_binary"``, ``"yelp"``, ``"mmlu"`` (or
+    ``task``: ``"sst2"``, ``"sst5"``, ``"sst5_binary"``, ``"yelp"``, ``"cr"``, ``"mmlu"`` (or
     ``"mmlu:<subject|category>"``), ``"gsm8k"``, ``"math"``, ``"arithmetic"`` (see
     :mod:`moelens.tasks.registry`). ``data``: a JSONL path or folder, or a list of records in the
-    ``../shared/data`` format; by default the task's ``split`` (its evaluation split) from the
+    ``../shared/data`` format (records whose ``dataset`` is another task's are refused); by default the task's ``split`` (its evaluation split) from the
     data folder, else the hub. ``limit``: that many records, evenly spaced. ``shots``: few-shot
     examples drawn (with ``seed``) from ``shot_records`` or the task's shot split, never from the
     evaluated records. Choice tasks score each choice's log-likelihood; free-answer tasks

@@ -43,7 +43,7 @@ SST5_LABEL_WORDS = (" very negative", " negative", " neutral", " positive", " ve
 MMLU_LETTERS = ("A", "B", "C", "D")
 
 # Prompt family per dataset name and per ``domain`` field value.
-_KINDS = {"sst2": "sentiment", "sst5": "sentiment", "yelp": "sentiment", "sentiment": "sentiment",
+_KINDS = {"sst2": "sentiment", "sst5": "sentiment", "yelp": "sentiment", "cr": "sentiment", "sentiment": "sentiment",
           "mmlu": "mmlu", "gsm8k": "math", "math": "math", "arithmetic": "math"}
 
 

@@ -6,6 +6,7 @@
 | sst5 | choice | 5 label words (`` very negative`` ...) | validation | train |
 | sst5_binary | choice | 2 label words, neutral dropped | validation | train |
 | yelp | choice | `` negative`` / `` positive`` | validation | train (hub) |
+| cr | choice | `` negative`` / `` positive`` (customer reviews) | test (hub) | train (hub) |
 | mmlu, mmlu:NAME | choice | `` A`` .. `` D``; NAME a subject, subcategory or category | test | validation |
 | gsm8k | generate | the number (after ``####``, else the last) | test | train |
 | math | generate | ``\\boxed{}``, else the first line | test[4000:] | test[:4000] |
@@ -45,7 +46,7 @@ from .prompts import (
     sst5_to_binary,
 )
 
-__all__ = ["TASKS", "Task", "arithmetic_problems", "get_task", "sample_arithmetic", "task_records"]
+__all__ = ["TASKS", "Task", "arithmetic_problems", "check_records", "get_task", "sample_arithmetic", "task_records"]
 
 Record = dict[str, Any]
 
@@ -99,6 +100,7 @@ TASKS: dict[str, Task] = {
         _sentiment("sst5_binary", "sst5", SENTIMENT_LABEL_WORDS, gold=lambda r: sst5_to_binary(r["label"]),
                    keep=lambda r: sst5_to_binary(r["label"]) is not None),
         _sentiment("yelp", "yelp", SENTIMENT_LABEL_WORDS),
+        Task("cr", "cr", "choice", "test", "train", "train", tuple(SENTIMENT_LABEL_WORDS)),
         _mmlu(),
         Task("gsm8k", "gsm8k", "generate", "test", "train", "train", gold=lambda r: str(r["answer"]),
              extract=extract_number, match=numbers_match, max_new_tokens=12),
@@ -121,6 +123,26 @@ def get_task(task: str | Task) -> Task:
     if task not in TASKS:
         raise InvalidInputError(f"unknown task {task!r}; tasks: {sorted(TASKS)} (and mmlu:<subject or category>).")
     return TASKS[task]
+
+
+def check_records(task: str | Task, records: Sequence[Mapping]) -> None:
+    """Refuse records of another task's dataset (their ``dataset`` field, where they have one):
+    SST-2 label words scored on Yelp records would give a plausible but meaningless accuracy.
+
+    >>> check_records("yelp", [{"text": "ok", "label": 1, "dataset": "sst2"}])
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: task 'yelp' reads records of dataset 'yelp', but record 0 is from 'sst2'; evaluate them with task='sst2', or drop their 'dataset' field if they really are yelp records.
+    """
+    spec = get_task(task)
+    for i, record in enumerate(records):
+        found = record.get("dataset")
+        if found is not None and found != spec.dataset:
+            hint = f"task={found!r}" if found in TASKS else "the task they belong to"
+            raise InvalidInputError(
+                f"task {spec.name!r} reads records of dataset {spec.dataset!r}, but record {i} is from {found!r}; "
+                f"evaluate them with {hint}, or drop their 'dataset' field if they really are {spec.dataset} records."
+            )
 
 
 def arithmetic_problems(rng: random.Random, n: int, heldout: bool) -> list[tuple[str, str]]:

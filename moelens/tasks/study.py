@@ -33,17 +33,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
 from ..interventions import Perturb, Scale
-from .evaluate import evaluate, resolve_records
+from .evaluate import resolve_records
+from .multiplicity import CORRECTIONS
 from .prompts import format_prompt, prompt_kind
 from .registry import get_task
-from .scoring import mcnemar_p, paired_bootstrap
+from .study_protocol import apply_correction, evaluate_stage
 from .study_result import COLUMNS, StudyResult
 
 __all__ = ["check_disjoint", "expert_interventions", "matched_random_sets", "reweighting_study"]
@@ -57,7 +57,7 @@ def _normal_text(text: str) -> str:
     return re.sub(r"\s+", " ", str(text)).strip().lower()
 
 
-def check_disjoint(select: Sequence[Mapping], evaluate_on: Sequence[Mapping]) -> None:
+def check_disjoint(select: Sequence[Mapping], evaluate_on: Sequence[Mapping], names: tuple[str, str] = ("selection", "evaluation")) -> None:
     """Raise :class:`~moelens.InvalidInputError` if two record lists share an id or a text.
 
     >>> check_disjoint([{"id": "a", "text": "x"}], [{"id": "b", "text": "X "}])
@@ -67,12 +67,12 @@ def check_disjoint(select: Sequence[Mapping], evaluate_on: Sequence[Mapping]) ->
     """
     shared_ids = {str(r["id"]) for r in select} & {str(r["id"]) for r in evaluate_on}
     if shared_ids:
-        raise InvalidInputError(f"the selection and evaluation data share {len(shared_ids)} id(s) (e.g. {min(shared_ids)!r}); "
-                                "select experts on a different split than the one you evaluate on.")
+        raise InvalidInputError(f"the {names[0]} and {names[1]} data share {len(shared_ids)} id(s) (e.g. {min(shared_ids)!r}); "
+                                "use disjoint splits (select, develop and confirm on different records).")
     shared = {_normal_text(r["text"]) for r in select} & {_normal_text(r["text"]) for r in evaluate_on}
     if shared:
-        raise InvalidInputError(f"the selection and evaluation data share {len(shared)} text(s) (e.g. {min(shared)[:60]!r}); "
-                                "drop them from one side: selecting experts on evaluated examples inflates the effect.")
+        raise InvalidInputError(f"the {names[0]} and {names[1]} data share {len(shared)} text(s) (e.g. {min(shared)[:60]!r}); "
+                                "drop them from one side: reusing examples across stages inflates the effect.")
 
 
 def expert_interventions(experts: Sequence[tuple[int, int]], recipe: str, factor: float, push: float = 1.0) -> list:
@@ -157,16 +157,6 @@ def _negative_share(model, prompts: Sequence[str], sets: Mapping[str, list[tuple
     return {name: negative[name] / max(1, total[name]) for name in sets}
 
 
-def _row(meta: dict, name: str, recipe: str, factor: float, n_experts: int, draws: int, correct: np.ndarray, f1: float,
-         baseline: np.ndarray, random_correct: np.ndarray | None, neg_share: float, seed: int) -> dict:
-    delta, (lo, hi), _ = paired_bootstrap(correct, baseline, seed=seed)
-    p_random = float("nan") if random_correct is None else paired_bootstrap(correct, random_correct, seed=seed)[2]
-    p_base = mcnemar_p(correct, baseline) if draws == 1 else paired_bootstrap(correct, baseline, seed=seed)[2]
-    return {**meta, "expert_set": name, "recipe": recipe, "factor": factor, "n_experts": n_experts, "draws": draws,
-            "n": len(correct), "accuracy": float(np.mean(correct)), "f1": f1, "delta": delta, "delta_ci_low": lo,
-            "delta_ci_high": hi, "p_vs_baseline": p_base, "p_vs_random": p_random, "neg_logit_share": neg_share}
-
-
 def _model_name(model: Any) -> str:
     """The zoo name for packaged models, else the HF ``name_or_path``, else the architecture."""
     from ..zoo import ZOO_DIR, ZOO_PREFIX
@@ -200,6 +190,9 @@ def reweighting_study(
     n_experts: int = 4,
     n_random: int = 3,
     *,
+    confirm_on: Any = None,
+    correction: str = "holm",
+    alpha: float = 0.05,
     recipes: Sequence[str] | None = None,
     push: float = 1.0,
     select_limit: int | None = 256,
@@ -223,6 +216,13 @@ def reweighting_study(
     (default: ``f"scale-{on}"``). ``tune_steps > 0`` adds the row "tune the router" (LoRA on the
     routers trained on the selection split, :func:`~moelens.tune_router`). Returns a
     :class:`StudyResult` (``.table``, ``.plot()``).
+
+    ``confirm_on``: a third split (same forms), disjoint from both by id and text, on which every
+    condition is re-run once after development (:mod:`moelens.tasks.study_protocol`); the table's
+    ``stage`` column says ``"develop"`` or ``"confirm"``. ``correction``: ``"holm"`` (default,
+    family-wise error), ``"bh"`` (Benjamini–Hochberg, false discovery rate) or ``"none"``, applied
+    within each stage across every set x recipe x factor; ``beyond_random`` is ``p_vs_random_adj <
+    alpha``. :meth:`StudyResult.findings` lists what survives.
 
     ``model``: any backend of :class:`~moelens.backends.protocol.MoEBackend`. Through
     ``NNsightMoE`` (forward traces only) the study takes ``driver_method="exact"`` and
@@ -248,9 +248,18 @@ def reweighting_study(
         expert_interventions([], recipe, 1.0)  # validates the name
     if not 1 <= n_experts <= len(model.cfg.moe_layers) * model.cfg.n_experts:
         raise InvalidInputError(f"n_experts={n_experts} must be in [1, {len(model.cfg.moe_layers) * model.cfg.n_experts}].")
+    if correction not in CORRECTIONS:
+        raise InvalidInputError(f"correction={correction!r} is not valid; choose one of {', '.join(map(repr, CORRECTIONS))}.")
+    if not 0 < alpha < 1:
+        raise InvalidInputError(f"alpha={alpha!r} must be in (0, 1).")
     select, select_label = _records(spec, select_on, spec.select_split, select_limit, data_dir)
     evaluation, eval_label = _records(spec, evaluate_on, spec.eval_split, limit, data_dir)
     check_disjoint(select, evaluation)
+    confirmation, confirm_label = None, None
+    if confirm_on is not None:
+        confirmation, confirm_label = _records(spec, confirm_on, spec.eval_split, limit, data_dir)
+        check_disjoint(select, confirmation, ("selection", "confirmation"))
+        check_disjoint(evaluation, confirmation, ("development", "confirmation"))
     prompts = [format_prompt(r) for r in select]
     domain = prompt_kind(select[0])
 
@@ -272,40 +281,27 @@ def reweighting_study(
 
     name = model_name or _model_name(model)
     meta = {"model": name, "task": spec.name}
-    run = {"data": evaluation, "batch_size": batch_size, "progress": False}
-    base = evaluate(model, spec, **run)
-    results: dict[str, Any] = {"baseline": base}
-    rows = [_row(meta, "baseline", "none", float("nan"), 0, 1, base.correct, base.f1, base.correct, None, float("nan"), seed)]
     conditions = [(recipe, factor) for recipe in recipes for factor in factors]
-    bar = tqdm(total=len(conditions) * len(sets) * (1 + n_random), desc="study", unit="eval", disable=not progress)
-    for recipe, factor in conditions:
-        shown = (push if factor > 1 else -push) if recipe == "perturb" else factor  # perturb: the signed push
-        for set_name, chosen in sets.items():
-            draws = []
-            for d, draw in enumerate(randoms[set_name]):
-                res = evaluate(model, spec, interventions=expert_interventions(draw, recipe, factor, push), **run)
-                results[f"random ({set_name})#{d}|{recipe}|{factor}"] = res
-                draws.append(res)
-                bar.update()
-            res = evaluate(model, spec, interventions=expert_interventions(chosen, recipe, factor, push), **run)
-            results[f"{set_name}|{recipe}|{factor}"] = res
-            bar.update()
-            random_mean = np.mean([r.correct for r in draws], axis=0) if draws else None
-            rows.append(_row(meta, set_name, recipe, shown, len(chosen), 1, res.correct, res.f1, base.correct, random_mean, neg[set_name], seed))
-            if draws:
-                neg_random = float(np.mean([neg[f"random ({set_name})#{d}"] for d in range(len(draws))]))
-                rows.append(_row(meta, f"random ({set_name})", recipe, shown, len(chosen), len(draws), random_mean,
-                                 float(np.mean([r.f1 for r in draws])), base.correct, None, neg_random, seed))
-    bar.close()
+    tuned = None
     if tune_steps > 0:
         from .lora import tune_router
 
         tuned = tune_router(model, spec, data=select, steps=tune_steps, rank=tune_rank, seed=seed, progress=progress)
-        res = evaluate(tuned, spec, **run)
-        results["tune the router"] = res
-        rows.append(_row(meta, "tune the router", "lora", float("nan"), 0, 1, res.correct, res.f1, base.correct, None, float("nan"), seed))
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    stages = [("develop", evaluation)] + ([("confirm", confirmation)] if confirmation is not None else [])
+    bar = tqdm(total=len(stages) * len(conditions) * len(sets) * (1 + n_random), desc="study", unit="eval", disable=not progress)
+    rows: list[dict] = []
+    results: dict[str, Any] = {}
+    for stage, records in stages:
+        stage_rows, stage_results = evaluate_stage(
+            model, spec, records, stage, sets, randoms, conditions, expert_interventions, neg, meta, seed, batch_size, push,
+            bar.update, tuned,
+        )
+        rows += stage_rows
+        results.update(stage_results)
+    bar.close()
+    table = apply_correction(pd.DataFrame(rows), list(sets), correction, alpha)[COLUMNS]
     meta.update(select_on=select_label, evaluate_on=eval_label, n_select=len(select), n_eval=len(evaluation), n_experts=n_experts,
                 n_random=n_random, factors=list(factors), recipes=list(recipes), push=push, driver_method=driver_method,
-                tune_steps=tune_steps, seed=seed)
+                tune_steps=tune_steps, seed=seed, confirm_on=confirm_label,
+                n_confirm=0 if confirmation is None else len(confirmation), correction=correction, alpha=alpha)
     return StudyResult(table, meta, {**sets, **{k: v for k, v in all_sets.items() if k not in sets}}, results)

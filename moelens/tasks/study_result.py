@@ -23,8 +23,9 @@ __all__ = ["StudyResult", "study_section", "write_study"]
 
 # Columns of the tidy table, in order.
 COLUMNS = [
-    "model", "task", "expert_set", "recipe", "factor", "n_experts", "draws", "n", "accuracy", "f1",
-    "delta", "delta_ci_low", "delta_ci_high", "p_vs_baseline", "p_vs_random", "neg_logit_share",
+    "model", "task", "stage", "expert_set", "recipe", "factor", "n_experts", "draws", "n", "accuracy", "f1",
+    "delta", "delta_ci_low", "delta_ci_high", "p_vs_baseline", "p_vs_baseline_adj", "p_vs_random", "p_vs_random_adj",
+    "beyond_random", "neg_logit_share",
 ]
 
 
@@ -55,11 +56,33 @@ class StudyResult:
         """The row with the largest delta (ties: first)."""
         return self.table.loc[self.table["delta"].idxmax()]
 
+    @property
+    def final_stage(self) -> str:
+        """``"confirm"`` when the study had a confirmation split, else ``"develop"``."""
+        stages = set(self.table["stage"]) if "stage" in self.table else {"develop"}
+        return "confirm" if "confirm" in stages else "develop"
+
+    def findings(self) -> pd.DataFrame:
+        """The selected sets' rows of the final stage (:attr:`final_stage`) that are beyond random
+        after the multiplicity correction: what the study may claim. Empty when nothing survives.
+
+        >>> t = pd.DataFrame({"stage": ["confirm"] * 2, "expert_set": ["driver", "domain"], "beyond_random": [False, True]})
+        >>> StudyResult(t, {}).findings()["expert_set"].tolist()
+        ['domain']
+        """
+        table = self.table
+        if "beyond_random" not in table:
+            return table.iloc[0:0]
+        final = table[(table.get("stage", "develop") == self.final_stage) & table["beyond_random"].astype(bool)]
+        return final.reset_index(drop=True)
+
     def plot(self, path: str | Path | None = None):
         """Delta vs baseline with its 95% CI, one bar per expert set and factor, a panel per recipe."""
         from matplotlib.figure import Figure  # not pyplot: a notebook would show a pyplot figure twice
 
         rows = self.table[self.table["recipe"].isin(sorted(set(self.table["recipe"]) - {"none"}))]
+        if "stage" in rows:
+            rows = rows[rows["stage"] == self.final_stage]
         recipes = list(dict.fromkeys(rows["recipe"]))
         fig = Figure(figsize=(4.2 * max(1, len(recipes)), 3.6))
         axes = fig.subplots(1, max(1, len(recipes)), squeeze=False)
@@ -124,8 +147,13 @@ def study_section(result: StudyResult, figure: bool = True) -> str:
     from ..report import figure_html
 
     meta = result.meta
-    cols = ["expert_set", "recipe", "factor", "accuracy", "f1", "delta", "delta_ci_low", "delta_ci_high",
-            "p_vs_baseline", "p_vs_random", "neg_logit_share"]
+    cols = [c for c in ["stage", "expert_set", "recipe", "factor", "accuracy", "f1", "delta", "delta_ci_low", "delta_ci_high",
+            "p_vs_baseline", "p_vs_baseline_adj", "p_vs_random", "p_vs_random_adj", "beyond_random", "neg_logit_share"]
+            if c in result.table]
+    found = result.findings()
+    survives = ("nothing is beyond random after correction" if found.empty else "beyond random after correction: " + "; ".join(
+        f"{r.expert_set} {r.recipe} {_factor(r.factor, r.recipe)} (delta {r.delta:+.3f}, adjusted p {r.p_vs_random_adj:.3f})"
+        for r in found.itertuples()))
     head = "".join(f"<th>{c}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(row[c])}</td>" for c in cols) + "</tr>" for _, row in result.table.iterrows())
     note = (
@@ -134,7 +162,10 @@ def study_section(result: StudyResult, figure: bool = True) -> str:
         f"({html.escape(str(meta.get('evaluate_on')))}); {meta.get('n_experts')} experts per set, {meta.get('n_random')} random "
         f"draws at matched layers. delta: paired difference vs the baseline, 95% bootstrap CI; p_vs_baseline: exact McNemar; "
         f"p_vs_random: paired bootstrap against the random draws of the same recipe and factor; neg_logit_share: share of the "
-        f"set's router logits below 0 on the selection texts (scaling those by 1.2 lowers them).</p>"
+        f"set's router logits below 0 on the selection texts (scaling those by 1.2 lowers them). Stages: develop on "
+        f"{html.escape(str(meta.get('evaluate_on')))}, confirm on {html.escape(str(meta.get('confirm_on') or 'none'))}; "
+        f"p-values adjusted with {html.escape(str(meta.get('correction', 'none')))} within each stage across every set, recipe "
+        f"and factor (_adj columns). <b>{html.escape(result.final_stage)} stage: {html.escape(survives)}.</b></p>"
     )
     plot = figure_html(result.plot(), "re-weighting study") if figure else ""
     return note + plot + f"<table><tr>{head}</tr>{body}</table>"

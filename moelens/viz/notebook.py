@@ -52,7 +52,7 @@ def driver_effects_html(effects) -> str:
     """Method, inputs, the five strongest drivers, their share by layer, and a heatmap of the effect."""
     top = effects.top(5)
     rows: list[tuple[str, object]] = [
-        ("method", effects.method), ("MoE layers", len(effects.moe_layers)),
+        ("estimator", effects.estimator()), ("MoE layers", len(effects.moe_layers)),
         ("experts", effects.n_experts), ("inputs", effects.n_inputs),
         ("top drivers", ", ".join(f"{_expert_label(r.layer, r.expert)} ({r.effect:.3g})" for r in top.itertuples(index=False))),
     ]

@@ -21,6 +21,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
         ("mediation.py", "speedup batched vs loop"),
         ("peers.py", "identical logits through every variant"),
         ("evaluate_backends.py", "identical predictions through both backends"),
+        ("scale.py", "GPU figures unmeasured"),
     ],
 )
 def test_bench_smoke(script, expected):

@@ -352,7 +352,7 @@ def test_texts_give_the_same_result_as_their_token_ids():
         ({"layers": "some"}, r"layers='some'"),
         ({"targets": "best"}, r"targets='best'.*'top', 'sample'"),
         ({"perturbation": {"size": 1}}, r"unknown keys \['size'\]"),
-        ({"perturbation": Perturb(0, 0, positions=-1)}, r"every position"),
+        ({"perturbation": Perturb(0, 0, positions=-1)}, r"perturb_positions=-1"),
         ({"batch_size": 0}, r"batch_size=0 must be a positive int"),
     ],
 )

@@ -100,7 +100,7 @@ def test_early_vs_late_against_hand_counts(model):
     assert res.ci[0] <= res.diff <= res.ci[1] and res.ci[0] > 0  # planted early: the interval excludes 0
     assert res.n_selected == 1 and res.n_control > 0 and 0 <= res.control_share_early <= 1
     assert isinstance(res, EarlyLate) and "holds=" in repr(res)
-    assert res.per_expert.selected.iloc[0] and len(res.summary()) == 10
+    assert res.per_expert.selected.iloc[0] and len(res.summary()) == 11
 
 
 def test_early_vs_late_is_null_for_a_position_free_expert(model):
@@ -143,3 +143,40 @@ def test_bad_selections(model):
         token_triggers(model, ids, pd.DataFrame({"x": [1]}), progress=False)
     with pytest.raises(InvalidInputError, match="non-empty list"):
         token_triggers(model, ids, [], progress=False)
+
+
+def _placed(where: str, n: int = 120, seed: int = 3) -> torch.Tensor:
+    """Texts of BOS + 20 tokens with the planted token at one place per text: in the first two kept
+    tokens ("early"), in the last two ("late"), or uniformly at random ("null")."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 97, (n, 21), generator=gen)
+    ids[ids == PLANTED_TOKEN] = 43
+    ids[:, 0] = BOS
+    lo, hi = {"early": (1, 3), "late": (19, 21), "null": (1, 21)}[where]
+    ids[torch.arange(n), torch.randint(lo, hi, (n,), generator=gen)] = PLANTED_TOKEN
+    return ids
+
+
+@pytest.mark.parametrize(("where", "verdict"), [("early", "holds"), ("late", "does not hold"), ("null", "undecided")])
+def test_planted_early_trigger_reaches_the_right_verdict(model, where, verdict):
+    """The decision uses the bootstrap intervals against frequency-matched controls: a planted early
+    trigger holds, a planted late one does not, a position-free one is not declared."""
+    trig = token_triggers(model, _placed(where), [(0, PLANTED_EXPERT)], special_ids=[BOS], progress=False)
+    res = trig.early_vs_late(n_boot=500, seed=0)
+    assert res.verdict == verdict, res
+    assert res.holds == (verdict == "holds") and res.n_matched >= 1
+    assert res.matched_ci[0] <= res.matched_diff <= res.matched_ci[1]
+
+
+def test_sensitivity_reports_protocols_and_token_sets(model):
+    from moelens.analysis.triggers_sensitivity import early_late_sensitivity
+
+    ids = _placed("early", n=40)
+    ids[:, 0] = PLANTED_TOKEN  # the planted token also sits in the BOS slot
+    frame = early_late_sensitivity(model, ids, {"planted": [(0, PLANTED_EXPERT)], "other": [(1, 0)]},
+                                   template_ids=[PLANTED_TOKEN], n_boot=100)
+    assert list(frame.protocol) == ["planted"] * 3 + ["other"] * 3
+    planted = frame[frame.protocol == "planted"].set_index("tokens")
+    assert planted.loc["special included", "verdict"] == "holds"
+    # excluding the planted token as a "template" token leaves the expert nothing to fire on
+    assert planted.loc["special + template excluded", "diff"] == 0.0

@@ -6,7 +6,8 @@ For MoE layer ``l`` and expert ``e`` (a reconstruction of arXiv 2601.10159, DESI
 
 ``P`` is the model's next-token distribution, ``Q_{l,e}`` the same under
 ``Perturb(l, e, magnitude, sign)``: ``sign * magnitude`` added to the expert's router logit **at
-every position** of the input, then re-routed by the family's own rule. The KL is read at the last
+every position** of the input (``perturb_positions=`` restricts it: :mod:`.positions`; by group of
+positions: :mod:`.by_position`), then re-routed by the family's own rule. The KL is read at the last
 non-padding token (``positions="last"``, the answer position) or averaged over the non-padding
 positions of each input (``positions="all"``); inputs are then averaged with equal weight.
 
@@ -48,8 +49,9 @@ torch.Size([2, 4])
 ['layer', 'expert', 'effect', 'rank']
 """
 
+from .by_position import PositionEffects, driver_effects_by_position
 from .options import SweepOptions
 from .result import DriverEffects
 from .sweep import driver_effects
 
-__all__ = ["DriverEffects", "SweepOptions", "driver_effects"]
+__all__ = ["DriverEffects", "PositionEffects", "SweepOptions", "driver_effects", "driver_effects_by_position"]

@@ -19,6 +19,7 @@ from moelens.metrics import kl_divergence
 from moelens.names import moe_name, resid_name
 
 from .options import SweepOptions
+from .positions import at, rows_of
 from .routing import ROUTING_TOL, changes
 
 if TYPE_CHECKING:
@@ -30,8 +31,11 @@ __all__ = ["exact_batch"]
 _ROUTING = ("hook_router_logits", "hook_topk_indices", "hook_topk_weights")
 
 
-def exact_batch(model: "HookedMoE", ids: Tensor, mask: Tensor, options: SweepOptions, tick: Callable[[], Any]) -> Tensor:
-    """Exact effects ``[batch moe_layer expert]`` (float64, CPU) of one batch.
+def exact_batch(
+    model: "HookedMoE", ids: Tensor, mask: Tensor, options: SweepOptions, tick: Callable[[], Any], where: Tensor | None = None
+) -> Tensor:
+    """Exact effects ``[batch moe_layer expert]`` (float64, CPU) of one batch, the push applied at
+    the tokens of ``where [batch pos]`` (None: every position; :mod:`.positions`).
 
     >>> from moelens import HookedMoE
     >>> from moelens.testing import tiny_model
@@ -62,7 +66,7 @@ def exact_batch(model: "HookedMoE", ids: Tensor, mask: Tensor, options: SweepOpt
         clean = logits[rows, last] if last_only else logits  # [batch d_vocab] | [batch pos d_vocab]
         for li, layer in enumerate(layers):
             if options.skip_unchanged:
-                b, e = _pairs(model, cache, layer, mask, options)
+                b, e = _pairs(model, cache, layer, mask if where is None else mask * where, options)
             else:
                 b, e = _all_pairs(batch, model.cfg.n_experts, ids.device)
             order = torch.sort(last[b], stable=True).indices  # short inputs together: little padding per chunk
@@ -78,7 +82,7 @@ def exact_batch(model: "HookedMoE", ids: Tensor, mask: Tensor, options: SweepOpt
                     kwargs["stop_at_layer"] = model.cfg.n_layers  # residual entering the final norm
                 # [rows width d_model] residual entering the layer, or the rows' token ids
                 rows_in = cache[resid_name(layer, "pre")][bi, :width] if resume else ids[bi, :width]
-                new = model.run_with_interventions(rows_in, [options.at(layer, ei)], **kwargs)
+                new = model.run_with_interventions(rows_in, [at(options.push, layer, ei, rows_of(where, bi, width))], **kwargs)
                 if last_only:
                     new = new[torch.arange(len(bi), device=new.device), last[bi]]  # [rows d_model|d_vocab]
                     kl = kl_divergence(clean[bi], head(new) if head is not None else new)

@@ -164,10 +164,10 @@ class _LayerDelta:
 
 
 def _layer_delta(
-    model: "HookedMoE", layer: int, moe_in: Tensor, mask: Tensor, options: SweepOptions, tol: float
+    model: "HookedMoE", layer: int, moe_in: Tensor, mask: Tensor, options: SweepOptions, tol: float, pushed: Tensor
 ) -> _LayerDelta:
     clean = _slot_outputs(model, layer, moe_in, mask)
-    real = mask.bool()
+    real = pushed.bool()  # the pushed real tokens: elsewhere the block output does not change
     tok_b, tok_p = real.nonzero(as_tuple=True)
     logits, index, weights = (clean[s][real] for s in ("hook_router_logits", "hook_topk_indices", "hook_topk_weights"))
     dws, swap_e, swap_t = [], [], []
@@ -211,12 +211,14 @@ def first_order_batch(
     options: SweepOptions,
     generator: torch.Generator | None,
     tick: Callable[[], Any],
+    where: Tensor | None = None,
 ) -> Tensor:
     """Estimated effects ``[batch moe_layer expert]`` (float64, CPU) of one batch.
 
     ``options.method`` is ``"first_order"`` (exact block change, linear downstream) or
     ``"router_gradient"`` (linear in the router logit, blind to top-k swaps); ``generator`` draws
-    the targets when ``options.targets == "sample"``.
+    the targets when ``options.targets == "sample"``; ``where [batch pos]`` the pushed tokens (None:
+    all). The block change is zero at unpushed tokens (the block acts on each token separately).
 
     >>> from moelens import HookedMoE
     >>> from moelens.testing import tiny_model
@@ -261,9 +263,12 @@ def first_order_batch(
         for li, layer in enumerate(layers):
             g = grads[li]  # [slot m batch pos d_model] (or [... n_experts] for router logits)
             if router:
+                if where is not None:
+                    g = g * where[None, None, :, :, None].to(g.dtype)
                 s = options.delta * g.sum(3).permute(0, 1, 3, 2)  # [slot m n_experts batch]
             else:
-                delta = deltas.get(layer) or _layer_delta(model, layer, clean.moe_in[layer], mask, options, tol)
+                pushed = mask if where is None else mask * where
+                delta = deltas.get(layer) or _layer_delta(model, layer, clean.moe_in[layer], mask, options, tol, pushed)
                 if n_slots > slot_chunk:
                     deltas[layer] = delta
                 s = _contract(g, delta, n_experts)

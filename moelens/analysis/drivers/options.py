@@ -67,8 +67,9 @@ def parse_push(perturbation: Any) -> Perturb:
     elif isinstance(perturbation, Perturb):
         if perturbation.positions is not None:
             raise InvalidInputError(
-                f"perturbation={perturbation!r}: the sweep pushes every position (positions=None); its "
-                "layers and experts are ignored. Pass Perturb('all', 'all', magnitude=..., sign=...)."
+                f"perturbation={perturbation!r}: the push's positions go in perturb_positions= (its layers and "
+                "experts are ignored). Pass Perturb('all', 'all', magnitude=..., sign=...) and "
+                f"perturb_positions={perturbation.positions!r}."
             )
         magnitude, sign = perturbation.magnitude, perturbation.sign
     elif isinstance(perturbation, Mapping):

@@ -121,12 +121,28 @@ class DriverEffects:
         )
 
     def middle_share(self) -> float:
-        """Share of the summed effect held by the middle third of the MoE layers (for uniform
-        effects, the fraction of layers in that third: about 1/3)."""
+        """Share of the summed effect held by the middle MoE layers, ``n // 3 .. n - n // 3 - 1``
+        of ``n``. Compare it with :meth:`middle_share_uniform`, the share a flat profile gives at
+        this depth (0.5 for 8 layers, 0.375 for 16, 0.5 for 4: not 1/3).
+
+        >>> e = DriverEffects(torch.ones(8, 2), tuple(range(8)), 2, "exact")
+        >>> e.middle_share(), e.middle_share_uniform()
+        (0.5, 0.5)
+        """
         n = len(self.moe_layers)
         lo, hi = n // 3, n - n // 3
         total = float(self.effect.sum())
         return float(self.effect[lo:hi].sum()) / total if total > 0 else float("nan")
+
+    def middle_share_uniform(self) -> float:
+        """The :meth:`middle_share` of a flat profile (every layer the same total): the fraction
+        of the layers that count as middle at this depth.
+
+        >>> DriverEffects(torch.ones(16, 2), tuple(range(16)), 2, "exact").middle_share_uniform()
+        0.375
+        """
+        n = len(self.moe_layers)
+        return (n - 2 * (n // 3)) / n if n else float("nan")
 
     # -- robust aggregates over inputs (moelens.analysis.drivers.robust; need per_input) ---------
     def median(self) -> Tensor:
@@ -191,7 +207,7 @@ class DriverEffects:
         ax.set_yticks(range(0, n_l, step), [str(x) for x in self.moe_layers[::step]])
         ax.set_xlabel("expert")
         ax.set_ylabel("layer")
-        ax.set_title(f"driver effect, KL (nats) — {self.method}, {self._push()}")
+        ax.set_title(f"driver effect, KL (nats) — {self.estimator()}, {self._push()}", fontsize=8)
         fig.colorbar(image, ax=ax, label="KL (nats)")
         return save_figure(fig, path)
 
@@ -209,10 +225,25 @@ class DriverEffects:
         step = max(1, math.ceil(n / 24))
         ax.set_xticks(range(0, n, step), [str(x) for x in self.moe_layers[::step]])
         ax.set_xlabel("layer")
-        ax.set_ylabel("sum of driver effects (nats)")
-        ax.set_title(f"driver effect per layer — middle third holds {self.middle_share():.0%}")
+        ax.set_ylabel(f"sum of driver effects (nats, {self.method.replace('_', '-')})")
+        ax.set_title(f"driver effect per layer — middle layers hold {self.middle_share():.0%} "
+                     f"(flat profile: {self.middle_share_uniform():.0%})")
         ax.legend(loc="upper right", frameon=False)
         return save_figure(fig, path)
+
+    def estimator(self) -> str:
+        """What the numbers are, for labels: ``"exact KL"``, or the gradient method with its measured
+        calibration against exact (:mod:`.calibration`).
+
+        >>> DriverEffects(torch.zeros(1, 2), (0,), 2, "first_order").estimator()
+        'first-order estimate (uncalibrated)'
+        """
+        from .calibration import calibration_note
+
+        if self.method == "exact":
+            return "exact KL"
+        note = calibration_note(self.settings)
+        return f"{self.method.replace('_', '-')} estimate ({note or 'uncalibrated'})"
 
     def _push(self) -> str:
         magnitude, sign = self.settings.get("magnitude"), self.settings.get("sign")
@@ -251,7 +282,10 @@ class DriverEffects:
     def __repr__(self) -> str:
         best = self.top(1)
         lead = f", top L{int(best.layer[0])}E{int(best.expert[0])}={best.effect[0]:.3g}" if len(best) else ""
+        from .calibration import calibration_note
+
+        note = calibration_note(self.settings)
         return (
-            f"DriverEffects({self.method}, moe_layers={list(self.moe_layers)}, n_experts={self.n_experts}, "
-            f"n_inputs={self.n_inputs}, {self._push()}{lead})"
+            f"DriverEffects({self.method}{f' [{note}]' if note else ''}, moe_layers={list(self.moe_layers)}, "
+            f"n_experts={self.n_experts}, n_inputs={self.n_inputs}, {self._push()}{lead})"
         )

@@ -86,6 +86,10 @@ def changes(
     [n tokens n_experts])`` against the clean routing ``index, weights [tokens k]``; ``budget``
     bounds ``n * tokens`` per routing call."""
     n_experts = model.cfg.n_experts
+    if logits.shape[0] == 0:  # no (pushed) token in this batch: nothing moves
+        none = torch.zeros(n_experts, 0, dtype=torch.bool, device=logits.device)
+        yield torch.arange(n_experts, device=logits.device), none, none, torch.zeros(n_experts, 0, n_experts, device=logits.device)
+        return
     chunk = max(1, budget // max(1, logits.shape[0]))  # targets per routing call
     for e0 in range(0, n_experts, chunk):
         experts = torch.arange(e0, min(e0 + chunk, n_experts), device=logits.device)

@@ -27,6 +27,7 @@ from .options import (
     parse_push,
     positive_int,
 )
+from .positions import describe_push, parse_perturb_positions, push_mask
 from .result import DriverEffects
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ def driver_effects(
     method: str = "exact",
     perturbation: Perturb | Mapping[str, Any] | tuple[float, int] | None = None,
     positions: str = "last",
+    perturb_positions: Any = "all",
     layers: int | Sequence[int] | str | None = None,
     batch_size: int = 8,
     max_length: int | None = 256,
@@ -57,6 +59,7 @@ def driver_effects(
     seed: int = 0,
     skip_unchanged: bool = True,
     max_tokens: int | None = None,
+    calibrate: int = 8,
 ) -> DriverEffects:
     """Driver effect ``E_x KL(P || Q_{l,e})`` of every expert of every (chosen) MoE layer.
 
@@ -66,7 +69,11 @@ def driver_effects(
     used as a template (its ``layers``/``experts`` are ignored; it must have ``positions=None``:
     the push always applies at every position), ``{"magnitude": m, "sign": s}`` or ``(m, s)``.
     ``positions``: ``"last"`` reads the KL at each input's last non-padding token, ``"all"``
-    averages it over its non-padding positions. ``layers``: MoE layer indices (default all).
+    averages it over its non-padding positions. ``perturb_positions``: where the push applies
+    (``"all"``, ``"non_special"``, ``"last"``, an int, a list, a slice, or one list per input;
+    :mod:`moelens.analysis.drivers.positions`), distinct from ``positions`` (where the KL is read);
+    :func:`~moelens.analysis.drivers.by_position.driver_effects_by_position` breaks the effect down
+    by pushed position. ``layers``: MoE layer indices (default all).
 
     ``method``: ``"exact"``, ``"first_order"`` or ``"router_gradient"`` (module docstring). The
     gradient methods use ``n_targets`` backward passes per batch (times the number of positions for
@@ -78,6 +85,10 @@ def driver_effects(
     without a forward (False runs every pair). ``max_tokens``: tokens per stacked forward (default
     1024 on CPU, 16384 on an accelerator; with ``positions="all"`` the exact method holds logits
     of that many tokens).
+    ``calibrate``: for the gradient methods, the number of evenly spaced inputs on which the exact
+    sweep is also run, to measure the estimate's calibration (sum ratio, Spearman, top-10 overlap
+    in ``settings["calibration"]``, printed with the result; 0 skips it;
+    :mod:`moelens.analysis.drivers.calibration`).
     ``checkpoint``: a folder; the per-input effects are saved atomically after each batch, and a
     call with the same arguments resumes where the last one stopped, with the same result as an
     uninterrupted run. ``per_input=True`` keeps ``[input moe_layer expert]`` in the result.
@@ -116,8 +127,11 @@ def driver_effects(
         targets=choice("targets", targets, TARGETS),
     )
     batch_size = positive_int("batch_size", batch_size)
+    if calibrate != 0:
+        positive_int("calibrate", calibrate)
     check_max_length(max_length)
     data = SweepInputs(model, texts, attention_mask, max_length)
+    pushed_at = parse_perturb_positions(perturb_positions, data.n)
     gradient = options.method != "exact"
     if gradient and torch.is_inference_mode_enabled():
         raise InvalidInputError(
@@ -125,14 +139,15 @@ def driver_effects(
             "outside inference_mode (torch.no_grad() is fine), or use method='exact'."
         )
     settings = {
-        "magnitude": push.magnitude, "sign": push.sign, "positions": options.positions, "n_inputs": data.n,
+        "magnitude": push.magnitude, "sign": push.sign, "positions": options.positions,
+        "perturb_positions": describe_push(pushed_at), "n_inputs": data.n,
         "batch_size": batch_size, "max_length": data.max_length, "skip_unchanged": options.skip_unchanged, "max_tokens": options.max_tokens,
         "n_targets": options.n_targets if gradient else None, "targets": options.targets if gradient else None,
         "seed": seed if gradient and options.targets == "sample" else None,
     }
     n_experts = model.cfg.n_experts
     results = torch.zeros(data.n, len(options.layers), n_experts, dtype=torch.float64)
-    n_done, state = 0, None
+    n_done, state, calibrated = 0, None, None
     if checkpoint is not None:
         fingerprint = {"format": _CKPT_FORMAT, "version": _VERSION, "method": options.method,
                        "layers": list(options.layers), "inputs": data.digest, "model": model_fingerprint(model),
@@ -146,6 +161,7 @@ def driver_effects(
                 raise state._refuse("does not hold the per-input effects of this run")
             n_done = saved.shape[0]
             results[:n_done] = saved
+            calibrated = found[0].get("calibration")  # [n_inputs ratio spearman top10_overlap], a finished run's
     from tqdm.auto import tqdm
 
     n_layers = len(options.layers)
@@ -158,15 +174,31 @@ def driver_effects(
             stop = min(start + batch_size, data.n)
             ids, mask = data.batch(start, stop)
             bar.set_postfix_str(f"inputs {start}-{stop - 1} of {data.n}")
+            where = push_mask(model, pushed_at, ids, mask, start)
             if options.method == "exact":
-                results[start:stop] = exact_batch(model, ids, mask, options, bar.update)
+                results[start:stop] = exact_batch(model, ids, mask, options, bar.update, where)
             else:
                 sampled = options.targets == "sample"
                 generator = torch.Generator().manual_seed(seed * 1_000_003 + start) if sampled else None
-                results[start:stop] = first_order_batch(model, ids, mask, options, generator, bar.update)
+                results[start:stop] = first_order_batch(model, ids, mask, options, generator, bar.update, where)
             if state is not None:
                 state.save({"per_input": results[:stop]}, complete=stop == data.n, n_done=stop)
     finally:
         bar.close()
     per = results if per_input else None
+    if gradient and calibrate:
+        from .calibration import CALIBRATION_KEYS
+        from .calibration import calibrate as measure
+
+        if calibrated is not None and int(calibrated[0]) == min(calibrate, data.n):
+            settings = {**settings, "calibration": {k: float(v) for k, v in zip(CALIBRATION_KEYS, calibrated.tolist(), strict=True)}}
+            settings["calibration"]["n_inputs"] = int(calibrated[0])
+            return DriverEffects(results.mean(0), options.layers, n_experts, options.method, settings, per)
+        same = {"perturbation": push, "positions": options.positions, "perturb_positions": pushed_at, "layers": list(options.layers),
+                "batch_size": batch_size, "max_length": max_length, "skip_unchanged": options.skip_unchanged,
+                "max_tokens": options.max_tokens}
+        settings = {**settings, "calibration": measure(model, data, results, calibrate, same)}
+        if state is not None:  # a finished checkpoint answers with its calibration, without recomputing it
+            values = torch.tensor([float(settings["calibration"][k]) for k in CALIBRATION_KEYS], dtype=torch.float64)
+            state.save({"per_input": results, "calibration": values}, complete=True, n_done=data.n)
     return DriverEffects(results.mean(0), options.layers, n_experts, options.method, settings, per)

@@ -5,7 +5,7 @@
 For each task (SST-2 validation reviews, held-out arithmetic problems) it runs
 ``moelens.driver_effects(method="exact", positions="last")`` on the answer-predicting prompts and
 prints, per MoE layer, the share of the summed driver effect, the layers of the top-10 drivers and
-``middle_share()`` (middle third of the layers; uniform = 1/3 of the layers).
+``middle_share()`` next to ``middle_share_uniform()``, the share of a flat profile at that depth.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def main() -> None:
         lines.append(f"- top-10 drivers (layer, expert): {list(zip(top['layer'].tolist(), top['expert'].tolist()))}")
         lines.append(f"- middle third of the layers ({len(totals) // 3}..{len(totals) - len(totals) // 3 - 1}) "
                      f"holds {eff.middle_share():.3f} of the summed effect (uniform: "
-                     f"{(len(totals) - 2 * (len(totals) // 3)) / len(totals):.3f})")
+                     f"{eff.middle_share_uniform():.3f})")
         lines.append(f"- {out[task]['seconds']} s on 1 CPU thread\n")
     print("\n".join(lines))
     if a.json:
