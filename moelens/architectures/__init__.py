@@ -2,11 +2,12 @@
 
 from .registry import SPECS, find_moe_layers, resolve, spec_for_model, spec_for_model_type, supported_model_types
 from .routing import Routing
-from .spec import ArchitectureSpec, RouterIO, RouterOutput, RoutingRule
+from .spec import ArchitectureSpec, ExpertLayout, RouterIO, RouterOutput, RoutingRule
 
 __all__ = [
     "SPECS",
     "ArchitectureSpec",
+    "ExpertLayout",
     "RouterIO",
     "RouterOutput",
     "Routing",
