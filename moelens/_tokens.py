@@ -62,6 +62,9 @@ class TokenIds(Tensor):
             return TokenIds.wrap(out, source.attention_mask.to(out.device))
         return out
 
+    def __repr__(self, *, tensor_contents=None) -> str:
+        return repr(self.view_as(self))  # prints as the plain tensor it behaves as
+
     def __reduce_ex__(self, protocol):
         # Saved and pickled as a plain tensor: torch.load(weights_only=True) would refuse a subclass.
         with torch._C.DisableTorchFunctionSubclass():
