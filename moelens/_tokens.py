@@ -121,19 +121,15 @@ class TokenMethods:
         check_max_length(max_length)
         side = _padding_side(padding_side, tokenizer)
         limit = max_length if max_length is not None else (self.cfg.n_ctx if truncate else None)
-        rows = _encode(tokenizer, list(texts), prepend_bos, limit)
-        width = max(len(row) for row in rows)
-        if width == 0:
-            raise InvalidInputError(f"{texts!r} gives no token at all; pass some text, or prepend_bos=True.")
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
-            ids[i, span] = torch.tensor(row, dtype=torch.long)
-            mask[i, span] = 1
-        if bool((mask.sum(-1) == 0).any()):
-            empty = [texts[i] for i in range(len(rows)) if not rows[i]]
+        if prepend_bos is None and side == getattr(tokenizer, "padding_side", "right"):
+            # the tokenizer's own call, as for texts given to model(...): the same ids by construction
+            truncation = {"truncation": True, "max_length": limit} if limit is not None else {}
+            encoded = tokenizer(list(texts), return_tensors="pt", padding=True, **truncation)
+            ids, mask = encoded["input_ids"].long(), encoded["attention_mask"].long()
+        else:
+            ids, mask = _padded(_encode(tokenizer, list(texts), prepend_bos, limit), side, getattr(tokenizer, "pad_token_id", None))
+        if ids.shape[1] == 0 or bool((mask.sum(-1) == 0).any()):
+            empty = [texts[i] for i in range(len(texts)) if ids.shape[1] == 0 or not bool(mask[i].any())]
             raise InvalidInputError(f"texts {empty!r} give no token; drop them, or pass prepend_bos=True.")
         device = self.device
         ids, mask = ids.to(device), mask.to(device)
@@ -225,9 +221,21 @@ def _padding_side(padding_side: str | None, tokenizer: Any) -> str:
     return side
 
 
+def _padded(rows: list[list[int]], side: str, pad: int | None) -> tuple[Tensor, Tensor]:
+    """Ids and mask ``[batch width]`` of unpadded rows, padded on ``side`` with ``pad`` (0 if None)."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad if pad is not None else 0, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
+
+
 def _encode(tokenizer: Any, texts: list[str], prepend_bos: bool | None, limit: int | None) -> list[list[int]]:
     """One id list per text, unpadded. None keeps the tokenizer's special tokens and its truncation
-    (which keeps them), so the ids are exactly what ``tokenizer(texts, truncation=...)`` gives."""
+    (which keeps them), so the ids are what ``tokenizer(texts, truncation=...)`` gives."""
     if prepend_bos is None:
         truncation = {"truncation": True, "max_length": limit} if limit is not None else {}
         return [list(row) for row in tokenizer(texts, **truncation)["input_ids"]]
