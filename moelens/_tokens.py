@@ -153,6 +153,8 @@ class TokenMethods:
         from .viz.tokens import readable_tokens
 
         tokenizer = _need_tokenizer(self.tokenizer, "to_str_tokens")
+        if isinstance(input, (list, tuple)) and input and all(isinstance(t, int) for t in input):
+            input = torch.tensor(list(input), dtype=torch.long)  # one row of ids
         if isinstance(input, (str, list, tuple)):
             ids, mask = self.to_tokens(input, prepend_bos, padding_side, return_mask=True)
             rows = [readable_tokens(tokenizer, row[m.bool()].tolist()) for row, m in zip(ids, mask, strict=True)]

@@ -158,7 +158,8 @@ class HookedMoE(TokenMethods, Generation, WeightMethods, AnalysisPrimitives, nn.
         ``fwd_hooks`` may mix ``(name or predicate, fn)`` pairs and interventions. ``bwd_hooks`` are
         ``(name or predicate, fn)`` pairs; ``fn(grad, hook)`` runs when a backward pass reaches the
         activation (also after the block has exited: the function is part of the forward's graph)
-        and may return a tensor that replaces the gradient.
+        and may return a tensor that replaces the gradient. Direct calls of ``hf_model`` inside the block
+        (its forward, or ``hf_model.generate``) fire the hooks too, one call context per forward.
 
         >>> from moelens.testing import tiny_model
         >>> model = HookedMoE.from_hf(tiny_model("mixtral"))
@@ -284,6 +285,7 @@ class HookedMoE(TokenMethods, Generation, WeightMethods, AnalysisPrimitives, nn.
     ) -> tuple[Any, ActivationCache]:
         """Run and record activations: ``names_filter`` is a name, a list, a predicate, or None (all).
 
+        Returns ``(output, cache)``; ``return_type``/``loss_per_token`` choose the output as in :meth:`forward`.
         ``device`` moves each tensor as it is recorded (e.g. ``"cpu"`` to keep GPU memory flat).
         Opt-in hooks (``hook_expert_out``) are computed only when they are cached or hooked, so a
         filter without them is cheaper.

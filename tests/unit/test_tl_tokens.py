@@ -100,6 +100,7 @@ def test_to_str_tokens_is_readable_and_drops_padding():
     assert rows[1] == ["<s>", "H", "i"] and "".join(rows[0]) == "<s>" + TEXTS[0]
     assert model.to_str_tokens(model.to_tokens(TEXTS)) == rows  # the carried mask drops the padding
     assert model.to_str_tokens(model.to_tokens("Hello world")[0]) == pieces
+    assert model.to_str_tokens(model.to_tokens("Hello world")[0].tolist()) == pieces
 
 
 def test_to_string_round_trips():
