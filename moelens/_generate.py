@@ -86,8 +86,11 @@ class Generation:
         fwd_hooks: Sequence = (),
         interventions: Any = None,
         prepend_bos: bool | None = None,
+        padding_side: str | None = None,
         attention_mask: Tensor | None = None,
         return_type: str = "input",
+        freq_penalty: float = 0.0,
+        verbose: bool = False,
         **generate_kwargs: Any,
     ) -> str | list[str] | Tensor:
         """Continue ``input`` (a text, texts, or token ids ``[batch pos]``) by ``max_new_tokens`` tokens
@@ -97,8 +100,11 @@ class Generation:
         Greedy by default (``do_sample=False``: equal to ``hf_model.generate(..., do_sample=False)``);
         ``do_sample=True`` samples with ``temperature``, ``top_k`` (None: no limit) and ``top_p``
         (None: 1.0). ``stop_at_eos`` stops a row at ``eos_token_id`` (default: the model's), and the
-        finished rows are filled with the pad id. Batches are left-padded (right-padded ids are
-        re-aligned). ``generate_kwargs`` go to HF's ``generate`` (e.g. ``repetition_penalty``).
+        finished rows are filled with the pad id. ``temperature=0`` means greedy. Batches are always
+        left-padded (right-padded ids are re-aligned; ``padding_side`` is accepted for TransformerLens
+        scripts and must be None or "left"). ``generate_kwargs`` go to HF's ``generate`` (e.g.
+        ``repetition_penalty``); TransformerLens's ``freq_penalty`` is not offered (only 0 is accepted),
+        and ``verbose`` is accepted and ignored (no progress bar).
 
         ``return_type="input"`` returns the kind of the input: a str (prompt + continuation, special
         tokens dropped) for a str, a list for a list, the ids ``[batch pos+new]`` for ids (they carry
@@ -118,6 +124,12 @@ class Generation:
             raise InvalidInputError(f"return_type={return_type!r}: pass 'input', 'str' or 'tokens'.")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise InvalidInputError(f"max_new_tokens={max_new_tokens!r} must be an int >= 1.")
+        if padding_side not in (None, "left"):
+            raise InvalidInputError(f"padding_side={padding_side!r}: generation appends after the last column, so batches are left-padded; pass None or 'left'.")
+        if freq_penalty:
+            raise InvalidInputError(f"freq_penalty={freq_penalty!r} is not offered; pass HF's repetition_penalty= (e.g. 1.2) instead.")
+        if do_sample and temperature == 0:
+            do_sample = False  # TransformerLens: temperature 0 is greedy
         if isinstance(input, (str, list, tuple)):
             ids, mask = self.to_tokens(input, prepend_bos, padding_side="left", return_mask=True)
         else:

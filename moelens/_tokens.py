@@ -88,6 +88,7 @@ class TokenMethods:
         prepend_bos: bool | None = None,
         padding_side: str | None = None,
         truncate: bool = True,
+        move_to_device: bool = True,
         *,
         max_length: int | None = None,
         return_mask: bool = False,
@@ -97,7 +98,8 @@ class TokenMethods:
         ``prepend_bos``: None uses the tokenizer's own special tokens (what HF's ``tokenizer(text)``
         gives, so the ids equal HF's); True puts ``bos_token`` first (and no other special token);
         False adds no special token. ``padding_side``: "right" or "left" (default: the tokenizer's).
-        ``truncate`` keeps the first ``cfg.n_ctx`` tokens; ``max_length`` keeps fewer.
+        ``truncate`` keeps the first ``cfg.n_ctx`` tokens; ``max_length`` keeps fewer. ``move_to_device=False``
+        leaves the ids on the CPU.
 
         The result carries ``.attention_mask`` (see :class:`TokenIds`), so a padded batch can be
         passed back to any entry point as it is; ``return_mask=True`` returns ``(ids, mask)``.
@@ -131,8 +133,8 @@ class TokenMethods:
         if ids.shape[1] == 0 or bool((mask.sum(-1) == 0).any()):
             empty = [texts[i] for i in range(len(texts)) if ids.shape[1] == 0 or not bool(mask[i].any())]
             raise InvalidInputError(f"texts {empty!r} give no token; drop them, or pass prepend_bos=True.")
-        device = self.device
-        ids, mask = ids.to(device), mask.to(device)
+        if move_to_device:
+            ids, mask = ids.to(self.device), mask.to(self.device)
         return (ids, mask) if return_mask else TokenIds.wrap(ids, mask)
 
     def to_str_tokens(self, input: str | Sequence[str] | Tensor, prepend_bos: bool | None = None,

@@ -58,7 +58,8 @@ class MoEBackend(Protocol):
     def name_or_path(self) -> str: ...
 
     def to_tokens(
-        self, input: Any, prepend_bos: bool | None = None, padding_side: str | None = None, truncate: bool = True, *,
+        self, input: Any, prepend_bos: bool | None = None, padding_side: str | None = None, truncate: bool = True,
+        move_to_device: bool = True, *,
         max_length: int | None = None, return_mask: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]: ...
 

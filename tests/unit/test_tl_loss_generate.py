@@ -191,3 +191,15 @@ def test_generate_refuses_bad_arguments():
         model.generate(token_batch(0), 0)
     with pytest.raises(InvalidInputError, match="return_type"):
         model.generate(token_batch(0), 2, return_type="logits")
+
+
+def test_transformer_lens_generate_arguments():
+    model = wrapped("mixtral")
+    ids = token_batch(9, batch=1, pos=4)
+    greedy = model.generate(ids, 3, stop_at_eos=False)
+    assert torch.equal(model.generate(ids, 3, stop_at_eos=False, do_sample=True, temperature=0.0, verbose=True), greedy)
+    assert torch.equal(model.generate(ids, 3, stop_at_eos=False, padding_side="left"), greedy)
+    with pytest.raises(InvalidInputError, match="repetition_penalty"):
+        model.generate(ids, 3, freq_penalty=1.0)
+    with pytest.raises(InvalidInputError, match="left-padded"):
+        model.generate(ids, 3, padding_side="right")

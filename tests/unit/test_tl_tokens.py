@@ -126,3 +126,9 @@ def test_token_verbs_without_tokenizer_say_what_to_do():
     model = HookedMoE.from_hf(tiny_model("mixtral"))
     with pytest.raises(InvalidInputError, match="needs a tokenizer"):
         model.to_tokens("Hi")
+
+
+def test_move_to_device_false_keeps_the_ids_on_the_cpu():
+    model = zoo()
+    tokens = model.to_tokens(TEXTS, move_to_device=False)
+    assert tokens.device.type == "cpu" and torch.equal(tokens, model.to_tokens(TEXTS).cpu())
