@@ -8,10 +8,11 @@ import torch
 
 from moelens import Ablate, HookedMoE
 from moelens.errors import InvalidInputError
+from moelens.testing import TINY_FAMILIES
 
 from ..models import token_batch, wrapped
 
-GENERATE_FAMILIES = ("mixtral", "qwen2_moe", "deepseek_v3", "gpt_oss", "olmoe", "llama4_text")
+GENERATE_FAMILIES = (*TINY_FAMILIES, "deepseek")  # every family of tests/models.py
 
 
 @functools.lru_cache(maxsize=None)
@@ -24,7 +25,7 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", ["zoo", "mixtral", "qwen2_moe", "deepseek_v3", "gpt_oss", "llama4_text"])
+@pytest.mark.parametrize("family", ["zoo", *TINY_FAMILIES])
 def test_loss_equals_hf_labels_loss(family):
     model = zoo() if family == "zoo" else wrapped(family)
     ids = model.to_tokens(["What is 2 + 3? Answer: 5"]) if family == "zoo" else token_batch(1, batch=2, pos=7)
