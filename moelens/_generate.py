@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ._interception import own_hook
-from ._tokens import TokenIds
+from ._tokens import TokenIds, need_tokenizer
 from .errors import InvalidInputError
 from .hook_points import CallContext
 
@@ -153,7 +153,8 @@ class Generation:
         as_text = return_type == "str" or (return_type == "input" and isinstance(input, (str, list, tuple)))
         if not as_text:
             return TokenIds.wrap(out, full_mask)
-        texts = [self.tokenizer.decode(row[m.bool()], skip_special_tokens=True) for row, m in zip(out, full_mask, strict=True)]
+        tokenizer = need_tokenizer(self.tokenizer, "generate(return_type='str')")
+        texts = [tokenizer.decode(row[m.bool()], skip_special_tokens=True) for row, m in zip(out, full_mask, strict=True)]
         return texts[0] if isinstance(input, str) else texts
 
     def _pad_id(self) -> int:

@@ -114,7 +114,7 @@ class TokenMethods:
         >>> mask.tolist()
         [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]]
         """
-        tokenizer = _need_tokenizer(self.tokenizer, "to_tokens")
+        tokenizer = need_tokenizer(self.tokenizer, "to_tokens")
         texts = [input] if isinstance(input, str) else input
         if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
             raise InvalidInputError(
@@ -154,7 +154,7 @@ class TokenMethods:
         """
         from .viz.tokens import readable_tokens
 
-        tokenizer = _need_tokenizer(self.tokenizer, "to_str_tokens")
+        tokenizer = need_tokenizer(self.tokenizer, "to_str_tokens")
         if isinstance(input, (list, tuple)) and input and all(isinstance(t, int) for t in input):
             input = torch.tensor(list(input), dtype=torch.long)  # one row of ids
         if isinstance(input, (str, list, tuple)):
@@ -176,7 +176,7 @@ class TokenMethods:
         >>> model.to_string([42, 1026, 81, 1402])
         'Hello world'
         """
-        tokenizer = _need_tokenizer(self.tokenizer, "to_string")
+        tokenizer = need_tokenizer(self.tokenizer, "to_string")
         if isinstance(tokens, (list, tuple)) and all(isinstance(t, int) for t in tokens):
             tokens = torch.tensor(list(tokens), dtype=torch.long)
         texts = [tokenizer.decode(row, clean_up_tokenization_spaces=False) for row in _rows(tokens, "to_string")]
@@ -196,7 +196,7 @@ class TokenMethods:
         """
         from .viz.tokens import readable_tokens
 
-        tokenizer = _need_tokenizer(self.tokenizer, "to_single_token")
+        tokenizer = need_tokenizer(self.tokenizer, "to_single_token")
         if not isinstance(string, str):
             raise InvalidInputError(f"to_single_token takes a str; got {type(string).__name__}.")
         ids = tokenizer(string, add_special_tokens=False)["input_ids"]
@@ -209,7 +209,7 @@ class TokenMethods:
         return int(ids[0])
 
 
-def _need_tokenizer(tokenizer: Any, verb: str) -> Any:
+def need_tokenizer(tokenizer: Any, verb: str) -> Any:
     if tokenizer is None:
         raise InvalidInputError(
             f"{verb} needs a tokenizer, and this model has none; wrap it with "

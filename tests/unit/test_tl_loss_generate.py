@@ -204,3 +204,8 @@ def test_transformer_lens_generate_arguments():
         model.generate(ids, 3, freq_penalty=1.0)
     with pytest.raises(InvalidInputError, match="left-padded"):
         model.generate(ids, 3, padding_side="right")
+
+
+def test_generate_text_needs_a_tokenizer():
+    with pytest.raises(InvalidInputError, match="needs a tokenizer"):
+        wrapped("mixtral").generate(token_batch(0), 2, return_type="str")
