@@ -9,14 +9,17 @@ experts as fused 3-D parameters (every registered family but DeepSeek-MoE's remo
 tensors of :meth:`WeightMethods.expert_weights` are **views** of HF's parameters: editing them edits
 the model. With one module per expert (a ModuleList) the ``[expert ...]`` stack is a copy.
 
-The model-wide properties ``W_router``, ``W_gate``, ``W_in`` and ``W_out`` stack over the MoE layers
-(``cfg.moe_layers``, the layer axis of the cache's stacked helpers), and a stack of several
-parameters cannot be a view of them: they are copies. To edit weights, edit the views of
-:meth:`~WeightMethods.expert_weights` / :meth:`~WeightMethods.router_weight` of one layer.
+The model-wide properties ``W_router``, ``W_gate``, ``W_in`` and ``W_out`` stack every decoder layer,
+indexed by the layer number of the hook names (``W_in[L]`` is ``blocks.{L}``'s experts), with NaN
+on dense layers (mixed models such as DeepSeek's first layers have no router nor routed experts
+there; NaN makes any use of them visible). A stack of several parameters cannot be a view of them:
+they are copies. To edit weights, edit the views of :meth:`~WeightMethods.expert_weights` /
+:meth:`~WeightMethods.router_weight` of one layer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -129,33 +132,43 @@ class WeightMethods:
 
     @property
     def W_router(self) -> Tensor:
-        """Every router ``[moe_layer d_model n_experts]`` (over ``cfg.moe_layers``): a stacked copy; edit
+        """Every router ``[layer d_model n_experts]`` (NaN on dense layers): a stacked copy; edit
         through :meth:`router_weight`.
 
         >>> from moelens import HookedMoE
         >>> from moelens.testing import tiny_model
-        >>> HookedMoE.from_hf(tiny_model("mixtral")).W_router.shape
-        torch.Size([2, 32, 4])
+        >>> w = HookedMoE.from_hf(tiny_model("deepseek_v3")).W_router  # layer 0 is dense
+        >>> w.shape, bool(w[0].isnan().all()), bool(w[1].isnan().any())
+        (torch.Size([3, 32, 8]), True, False)
         """
-        return torch.stack([self.router_weight(layer) for layer in self.cfg.moe_layers])
+        return self._per_layer(self.router_weight)
 
     @property
     def W_gate(self) -> Tensor:
-        """Every expert's gate projection ``[moe_layer expert d_model d_mlp]`` (a stacked copy)."""
-        return torch.stack([self.expert_weights(layer).W_gate for layer in self.cfg.moe_layers])
+        """Every expert's gate projection ``[layer expert d_model d_mlp]`` (a stacked copy; NaN on dense layers)."""
+        return self._per_layer(lambda layer: self.expert_weights(layer).W_gate)
 
     @property
     def W_in(self) -> Tensor:
-        """Every expert's up projection ``[moe_layer expert d_model d_mlp]`` (a stacked copy).
+        """Every expert's up projection ``[layer expert d_model d_mlp]`` (a stacked copy; NaN on dense layers).
 
         >>> from moelens import HookedMoE
         >>> from moelens.testing import tiny_model
         >>> HookedMoE.from_hf(tiny_model("mixtral")).W_in.shape
         torch.Size([2, 4, 32, 48])
         """
-        return torch.stack([self.expert_weights(layer).W_in for layer in self.cfg.moe_layers])
+        return self._per_layer(lambda layer: self.expert_weights(layer).W_in)
 
     @property
     def W_out(self) -> Tensor:
-        """Every expert's down projection ``[moe_layer expert d_mlp d_model]`` (a stacked copy)."""
-        return torch.stack([self.expert_weights(layer).W_out for layer in self.cfg.moe_layers])
+        """Every expert's down projection ``[layer expert d_mlp d_model]`` (a stacked copy; NaN on dense layers)."""
+        return self._per_layer(lambda layer: self.expert_weights(layer).W_out)
+
+    def _per_layer(self, read: Callable[[int], Tensor]) -> Tensor:
+        """``read(L)`` of every MoE layer, stacked over all layers with NaN on the dense ones."""
+        found = {layer: read(layer) for layer in self.cfg.moe_layers}
+        like = next(iter(found.values()))
+        stacked = torch.full((self.cfg.n_layers, *like.shape), float("nan"), dtype=like.dtype, device=like.device)
+        for layer, tensor in found.items():
+            stacked[layer] = tensor
+        return stacked

@@ -83,10 +83,13 @@ def test_router_weight_gives_the_router_logits(family):
     names = [moe_name(layer, s) for layer in model.cfg.moe_layers for s in ("hook_in", "hook_router_logits")]
     _, cache = model.run_with_cache(ids, names)
     stacked = model.W_router
-    assert stacked.shape == (len(model.cfg.moe_layers), model.cfg.d_model, model.cfg.n_experts)
-    for i, layer in enumerate(model.cfg.moe_layers):
+    assert stacked.shape == (model.cfg.n_layers, model.cfg.d_model, model.cfg.n_experts)
+    dense = [layer for layer in range(model.cfg.n_layers) if layer not in model.cfg.moe_layers]
+    assert all(bool(stacked[layer].isnan().all()) for layer in dense)
+    for layer in model.cfg.moe_layers:
         bias = getattr(model._routers[layer], "bias", None)
-        logits = cache[moe_name(layer, "hook_in")] @ stacked[i] + (bias if bias is not None else 0)
+        assert torch.equal(stacked[layer], model.router_weight(layer))
+        logits = cache[moe_name(layer, "hook_in")] @ stacked[layer] + (bias if bias is not None else 0)
         assert torch.allclose(logits, cache[moe_name(layer, "hook_router_logits")].to(logits.dtype), rtol=1e-5, atol=1e-5)
 
 
@@ -103,6 +106,19 @@ def test_fused_expert_weights_are_views(family):
     assert not torch.allclose(_hf_expert_out(model, layer, 1, x), before)
     assert bool((_hf_expert_out(model, layer, 1, x) == (w.b_out[1] if w.b_out is not None else 0)).all())
     assert model.router_weight(layer).data_ptr() == model._routers[layer].weight.data_ptr()
+
+
+@pytest.mark.parametrize("family", ["deepseek_v3", "llama4_text", "gpt_oss"])
+def test_model_wide_expert_stacks_are_indexed_by_layer(family):
+    model = wrapped(family)
+    stacks = {"W_gate": model.W_gate, "W_in": model.W_in, "W_out": model.W_out}
+    for name, stacked in stacks.items():
+        assert stacked.shape[0] == model.cfg.n_layers
+        for layer in range(model.cfg.n_layers):
+            if layer in model.cfg.moe_layers:
+                assert torch.equal(stacked[layer], getattr(model.expert_weights(layer), name))
+            else:
+                assert bool(stacked[layer].isnan().all())
 
 
 def test_module_list_experts_are_a_stacked_copy():
