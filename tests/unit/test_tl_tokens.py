@@ -132,3 +132,17 @@ def test_move_to_device_false_keeps_the_ids_on_the_cpu():
     model = zoo()
     tokens = model.to_tokens(TEXTS, move_to_device=False)
     assert tokens.device.type == "cpu" and torch.equal(tokens, model.to_tokens(TEXTS).cpu())
+
+
+def test_driver_effects_and_mediation_accept_padded_to_tokens_output():
+    from moelens import driver_effects, routing_mediation
+
+    model = zoo()
+    texts = ["What is 2 + 3?", "Hi there"]
+    quiet = {"layers": [0], "progress": False}
+    assert torch.equal(driver_effects(model, model.to_tokens(texts), **quiet).effect, driver_effects(model, texts, **quiet).effect)
+    clean, corrupt = ["What is 2 + 3?", "Hi there"], ["What is 2 + 4?", "Hi where"]
+    from_ids = routing_mediation(model, model.to_tokens(clean), model.to_tokens(corrupt), layers=[0], experts=[0, 1], progress=False)
+    from_texts = routing_mediation(model, clean, corrupt, layers=[0], experts=[0, 1], progress=False)
+    assert torch.equal(from_ids.indirect[:, :2], from_texts.indirect[:, :2])  # the experts not asked for are NaN
+    assert torch.equal(from_ids.per_pair_total, from_texts.per_pair_total)
