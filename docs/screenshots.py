@@ -35,7 +35,7 @@ def main(out: Path = ROOT / "docs" / "images") -> list[Path]:
         raise SystemExit(result.output)
     model = HookedMoE.from_pretrained("moelens/mixtral-tiny", dtype=torch.float32)
     review = "Review: a warm, funny and moving film.\nSentiment: positive"
-    tokens = readable_tokens(model.tokenizer, model.to_tokens(review)[0][0].tolist())
+    tokens = readable_tokens(model.tokenizer, model.to_tokens(review)[0].tolist())
     pages = {
         "report": work / "report" / "report.html",
         "routing": routing_tokens(model, review).save(work / "routing.html"),

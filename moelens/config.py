@@ -17,6 +17,8 @@ class MoEConfig:
     >>> cfg = HookedMoE.from_hf(tiny_model("deepseek_v3")).cfg
     >>> cfg.moe_layers, cfg.n_experts, cfg.top_k, cfg.n_shared_experts, cfg.scoring
     ((1, 2), 8, 2, 1, 'sigmoid')
+    >>> cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.n_ctx, cfg.act_fn
+    (4, 8, 24, 128, 'silu')
     """
 
     architecture: str  # HF model_type
@@ -28,6 +30,12 @@ class MoEConfig:
     d_vocab: int
     n_shared_experts: int
     scoring: str  # "softmax" | "sigmoid" | "sparsemixer"
+    # TransformerLens's names for the rest of the architecture
+    n_heads: int = 0  # attention heads
+    d_head: int = 0  # width of one head's output (config.v_head_dim for MLA, head_dim, else d_model // n_heads)
+    d_mlp: int = 0  # FFN width of one routed expert
+    n_ctx: int = 0  # config.max_position_embeddings
+    act_fn: str = ""  # the experts' activation (config.hidden_act unless the family's spec says otherwise)
 
     @classmethod
     def of(cls, config: Any, spec: ArchitectureSpec, n_layers: int, moe_layers: tuple[int, ...]) -> "MoEConfig":
@@ -48,4 +56,10 @@ class MoEConfig:
             d_vocab=config.vocab_size,
             n_shared_experts=spec.shared_expert_count(config),
             scoring=spec.routing.scoring,
+            n_heads=config.num_attention_heads,
+            # MLA families (DeepSeek-V2/V3) have no single head width: v_head_dim is what heads write out
+            d_head=getattr(config, "v_head_dim", None) or getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
+            d_mlp=getattr(config, spec.d_mlp_attr),
+            n_ctx=getattr(config, "max_position_embeddings", 0) or 0,
+            act_fn=spec.expert_weights.act_fn or getattr(config, "hidden_act", ""),
         )

@@ -63,6 +63,10 @@ def prepare_inputs(
             f"inputs must be a str, a list of str, or a LongTensor [batch pos] of token ids; got {type(inputs).__name__}."
         )
     ids = inputs
+    carried = getattr(inputs, "attention_mask", None)  # ids from to_tokens carry their mask (moelens._tokens)
+    if isinstance(carried, Tensor):
+        ids = inputs.view_as(inputs)  # a plain tensor: HF's modules should not see the subclass
+        attention_mask = carried if attention_mask is None else attention_mask
     if ids.dtype.is_floating_point or ids.dtype == torch.bool:
         raise InvalidInputError(
             f"token ids must be integers, got dtype {ids.dtype}; for a residual stream use start_at_layer=."

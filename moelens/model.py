@@ -10,9 +10,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._generate import Generation
 from ._interception import StopForward, build_hook_points, own_hook, remove_installed_hooks
 from ._kernels import warn_if_kernels_hide_hooks
+from ._loss import check_return_type, shaped_output
 from ._primitives import AnalysisPrimitives
+from ._tokens import TokenMethods
 from ._validate import check_device
 from .architectures import ArchitectureSpec, find_moe_layers, resolve, spec_for_model
 from .cache import ActivationCache, metric_gradients, no_op_hook
@@ -34,6 +37,7 @@ from .inputs import (
     warn_if_too_long,
 )
 from .loading import load_hf
+from .weights import WeightMethods
 
 __all__ = ["HookedMoE", "MoEConfig"]
 
@@ -41,7 +45,7 @@ FwdHooks = Sequence[tuple[str | Callable[[str], bool], HookFn]]
 BwdHooks = FwdHooks
 
 
-class HookedMoE(AnalysisPrimitives, nn.Module):
+class HookedMoE(TokenMethods, Generation, WeightMethods, AnalysisPrimitives, nn.Module):
     """An HF Mixture-of-Experts causal LM with TransformerLens-style hook points on its routing.
 
     >>> from moelens.testing import tiny_model
@@ -152,7 +156,8 @@ class HookedMoE(AnalysisPrimitives, nn.Module):
         ``fwd_hooks`` may mix ``(name or predicate, fn)`` pairs and interventions. ``bwd_hooks`` are
         ``(name or predicate, fn)`` pairs; ``fn(grad, hook)`` runs when a backward pass reaches the
         activation (also after the block has exited: the function is part of the forward's graph)
-        and may return a tensor that replaces the gradient.
+        and may return a tensor that replaces the gradient. Direct calls of ``hf_model`` inside the block
+        (its forward, or ``hf_model.generate``) fire the hooks too, one call context per forward.
 
         >>> from moelens.testing import tiny_model
         >>> model = HookedMoE.from_hf(tiny_model("mixtral"))
@@ -169,7 +174,8 @@ class HookedMoE(AnalysisPrimitives, nn.Module):
         >>> grads["blocks.1.moe.hook_topk_weights"].shape  # [batch pos k]
         torch.Size([1, 2, 2])
         """
-        with self._registry.attached(expand(list(fwd_hooks), self), list(bwd_hooks)):
+        with self._registry.attached(expand(list(fwd_hooks), self), list(bwd_hooks)), ExitStack() as stack:
+            self._fire_on_direct_calls(stack)  # hf_model(...) / hf_model.generate(...) in the block fire them too
             yield self
 
     # -- running ------------------------------------------------------------------------------
@@ -180,15 +186,21 @@ class HookedMoE(AnalysisPrimitives, nn.Module):
         attention_mask: Tensor | None = None,
         start_at_layer: int | None = None,
         stop_at_layer: int | None = None,
-    ) -> Tensor:
+        return_type: str | None = "logits",
+        loss_per_token: bool = False,
+    ) -> Any:
         """Logits ``[batch pos d_vocab]``, or the residual stream entering ``stop_at_layer``.
 
         With ``start_at_layer=L`` the input is the residual stream ``[batch pos d_model]`` entering
-        layer L (pass ``attention_mask=`` if it was padded).
+        layer L (pass ``attention_mask=`` if it was padded). ``return_type``: "logits", "loss" (mean
+        next-token cross-entropy over real tokens, equal to HF's ``labels=`` loss; ``[batch pos-1]``
+        with ``loss_per_token=True``, 0 on padding), "both" (``(logits, loss)``) or None.
         """
+        check_return_type(return_type, start_at_layer, stop_at_layer)
         start, stop = layer_range(self.cfg.n_layers, start_at_layer, stop_at_layer)
         model_inputs = self.to_inputs(inputs, attention_mask=attention_mask, start_at_layer=start)
-        return self._run(model_inputs, start or 0, stop)
+        logits = self._run(model_inputs, start or 0, stop)
+        return logits if stop is not None else shaped_output(logits, model_inputs, return_type, loss_per_token)
 
     def to_inputs(
         self, inputs: Any, attention_mask: Tensor | None = None, start_at_layer: int | None = None, max_length: int | None = None
@@ -209,22 +221,26 @@ class HookedMoE(AnalysisPrimitives, nn.Module):
     def _run(self, model_inputs: ModelInputs, start: int, stop: int | None, call: CallContext | None = None) -> Tensor:
         with ExitStack() as stack:
             stack.enter_context(self._registry.exclusive())  # before any torch hook goes on a shared module
-            for index, layer_hooks in enumerate(self._layer_hooks):
-                if stop is not None and index > stop:
-                    break
-                layer_hooks.install(stack, skip=index < start, stop=index == stop)
-            if stop == self.cfg.n_layers:
-                own_hook(stack, self.final_norm, _raise_stop, pre=True)
-            for moe_hooks in self._moe_hooks:
-                moe_hooks.install(stack)
-            for stream_hooks in self._stream_hooks:  # after the MoE hooks: hook_mlp_out follows moe.hook_out
-                stream_hooks.install(stack)
+            self._install(stack, start, stop)
             stack.enter_context(self._registry.calling(call or CallContext()))
             self._registry.call.attention_mask = model_inputs.attention_mask
             try:
                 return self.hf_model(**model_inputs.hf_kwargs()).logits
             except StopForward as stopped:
                 return stopped.resid
+
+    def _install(self, stack: ExitStack, start: int = 0, stop: int | None = None) -> None:
+        """Install the torch hooks the active hook points need, removed when ``stack`` closes."""
+        for index, layer_hooks in enumerate(self._layer_hooks):
+            if stop is not None and index > stop:
+                break
+            layer_hooks.install(stack, skip=index < start, stop=index == stop)
+        if stop == self.cfg.n_layers:
+            own_hook(stack, self.final_norm, _raise_stop, pre=True)
+        for moe_hooks in self._moe_hooks:
+            moe_hooks.install(stack)
+        for stream_hooks in self._stream_hooks:  # after the MoE hooks: hook_mlp_out follows moe.hook_out
+            stream_hooks.install(stack)
 
     def run_with_hooks(
         self,
@@ -264,9 +280,12 @@ class HookedMoE(AnalysisPrimitives, nn.Module):
         stop_at_layer: int | None = None,
         incl_bwd: bool = False,
         metric: Callable[[Tensor], Tensor] | None = None,
-    ) -> tuple[Tensor, ActivationCache]:
+        return_type: str | None = "logits",
+        loss_per_token: bool = False,
+    ) -> tuple[Any, ActivationCache]:
         """Run and record activations: ``names_filter`` is a name, a list, a predicate, or None (all).
 
+        Returns ``(output, cache)``; ``return_type``/``loss_per_token`` choose the output as in :meth:`forward`.
         ``device`` moves each tensor as it is recorded (e.g. ``"cpu"`` to keep GPU memory flat).
         Opt-in hooks (``hook_expert_out``) are computed only when they are cached or hooked, so a
         filter without them is cheaper.
@@ -287,6 +306,7 @@ class HookedMoE(AnalysisPrimitives, nn.Module):
         torch.Size([1, 3, 4])
         """
         check_device(device)
+        check_return_type(return_type, start_at_layer, stop_at_layer)
         store: dict[str, Tensor] = {}
 
         def save(tensor: Tensor, hook: HookPoint) -> None:
@@ -310,7 +330,8 @@ class HookedMoE(AnalysisPrimitives, nn.Module):
                 store.update(metric_gradients(logits, metric, grad_points, call, device))
             logits = logits.detach()
         cache = ActivationCache(store, self.cfg.moe_layers, self.cfg.n_experts, model_inputs.attention_mask.bool(), self)
-        return logits, cache
+        output = logits if stop is not None else shaped_output(logits, model_inputs, return_type, loss_per_token)
+        return output, cache
 
     def run_with_interventions(
         self,
@@ -352,12 +373,6 @@ class HookedMoE(AnalysisPrimitives, nn.Module):
     def name_or_path(self) -> str:
         """The hub id or folder the model was loaded from ("" for a model built in memory)."""
         return str(getattr(self.hf_model.config, "_name_or_path", ""))
-
-    def to_tokens(self, texts: str | list[str], max_length: int | None = None) -> tuple[Tensor, Tensor]:
-        """Token ids and attention mask ``([batch pos], [batch pos])`` for texts, padded (and truncated
-        to their first ``max_length`` tokens when given)."""
-        model_inputs = self.to_inputs(texts, max_length=max_length)
-        return model_inputs.input_ids, model_inputs.attention_mask
 
     def __repr__(self) -> str:
         cfg = self.cfg

@@ -31,7 +31,7 @@ print(len(model.hook_names), "hook points, e.g.", model.hook_names[:4])
 
 # %%
 texts = ["Review: a warm and funny film\nSentiment:", "Question: What is 7 + 5?\nAnswer:"]
-ids, mask = model.to_tokens(texts)
+ids, mask = model.to_tokens(texts, return_mask=True)
 with torch.inference_mode():
     hf_logits = model.hf_model(input_ids=ids, attention_mask=mask).logits
     logits, cache = model.run_with_cache(texts)

@@ -93,7 +93,7 @@ display(med.plot(out / "mediation.png"))
 # %%
 best = med.top(1).iloc[0]
 layer, expert = int(best.layer), int(best.expert)
-clean_ids, corrupt_ids = (model.to_tokens(t)[0][0] for t in pairs[0][:2])
+clean_ids, corrupt_ids = (model.to_tokens(t)[0] for t in pairs[0][:2])
 position = int((clean_ids != corrupt_ids).nonzero()[0, 0])
 for method in ("gradient", "ablation", "integrated_gradients"):
     att = token_attribution(model, pairs[0][0], layer, expert, position=position, method=method)

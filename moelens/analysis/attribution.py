@@ -167,7 +167,7 @@ def _baseline(model: HookedMoE, baseline: Any) -> Tensor:
 
 def _token_ids(model: HookedMoE, text: Any) -> Tensor:
     if isinstance(text, str):
-        return model.to_tokens(text)[0][0].cpu()
+        return model.to_tokens(text, truncate=False)[0].cpu()
     if isinstance(text, Tensor) and not text.dtype.is_floating_point and (text.ndim == 1 or (text.ndim == 2 and text.shape[0] == 1)):
         return text.reshape(-1).long().cpu()
     raise InvalidInputError(f"text must be one str or the token ids [pos] of one text; got {getattr(text, 'shape', type(text).__name__)}.")

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._tokens import attached_mask
 from ..errors import InvalidInputError
 from ..inputs import check_max_length
 from ..metrics import topk_mask_from_indices
@@ -121,7 +122,11 @@ def _batches(
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """(ids [b pos], mask [b pos], text index [b]) batches, texts sorted by length."""
     if isinstance(data, Tensor) or (isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor)):
-        ids, mask = (data, torch.ones_like(data)) if isinstance(data, Tensor) else data
+        if isinstance(data, Tensor):  # ids from to_tokens carry their mask; other ids have no padding
+            mask = attached_mask(data)
+            ids, mask = data.view_as(data), (mask if mask is not None else torch.ones_like(data))
+        else:
+            ids, mask = data
         if ids.ndim != 2 or ids.shape[0] == 0:
             raise InvalidInputError(f"token ids of domain {domain!r} must be [n pos] with n >= 1; got {tuple(ids.shape)}.")
         for start in range(0, ids.shape[0], batch_size):

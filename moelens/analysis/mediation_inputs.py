@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from moelens._tokens import attached_mask
 from moelens.errors import InvalidInputError
 
 from ._io import Checkpoint
@@ -23,9 +24,12 @@ def _as_rows(model: HookedMoE, inputs: Any, name: str) -> tuple[list[Tensor], li
     if isinstance(inputs, str):
         inputs = [inputs]
     if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs):
-        return [model.to_tokens(text)[0][0].cpu() for text in inputs], list(inputs)
+        return [model.to_tokens(text, truncate=False)[0].cpu() for text in inputs], list(inputs)
     if isinstance(inputs, Tensor) and inputs.ndim in (1, 2) and not inputs.dtype.is_floating_point:
         rows = inputs[None] if inputs.ndim == 1 else inputs
+        mask = attached_mask(inputs)  # ids from to_tokens: drop each row's padding
+        if mask is not None:
+            return [row[real].long().cpu() for row, real in zip(rows, mask.bool(), strict=True)], None
         return [row.long().cpu() for row in rows], None
     if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, Tensor) and t.ndim == 1 for t in inputs):
         return [t.long().cpu() for t in inputs], None

@@ -81,7 +81,7 @@ def sentiment_pair(model: HookedMoE, data: dict[str, list[str]]) -> tuple[str, s
                 if re.search(re.escape(word) + r"\b", prompt) is None:
                     continue
                 swapped = re.sub(re.escape(word) + r"\b", other, prompt, count=1)
-                if len(model.to_tokens(prompt)[0][0]) == len(model.to_tokens(swapped)[0][0]):
+                if len(model.to_tokens(prompt, truncate=False)[0]) == len(model.to_tokens(swapped, truncate=False)[0]):
                     return prompt, swapped, f"{word.strip()} -> {other.strip()}"
     return None
 

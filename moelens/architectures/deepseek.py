@@ -2,7 +2,7 @@
 
 from .io import INDEX_WEIGHTS_AUX, LOGITS_WEIGHTS_INDEX
 from .routing import deepseek_v1_softmax_topk, deepseek_v2_softmax_topk, sigmoid_bias_group_topk
-from .spec import ArchitectureSpec, RoutingRule
+from .spec import ArchitectureSpec, ExpertLayout, RoutingRule
 
 DEEPSEEK_V1 = ArchitectureSpec(
     model_types=("deepseek",),
@@ -15,9 +15,11 @@ DEEPSEEK_V1 = ArchitectureSpec(
     top_k_attr="num_experts_per_tok",
     moe_returns_tuple=False,
     experts_layout="module_list",
+    expert_weights=ExpertLayout(gate_up=None, down=None),
     router="gate",
     experts="experts",
     shared_experts="shared_experts",
+    d_mlp_attr="moe_intermediate_size",
     shared_expert_count=lambda config: config.n_shared_experts or 0,
     checkpoints=("deepseek-ai/deepseek-moe-16b-base", "deepseek-ai/deepseek-moe-16b-chat"),
     notes="Loaded with trust_remote_code=True. MoEGate returns (index, weights, aux_loss) and never the "
@@ -40,6 +42,7 @@ DEEPSEEK_V2 = ArchitectureSpec(
     router="gate",
     experts="experts",
     shared_experts="shared_experts",
+    d_mlp_attr="moe_intermediate_size",
     shared_expert_count=lambda config: config.n_shared_experts,
     checkpoints=("deepseek-ai/DeepSeek-V2-Lite", "deepseek-ai/DeepSeek-V2"),
     notes="MoE from layer first_k_dense_replace on; norm_topk_prob is never read by this family.",
@@ -61,6 +64,7 @@ DEEPSEEK_V3 = ArchitectureSpec(
     router="gate",
     experts="experts",
     shared_experts="shared_experts",
+    d_mlp_attr="moe_intermediate_size",
     shared_expert_count=lambda config: config.n_shared_experts,
     checkpoints=("deepseek-ai/DeepSeek-V3", "deepseek-ai/DeepSeek-R1", "zai-org/GLM-4.5-Air"),
     notes="Slot order is not weight order (unsorted top-k): compare routing as sets or dense masks.",

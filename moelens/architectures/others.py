@@ -2,7 +2,7 @@
 
 from .io import DENSE_SCORES_LOGITS, LOGITS_WEIGHTS_INDEX
 from .routing import sparsemixer_eval, topk_then_sigmoid, topk_then_softmax
-from .spec import ArchitectureSpec, ResidualForm, RoutingRule
+from .spec import ArchitectureSpec, ExpertLayout, ResidualForm, RoutingRule
 
 _TOPK_THEN_SOFTMAX = RoutingRule("softmax", topk_then_softmax, "top-k on the logits -> softmax over the k values")
 
@@ -17,6 +17,11 @@ GPT_OSS = ArchitectureSpec(
     router="router",
     experts="experts",
     shared_experts=None,
+    # gate_up_proj [E, H, 2F] with gate and up interleaved, biases, and a clamped SwiGLU:
+    # (up.clamp(-limit, limit) + 1) * g * sigmoid(alpha * g), g = gate.clamp(max=limit)
+    expert_weights=ExpertLayout(
+        transposed=True, interleaved=True, gate_up_bias="gate_up_proj_bias", down_bias="down_proj_bias", act_fn="swiglu_clamped"
+    ),
     checkpoints=("openai/gpt-oss-20b", "openai/gpt-oss-120b"),
     notes="The router is a linear layer with a bias. The block returns (hidden, router_scores). With the "
     "`kernels` package and use_kernels=True the whole MLP is replaced and no hook fires.",
@@ -77,6 +82,7 @@ LLAMA4_TEXT = ArchitectureSpec(
     experts="experts",
     shared_experts="shared_expert",
     shared_expert_count=lambda config: 1,
+    expert_weights=ExpertLayout(transposed=True),  # gate_up_proj [E, H, 2F] (gate half first), down_proj [E, F, H]
     checkpoints=("meta-llama/Llama-4-Scout-17B-16E", "meta-llama/Llama-4-Maverick-17B-128E"),
     notes="Every expert runs on every token and the routing weight multiplies the expert's *input* "
     "(unselected experts get weight 0), so hook_expert_out is not offered. MoE layers are those in "

@@ -21,6 +21,7 @@ QWEN2_MOE = ArchitectureSpec(
     router="gate",
     experts="experts",
     shared_experts="shared_expert",
+    d_mlp_attr="moe_intermediate_size",
     shared_expert_count=lambda config: 1,
     shared_first=True,
     checkpoints=("Qwen/Qwen1.5-MoE-A2.7B",),
@@ -39,6 +40,7 @@ QWEN3_MOE = ArchitectureSpec(
     router="gate",
     experts="experts",
     shared_experts=None,
+    d_mlp_attr="moe_intermediate_size",
     checkpoints=("Qwen/Qwen3-30B-A3B", "Qwen/Qwen3-235B-A22B"),
 )
 

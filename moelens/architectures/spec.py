@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .routing import Routing
 
-__all__ = ["ADDITIVE", "ArchitectureSpec", "ResidualForm", "RouterIO", "RoutingRule", "RouterOutput"]
+__all__ = ["ADDITIVE", "ArchitectureSpec", "ExpertLayout", "FUSED_GATE_UP", "ResidualForm", "RouterIO", "RoutingRule", "RouterOutput"]
 
 
 class RouterOutput(NamedTuple):
@@ -72,6 +72,33 @@ ADDITIVE = ResidualForm(True, note="resid_mid = resid_pre + attn_out; resid_post
 
 
 @dataclass(frozen=True)
+class ExpertLayout:
+    """Where the routed experts' weights live in the experts module (read by ``HookedMoE.expert_weights``).
+
+    Fused layouts hold one 3-D parameter per projection: ``gate_up`` is ``[E, 2F, H]`` (applied as
+    ``W @ x``) or, when ``transposed``, ``[E, H, 2F]`` (applied as ``x @ W``); the gate is the first
+    half of the 2F axis, or the even columns when ``interleaved``. ``down`` is ``[E, H, F]`` (or
+    ``[E, F, H]`` when transposed). ``gate_up is None`` means one module per expert (a ModuleList)
+    with ``nn.Linear`` projections named ``module_gate``/``module_up``/``module_down``.
+    """
+
+    gate_up: str | None = "gate_up_proj"
+    down: str | None = "down_proj"
+    transposed: bool = False
+    interleaved: bool = False
+    gate_up_bias: str | None = None  # [E, 2F], split like gate_up
+    down_bias: str | None = None  # [E, H]
+    module_gate: str = "gate_proj"
+    module_up: str = "up_proj"
+    module_down: str = "down_proj"
+    act_fn: str | None = None  # the experts' activation where it is not config.hidden_act
+
+
+# transformers v5's standard fused experts: gate_up_proj [E, 2F, H] (gate rows first), down_proj [E, H, F]
+FUSED_GATE_UP = ExpertLayout()
+
+
+@dataclass(frozen=True)
 class ArchitectureSpec:
     """Everything moelens needs to know about one MoE family of ``transformers``."""
 
@@ -95,6 +122,9 @@ class ArchitectureSpec:
     # What the causal LM does to the LM head's output before returning it (logit scaling, casts);
     # ``(logits, config) -> logits``. HookedMoE.unembed applies it so it matches the forward bit for bit.
     logits_from_head: Callable[[Tensor, Any], Tensor] = field(default=lambda logits, config: logits)
+    expert_weights: ExpertLayout = FUSED_GATE_UP
+    d_mlp_attr: str = "intermediate_size"  # config attribute with the routed experts' FFN width
+    router_weight: str = "weight"  # the router's [n_experts d_model] parameter
     layers: str = "model.layers"
     final_norm: str = "model.norm"
     moe_block: str = "mlp"

@@ -41,6 +41,7 @@ from ..errors import BackendError, InvalidInputError, ModelLoadError
 from ..hook_points import HookPoint, HookRegistry, NameFilter, expand
 from ..inputs import ModelInputs, prepare_inputs, warn_if_too_long
 from ..model import HookedMoE, MoEConfig
+from ._tl_calls import NNsightCalls
 from ._trace import Recorder, TraceEnvoys, TraceView, build_steps, intercept, point_rows
 
 __all__ = ["NNsightMoE", "register_for_remote"]
@@ -64,7 +65,7 @@ def register_for_remote() -> None:
     _nnsight().register(moelens)
 
 
-class NNsightMoE:
+class NNsightMoE(NNsightCalls):
     """An nnsight-wrapped HF MoE causal LM with ``HookedMoE``'s hook names, cache and interventions.
 
     Build it with :meth:`from_pretrained` (a name, optionally ``remote=True`` for NDIF),
@@ -78,9 +79,9 @@ class NNsightMoE:
     # copies; a remote model's are meta tensors, so rules that read a tensor need a local model).
     route = HookedMoE.route
     _moe_layer = HookedMoE._moe_layer  # route() validates the layer with it
-    # Read only hf_model and to_inputs, which both backends have (a remote model's meta copy
-    # carries the served weights' dtype and the hub id).
-    dtype, name_or_path, to_tokens = HookedMoE.dtype, HookedMoE.name_or_path, HookedMoE.to_tokens
+    # Read only hf_model, which both backends have (a remote model's meta copy carries the served
+    # weights' dtype and the hub id). The token verbs, __call__ and generate: NNsightCalls.
+    dtype, name_or_path = HookedMoE.dtype, HookedMoE.name_or_path
 
     def __init__(self, nn_model: Any, tokenizer: Any = None, remote: bool | str = False):
         self.nn_model = nn_model
@@ -93,17 +94,7 @@ class NNsightMoE:
         config = self.hf_model.config
         layers = resolve(self.hf_model, self.spec.layers)
         self.layers = layers  # the HF decoder layers (meta tensors for a remote model): routing rules read them
-        self.cfg = MoEConfig(
-            architecture=config.model_type,
-            n_layers=len(layers),
-            moe_layers=find_moe_layers(self.hf_model, self.spec),
-            n_experts=getattr(config, self.spec.n_experts_attr),
-            top_k=getattr(config, self.spec.top_k_attr),
-            d_model=config.hidden_size,
-            d_vocab=config.vocab_size,
-            n_shared_experts=self.spec.shared_expert_count(config),
-            scoring=self.spec.routing.scoring,
-        )
+        self.cfg = MoEConfig.of(config, self.spec, len(layers), find_moe_layers(self.hf_model, self.spec))
         self._envoys = TraceEnvoys.collect(nn_model, self.hf_model, self.spec, self.cfg.moe_layers)
         self._routers = {index: envoy._module for index, envoy in self._envoys.routers.items()}  # HF modules, for route()
         self.hook_names = [name for _, name, _ in self._point_rows()]
@@ -215,10 +206,6 @@ class NNsightMoE:
         model_inputs = prepare_inputs(inputs, attention_mask, self.tokenizer, self.cfg.d_vocab, self.device, max_length)
         warn_if_too_long(model_inputs.attention_mask.shape[-1], getattr(self.hf_model.config, "max_position_embeddings", None))
         return model_inputs
-
-    def __call__(self, inputs: Any, *, attention_mask: Tensor | None = None, stop_at_layer: int | None = None) -> Tensor:
-        """Logits ``[batch pos d_vocab]`` (or the residual stream entering ``stop_at_layer``)."""
-        return self.run_with_hooks(inputs, (), attention_mask=attention_mask, stop_at_layer=stop_at_layer)
 
     def run_with_hooks(
         self,

@@ -72,7 +72,7 @@ def _routing(model, text: str, layers: list[int]) -> tuple[list[str], torch.Tens
     names = [f"blocks.{layer}.moe.hook_{kind}" for layer in layers for kind in ("topk_indices", "topk_weights", "router_scores")]
     with torch.inference_mode():
         _, cache = model.run_with_cache(text, names_filter=names)
-    ids = model.to_tokens(text)[0][0]
+    ids = model.to_tokens(text, truncate=False)[0]
     index = torch.stack([cache[f"blocks.{layer}.moe.hook_topk_indices"][0] for layer in layers])  # [layer pos k]
     weights = torch.stack([cache[f"blocks.{layer}.moe.hook_topk_weights"][0] for layer in layers]).float()
     dense = torch.zeros(*index.shape[:-1], model.cfg.n_experts).scatter_(-1, index.cpu(), weights.cpu())

@@ -56,7 +56,7 @@ def _load(path):
 def test_saved_views_render_offline(model, tmp_path):
     from moelens.viz import expert_tokens, readable_tokens, routing_tokens, token_values
 
-    tokens = readable_tokens(model.tokenizer, model.to_tokens(HOSTILE)[0][0].tolist())
+    tokens = readable_tokens(model.tokenizer, model.to_tokens(HOSTILE)[0].tolist())
     views = {
         "routing": routing_tokens(model, HOSTILE),
         "expert": expert_tokens(model, [HOSTILE, "2 + 2 = 4"], model.cfg.moe_layers[1], 2),

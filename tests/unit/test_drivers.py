@@ -338,7 +338,7 @@ def test_texts_give_the_same_result_as_their_token_ids():
     model = HookedMoE.from_hf(hf, tokenizer=CharTokenizer())
     texts = ["the cat", "a dog ran", "hi"]
     from_texts = driver_effects(model, texts, batch_size=3, **QUIET)
-    ids, mask = model.to_tokens(texts)
+    ids, mask = model.to_tokens(texts, return_mask=True)
     from_ids = driver_effects(model, ids, attention_mask=mask, batch_size=3, **QUIET)
     torch.testing.assert_close(from_texts.effect, from_ids.effect)
 

@@ -45,7 +45,7 @@ def _cache(model, text):
 
 
 def test_readable_tokens_join_to_the_decoded_text(model):
-    ids = model.to_tokens(HOSTILE)[0][0].tolist()
+    ids = model.to_tokens(HOSTILE)[0].tolist()
     tokens = readable_tokens(model.tokenizer, ids)
     assert len(tokens) == len(ids)
     assert "".join(tokens) == model.tokenizer.decode(ids)
@@ -54,7 +54,7 @@ def test_readable_tokens_join_to_the_decoded_text(model):
 
 
 def test_readable_tokens_split_multibyte_character(model):
-    ids = model.to_tokens("café ☃")[0][0].tolist()
+    ids = model.to_tokens("café ☃")[0].tolist()
     tokens = readable_tokens(model.tokenizer, ids)
     assert "".join(tokens).endswith("café ☃") and len(tokens) == len(ids)
 
@@ -82,7 +82,7 @@ def test_routing_view_one_layer(model):
 
 def test_tokens_are_escaped_for_circuitsvis(model):
     view = routing_tokens(model, HOSTILE)
-    readable = readable_tokens(model.tokenizer, model.to_tokens(HOSTILE)[0][0].tolist())
+    readable = readable_tokens(model.tokenizer, model.to_tokens(HOSTILE)[0].tolist())
     assert view.props["tokens"] == circuitsvis_text(readable)
     joined = "".join(view.props["tokens"])
     assert "<" not in joined and "&lt;" in joined and "&amp;" in joined

@@ -26,7 +26,7 @@ def test_zoo_model_is_bit_identical_to_hf(name):
     model = zoo(name)
     hf = AutoModelForCausalLM.from_pretrained(resolve(name), dtype=torch.float32).eval()
     texts = demo_texts(limit=3)["sentiment"] + demo_texts(limit=2)["math"]
-    ids, mask = model.to_tokens(texts)
+    ids, mask = model.to_tokens(texts, return_mask=True)
     with torch.inference_mode():
         reference = hf(input_ids=ids, attention_mask=mask).logits
         logits, cache = model.run_with_cache(texts)

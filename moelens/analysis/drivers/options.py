@@ -150,7 +150,7 @@ class SweepInputs:
     def batch(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
         """Token ids and mask ``[batch pos]`` of inputs ``start..stop-1`` on the model's device."""
         if self.texts is not None:
-            ids, mask = self.model.to_tokens(self.texts[start:stop], max_length=self.max_length)
+            ids, mask = self.model.to_tokens(self.texts[start:stop], truncate=False, max_length=self.max_length, return_mask=True)
         else:
             ids, mask = self.ids[start:stop], self.mask[start:stop]
         device = self.model.device
