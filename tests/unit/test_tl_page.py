@@ -15,10 +15,13 @@ def _setup() -> str:
     return re.search(r"```python\n(.*?)```", PAGE.read_text(encoding="utf-8"), flags=re.S).group(1)
 
 
+HOOKS_SECTION = "## Hook points, cache and patching"  # its rows run in test_tl_hooks_page.py, with its own setup
+
+
 def _rows() -> list[tuple[str, str]]:
-    """(TransformerLens cell, moelens cell) of every table row but the headers."""
+    """(TransformerLens cell, moelens cell) of every table row but the headers, before the hooks section."""
     rows = []
-    for line in PAGE.read_text(encoding="utf-8").splitlines():
+    for line in PAGE.read_text(encoding="utf-8").split(HOOKS_SECTION)[0].splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")] if line.startswith("|") else []
         if len(cells) >= 2 and cells[1] not in ("moelens", "---"):
             rows.append((cells[0], cells[1]))
@@ -33,7 +36,7 @@ def test_the_page_has_its_sections_and_rows():
     for heading in ("## Tokens", "## Running and loss", "## Generation", "## Weights", "## Config and modules",
                     "## Hook points, cache and patching"):
         assert heading in text
-    assert len(ROWS) >= 40 and "Attention" in text
+    assert len(ROWS) >= 35 and "Attention" in text
 
 
 @pytest.fixture(scope="module")
