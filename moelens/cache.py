@@ -13,6 +13,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from ._finite import check_metric
 from ._residual import ResidualHelpers
 from .errors import InvalidInputError, MoelensError, UnknownHookError
 from .hook_points import CallContext, HookPoint
@@ -144,11 +145,26 @@ class ActivationCache(ResidualHelpers, Mapping[str, Tensor]):
         """Weights applied to the selected experts, per slot."""
         return self._stack("hook_topk_weights")
 
-    def topk_mask(self) -> Bool[Tensor, "moe_layer batch pos n_experts"]:
-        """Dense boolean mask of the selected experts (order of slots does not matter)."""
+    def topk_mask(self, exclude_padding: bool = False) -> Bool[Tensor, "moe_layer batch pos n_experts"]:
+        """Dense boolean mask of the selected experts (order of slots does not matter).
+
+        Padding positions are routed too (the router runs on every position), so by default they
+        count as selected; ``exclude_padding=True`` sets them False (``self.attention_mask`` is 0 there).
+
+        >>> import torch
+        >>> from moelens import HookedMoE
+        >>> from moelens.testing import tiny_model
+        >>> model = HookedMoE.from_hf(tiny_model("mixtral"))
+        >>> _, cache = model.run_with_cache(torch.tensor([[4, 5, 0]]), attention_mask=torch.tensor([[1, 1, 0]]))
+        >>> cache.topk_mask().sum().item(), cache.topk_mask(exclude_padding=True).sum().item()  # 2 layers x top-2
+        (12, 8)
+        """
         index = self.topk_indices()
         mask = torch.zeros(*index.shape[:-1], self.n_experts, dtype=torch.bool, device=index.device)
-        return mask.scatter_(-1, index, True)
+        mask.scatter_(-1, index, True)
+        if exclude_padding:
+            mask &= self.attention_mask.to(mask.device)[None, :, :, None]  # [1 batch pos 1]
+        return mask
 
     def gate_weights(self) -> Float[Tensor, "moe_layer batch pos n_experts"]:
         """Dense applied weights: the top-k weight at selected experts, zero elsewhere."""
@@ -163,7 +179,8 @@ def no_op_hook(grad: Tensor, hook: Any) -> None:
 
 
 def metric_gradients(
-    output: Tensor, metric: Callable[[Tensor], Tensor] | None, points: list[HookPoint], call: CallContext, device: Any
+    output: Tensor, metric: Callable[[Tensor], Tensor] | None, points: list[HookPoint], call: CallContext, device: Any,
+    check_finite: bool = True,
 ) -> dict[str, Tensor]:
     """``"<name>_grad"`` of ``metric(output)`` for each hook point, taken with respect to the activations
     that the call handed to backward functions (``call.grad_targets``); zero where the metric does
@@ -174,6 +191,8 @@ def metric_gradients(
             f"metric must return a scalar tensor; got {getattr(value, 'shape', type(value).__name__)}. "
             "Reduce it, e.g. lambda logits: logits[:, -1, token].sum()."
         )
+    if check_finite:
+        check_metric(value, metric)
     targets = [call.grad_targets.get(hp.name) for hp in points]
     reached = [t for t in targets if t is not None]
     grads = iter(torch.autograd.grad(value.reshape(()), reached, allow_unused=True) if reached and value.requires_grad else [])

@@ -27,6 +27,7 @@ from typing import Any, Literal, Union
 import torch
 from torch import Tensor
 
+from ._finite import check_edit
 from .errors import (
     ConcurrentUseError,
     HookShapeError,
@@ -80,6 +81,7 @@ class _CallState:
         self.idle = CallContext()
         self.lock = threading.RLock()  # re-entrant: the owning thread may nest calls and blocks
         self.owner = ""
+        self.check_finite = True  # moelens._finite: returned NaN/inf raise (model.check_finite)
 
     def __reduce__(self) -> tuple:
         return (_CallState, ())  # a copied or pickled model starts idle, with its own lock
@@ -117,7 +119,7 @@ class HookPoint:
     12.0
     """
 
-    __slots__ = ("_ctx", "_state", "bwd_fns", "fns", "layer", "name", "spec")
+    __slots__ = ("_ctx", "_running", "_state", "bwd_fns", "fns", "layer", "name", "spec")
 
     def __init__(self, name: str, layer: int, spec: HookSpec):
         self.name = name
@@ -127,6 +129,7 @@ class HookPoint:
         self.bwd_fns: list[HookFn] = []
         self._state = _CallState()  # replaced by the registry's, shared by every point of a model
         self._ctx: dict[Any, Any] = {}
+        self._running = False  # a function of this point is running: a second entry is a model call inside a hook
 
     @property
     def active(self) -> bool:
@@ -178,18 +181,35 @@ class HookPoint:
     def __call__(self, tensor: Tensor) -> Tensor:
         """Run every forward function in order; returns the (possibly replaced) activation, entered
         into the autograd graph with the backward functions when there are any."""
-        for fn in list(self.fns):
-            result = fn(tensor, hook=self)
-            if result is None or result is tensor:
-                continue
-            if not self.spec.writable:
-                raise ReadOnlyHookError(
-                    f"hook {self.name!r} is read-only ({self.spec.doc}), but {_fn_name(fn)} returned a "
-                    f"value. Edit blocks.{self.layer}.moe.hook_router_logits to re-route instead."
-                )
-            tensor = self._check(result, tensor, fn)
+        if self.fns:
+            tensor = self._run_fns(tensor)
         if self.bwd_fns and torch.is_grad_enabled() and tensor.is_floating_point():
             tensor = self._attach_backward(tensor)
+        return tensor
+
+    def _run_fns(self, tensor: Tensor) -> Tensor:
+        if self._running:  # without this, a hook calling the model recurses 1,000 frames deep
+            raise InvalidInputError(
+                f"a hook on {self.name!r} called the model, which ran that hook again (a model call inside a hook "
+                "re-enters every hook). Run the inner call outside the hook, e.g. before the hooked call, and pass "
+                "its result to the hook through a closure."
+            )
+        self._running = True
+        try:
+            for fn in list(self.fns):
+                result = fn(tensor, hook=self)
+                if result is None or result is tensor:
+                    continue
+                if not self.spec.writable:
+                    raise ReadOnlyHookError(
+                        f"hook {self.name!r} is read-only ({self.spec.doc}), but {_fn_name(fn)} returned a "
+                        f"value. Edit blocks.{self.layer}.moe.hook_router_logits to re-route instead."
+                    )
+                tensor = self._check(result, tensor, fn)
+                if self._state.check_finite:
+                    check_edit(self.name, _fn_name(fn), tensor)
+        finally:
+            self._running = False
         return tensor
 
     def _attach_backward(self, tensor: Tensor) -> Tensor:
@@ -272,6 +292,9 @@ class HookRegistry:
             return [self[name_filter]]
         if callable(name_filter):
             return [hp for name, hp in self.points.items() if name_filter(name)]
+        if not isinstance(name_filter, Iterable) or not all(isinstance(name, str) for name in name_filter):
+            raise InvalidInputError(f"names_filter={name_filter!r}: pass a hook name, a list of names, a predicate "
+                                    "(lambda name: ...), or None for every hook point (`model.hook_names` lists them).")
         return [self[name] for name in name_filter]
 
     @property
@@ -310,7 +333,8 @@ class HookRegistry:
         detach: list[Callable[[], None]] = []
         try:
             for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
-                for target, fn in pairs:
+                for pair in pairs:
+                    target, fn = _pair(pair, direction)
                     if not callable(fn):
                         raise InvalidInputError(
                             f"hook for {target!r} is {fn!r}, not a function (tensor, hook) -> tensor | None."
@@ -329,6 +353,23 @@ class HookRegistry:
         for hp in self.points.values():
             hp.fns.clear()
             hp.bwd_fns.clear()
+
+
+def _pair(pair: Any, direction: str) -> tuple[Any, Any]:
+    """A ``(name or predicate, fn)`` pair, or an error naming what was passed instead."""
+    if callable(getattr(pair, "hooks", None)):
+        where = "fwd_hooks= or run_with_interventions()" if direction == "bwd" else "run_with_interventions() or intervene()"
+        raise InvalidInputError(f"{pair!r} is an intervention, not a ({direction} hook name, fn) pair; pass it to {where}.")
+    if not isinstance(pair, tuple) or len(pair) != 2:
+        raise InvalidInputError(f"{direction} hook {pair!r} is not a (name or predicate, fn) pair.")
+    target, fn = pair
+    if target is None:  # None would select every hook point, a surprise for a hook that edits
+        raise InvalidInputError(f"hook target None for {_fn_name(fn) if callable(fn) else fn!r}: pass a hook name, a list of "
+                                "names, or a predicate (lambda name: True attaches to every hook point).")
+    if not (isinstance(target, str) or callable(target) or (isinstance(target, (list, tuple, set)) and all(isinstance(t, str) for t in target))):
+        raise InvalidInputError(f"hook target {target!r} is not a hook name, a list of names, or a predicate; "
+                                "`model.hook_names` lists the names.")
+    return target, fn
 
 
 def expand(items: Any, model: Any) -> list[tuple]:

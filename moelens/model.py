@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._finite import check_output, edit_points
 from ._generate import Generation
 from ._interception import StopForward, build_hook_points, own_hook, remove_installed_hooks
 from ._kernels import warn_if_kernels_hide_hooks
@@ -20,6 +21,7 @@ from ._validate import check_device
 from .architectures import ArchitectureSpec, find_moe_layers, resolve, spec_for_model
 from .cache import ActivationCache, metric_gradients, no_op_hook
 from .config import MoEConfig
+from .errors import InvalidInputError
 from .hook_points import (
     NO_GRADIENT,
     CallContext,
@@ -86,6 +88,21 @@ class HookedMoE(TokenMethods, Generation, WeightMethods, AnalysisPrimitives, nn.
         }
 
     @property
+    def check_finite(self) -> bool:
+        """Whether a hook returning NaN/inf, or NaN/inf in the output of a hooked call, raises
+        :class:`~moelens.errors.NonFiniteError` (default True; see :mod:`moelens._finite`).
+
+        >>> from moelens.testing import tiny_model
+        >>> HookedMoE.from_hf(tiny_model("mixtral")).check_finite
+        True
+        """
+        return self._registry._state.check_finite
+
+    @check_finite.setter
+    def check_finite(self, value: bool) -> None:
+        self._registry._state.check_finite = bool(value)
+
+    @property
     def current_attention_mask(self) -> Tensor | None:
         """The mask ``[batch pos]`` of the call in progress (kept for compatibility: hook functions
         read ``hook.call.attention_mask``)."""
@@ -99,6 +116,9 @@ class HookedMoE(TokenMethods, Generation, WeightMethods, AnalysisPrimitives, nn.
         A model in training mode is switched to eval(): routers add jitter or sample in train().
         """
         spec = spec_for_model(model)  # refuse dense or unknown models before touching anything
+        if tokenizer is not None and not callable(tokenizer):
+            raise InvalidInputError(f"tokenizer={tokenizer!r} is not a tokenizer; pass a loaded one, e.g. "
+                                    f"AutoTokenizer.from_pretrained({tokenizer!r}), or use HookedMoE.from_pretrained(name).")
         if model.training:
             warnings.warn(
                 "the model was in training mode; moelens calls model.eval() because several routers add "
@@ -225,9 +245,12 @@ class HookedMoE(TokenMethods, Generation, WeightMethods, AnalysisPrimitives, nn.
             stack.enter_context(self._registry.calling(call or CallContext()))
             self._registry.call.attention_mask = model_inputs.attention_mask
             try:
-                return self.hf_model(**model_inputs.hf_kwargs()).logits
+                out = self.hf_model(**model_inputs.hf_kwargs()).logits
             except StopForward as stopped:
-                return stopped.resid
+                out = stopped.resid
+            if self._registry._state.check_finite:  # NaN never silent (moelens._finite): hooked calls only
+                check_output(out, edit_points(self._registry), "logits" if stop is None else "residual stream")
+            return out
 
     def _install(self, stack: ExitStack, start: int = 0, stop: int | None = None) -> None:
         """Install the torch hooks the active hook points need, removed when ``stack`` closes."""
@@ -312,6 +335,8 @@ class HookedMoE(TokenMethods, Generation, WeightMethods, AnalysisPrimitives, nn.
         def save(tensor: Tensor, hook: HookPoint) -> None:
             store[hook.name] = tensor.detach().to(device) if device is not None else tensor.detach()
 
+        save.reads_only = True  # type: ignore[attr-defined]  # a recorder edits nothing (moelens._finite)
+
         points = self._registry.select(names_filter)
         start, stop = layer_range(self.cfg.n_layers, start_at_layer, stop_at_layer)
         model_inputs = self.to_inputs(inputs, attention_mask, start)  # tokenized once, also for the cache's mask
@@ -327,7 +352,7 @@ class HookedMoE(TokenMethods, Generation, WeightMethods, AnalysisPrimitives, nn.
             logits = self._run(model_inputs, start or 0, stop, call)
         if incl_bwd:
             with torch.enable_grad():  # the metric joins the graph, also inside a caller's no_grad()
-                store.update(metric_gradients(logits, metric, grad_points, call, device))
+                store.update(metric_gradients(logits, metric, grad_points, call, device, self.check_finite))
             logits = logits.detach()
         cache = ActivationCache(store, self.cfg.moe_layers, self.cfg.n_experts, model_inputs.attention_mask.bool(), self)
         output = logits if stop is not None else shaped_output(logits, model_inputs, return_type, loss_per_token)

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._finite import check_output, edit_points
 from ..architectures import ArchitectureSpec, find_moe_layers, resolve, spec_for_model
 from ..cache import ActivationCache
 from ..errors import BackendError, InvalidInputError, ModelLoadError
@@ -181,6 +182,8 @@ class NNsightMoE(NNsightCalls):
         return cls._wrap(model, tokenizer, remote)
 
     # -- hook points --------------------------------------------------------------------------
+    check_finite = True  # NaN/inf from hooks or interventions raise NonFiniteError (moelens._finite), as in HookedMoE
+
     def _point_rows(self) -> list[tuple]:
         return point_rows(self.spec, self.cfg.n_layers, self.cfg.moe_layers, self._envoys.shared)
 
@@ -295,11 +298,14 @@ class NNsightMoE(NNsightCalls):
                 after = [hp.name for hp in registry.points.values() if hp.active and _runs_at(hp, self.cfg.n_layers) >= stop]
                 if after:
                     raise InvalidInputError(f"stop_at_layer={stop} stops before hooked points {after[:3]}.")
+            edited = edit_points(registry) if self.check_finite else []
+            registry._state.check_finite = self.check_finite and not self.remote  # a remote trace checks its output only
             steps = build_steps(self._envoys, registry, self.spec, self.cfg.n_experts)
             stop_envoy = None if stop is None else (self._envoys.layers[stop] if stop < self.cfg.n_layers else self._envoys.final_norm)
             mask = model_inputs.attention_mask.cpu()
             out, store = _traced(self.nn_model, model_inputs.hf_kwargs(), (*steps, self._envoys), registry, mask, recorder,
                                  stop_envoy, self.remote, positions)
+        check_output(out, edited, "logits" if stop is None else "residual stream")  # moelens._finite
         cache = ActivationCache(dict(store), self.cfg.moe_layers, self.cfg.n_experts, model_inputs.attention_mask.bool(), self)
         return out, cache
 

@@ -46,7 +46,7 @@ from .prompts import (
     sst5_to_binary,
 )
 
-__all__ = ["TASKS", "Task", "arithmetic_problems", "check_records", "get_task", "sample_arithmetic", "task_records"]
+__all__ = ["TASKS", "Task", "arithmetic_problems", "get_task", "sample_arithmetic", "task_records"]
 
 Record = dict[str, Any]
 
@@ -123,26 +123,6 @@ def get_task(task: str | Task) -> Task:
     if task not in TASKS:
         raise InvalidInputError(f"unknown task {task!r}; tasks: {sorted(TASKS)} (and mmlu:<subject or category>).")
     return TASKS[task]
-
-
-def check_records(task: str | Task, records: Sequence[Mapping]) -> None:
-    """Refuse records of another task's dataset (their ``dataset`` field, where they have one):
-    SST-2 label words scored on Yelp records would give a plausible but meaningless accuracy.
-
-    >>> check_records("yelp", [{"text": "ok", "label": 1, "dataset": "sst2"}])
-    Traceback (most recent call last):
-    ...
-    moelens.errors.InvalidInputError: task 'yelp' reads records of dataset 'yelp', but record 0 is from 'sst2'; evaluate them with task='sst2', or drop their 'dataset' field if they really are yelp records.
-    """
-    spec = get_task(task)
-    for i, record in enumerate(records):
-        found = record.get("dataset")
-        if found is not None and found != spec.dataset:
-            hint = f"task={found!r}" if found in TASKS else "the task they belong to"
-            raise InvalidInputError(
-                f"task {spec.name!r} reads records of dataset {spec.dataset!r}, but record {i} is from {found!r}; "
-                f"evaluate them with {hint}, or drop their 'dataset' field if they really are {spec.dataset} records."
-            )
 
 
 def arithmetic_problems(rng: random.Random, n: int, heldout: bool) -> list[tuple[str, str]]:

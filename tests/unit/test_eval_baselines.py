@@ -43,7 +43,7 @@ def test_cr_and_yelp_are_registered_with_their_label_words():
 def test_records_of_another_task_are_refused():
     model = HookedMoE.from_pretrained("moelens/mixtral-tiny")
     sst2 = [{"id": "a", "dataset": "sst2", "text": "fine .", "label": 1}]
-    with pytest.raises(InvalidInputError, match=r"task 'yelp' reads records of dataset 'yelp', but record 0 is from 'sst2'"):
+    with pytest.raises(InvalidInputError, match=r"record 1 is a 'sst2' record, but task 'yelp' scores 'yelp' records"):
         moelens.evaluate(model, "yelp", data=sst2, progress=False)
     cr = [{"id": "b", "dataset": "cr", "text": "the battery dies fast .", "label": 0},
           {"id": "c", "text": "works great .", "label": 1}]  # no dataset field: taken as the task's

@@ -65,10 +65,11 @@ def parse_push(perturbation: Any) -> Perturb:
     if perturbation is None:
         magnitude, sign = 1.0, -1
     elif isinstance(perturbation, Perturb):
-        if perturbation.positions is not None:
+        if perturbation.positions is not None or perturbation.layers != "all" or perturbation.experts != "all":
             raise InvalidInputError(
-                f"perturbation={perturbation!r}: the push's positions go in perturb_positions= (its layers and "
-                "experts are ignored). Pass Perturb('all', 'all', magnitude=..., sign=...) and "
+                f"perturbation={perturbation!r}: the sweep pushes every (layer, expert) in turn, so a template's layers "
+                "and experts would be ignored, and the pushed positions go in perturb_positions=. Pass "
+                "Perturb('all', 'all', magnitude=..., sign=...) (or {'magnitude': m, 'sign': s}) and "
                 f"perturb_positions={perturbation.positions!r}."
             )
         magnitude, sign = perturbation.magnitude, perturbation.sign
