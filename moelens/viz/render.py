@@ -104,6 +104,8 @@ def standalone_page(title: object, body: Iterable[object]) -> str:
         if isinstance(part, View):
             parts.append(part.fragment())
             has_view = True
+        elif callable(getattr(part, "fragment", None)):  # a RoutingMap: its own style and script, no bundle
+            parts.append(part.fragment())
         else:
             parts.append(escape(part))
     head = bundle_script() if has_view or any("CircuitsVis.render(" in p for p in parts) else ""

@@ -19,7 +19,31 @@ from ..errors import InvalidInputError
 from .html import circuitsvis_text
 from .render import View
 
-__all__ = ["expert_tokens", "readable_tokens", "routing_tokens", "token_values"]
+__all__ = ["expert_tokens", "readable_tokens", "routing_tokens", "token_values", "visible_token"]
+
+# What a reader sees for characters that would otherwise show as nothing (or break a line).
+_VISIBLE = {" ": "\u2423", "\n": "\u23ce", "\t": "\u21e5", "\r": "\u240d", "\xa0": "\u2423"}
+
+
+def visible_token(token: str, edges: bool = False) -> str:
+    """``token`` with its whitespace made visible: a token that is only whitespace shows each
+    character as ``␣`` (space), ``⏎`` (newline), ``⇥`` (tab), an empty token as ``∅``; newlines and
+    tabs inside a token too; with ``edges`` also the leading and trailing spaces of a word (``␣the``),
+    for views that show each token in its own cell.
+
+    >>> visible_token(" "), visible_token("\\n\\n"), visible_token(" the"), visible_token(" the", edges=True), visible_token("")
+    ('␣', '⏎⏎', ' the', '␣the', '∅')
+    """
+    if token == "":
+        return "\u2205"
+    if token.strip() == "":
+        return "".join(_VISIBLE.get(ch, ch) for ch in token)
+    shown = token.replace("\n", _VISIBLE["\n"]).replace("\t", _VISIBLE["\t"]).replace("\r", _VISIBLE["\r"])
+    if edges:
+        core = shown.strip(" ")
+        start = shown.index(core)
+        shown = _VISIBLE[" "] * start + core + _VISIBLE[" "] * (len(shown) - start - len(core))
+    return shown
 
 # Decoding prefixes is exact but quadratic; beyond this many tokens decode token by token.
 _PREFIX_DECODE_LIMIT = 1024
