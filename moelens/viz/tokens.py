@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import InvalidInputError
-from .html import circuitsvis_text
+from .html import circuitsvis_text, colour_legend
 from .render import View
 
 __all__ = ["expert_tokens", "readable_tokens", "routing_tokens", "token_values", "visible_token"]
@@ -78,6 +78,12 @@ def readable_tokens(tokenizer, ids: Sequence[int]) -> list[str]:
     return tokens
 
 
+def _shown(tokens: Sequence[str]) -> list[str]:
+    """Tokens for a circuitsvis view: whitespace made visible (a newline token keeps its line break
+    after the ⏎), then escaped (circuitsvis inserts tokens with innerHTML)."""
+    return circuitsvis_text([visible_token(t) + ("\n" if t.endswith("\n") else "") for t in tokens])
+
+
 def _layer_list(model, layer: int | Sequence[int] | None) -> list[int]:
     moe_layers = list(model.cfg.moe_layers)
     chosen = moe_layers if layer is None else [layer] if isinstance(layer, int) else list(layer)
@@ -123,7 +129,7 @@ def routing_tokens(model, text: str, layer: int | Sequence[int] | None = None) -
     return View(
         "TextNeuronActivations",
         {
-            "tokens": circuitsvis_text(tokens),
+            "tokens": _shown(tokens),
             "activations": dense.permute(1, 0, 2).tolist(),  # [pos layer expert]
             "firstDimensionName": "MoE layer",
             "secondDimensionName": "Expert",
@@ -131,6 +137,7 @@ def routing_tokens(model, text: str, layer: int | Sequence[int] | None = None) -
             "secondDimensionLabels": [str(e) for e in range(model.cfg.n_experts)],
         },
         title=f"Routing: gate weight of the chosen expert per token (top-{model.cfg.top_k} of {model.cfg.n_experts})",
+        legend=colour_legend(0.0, float(dense.max()), "gate weight of the chosen expert (white: not routed; ␣ space, ⏎ newline)"),
     )
 
 
@@ -165,7 +172,7 @@ def expert_tokens(model, texts: Sequence[str], layer: int, expert: int, value: s
     return View(
         "TopkSamples",
         {
-            "tokens": [[[circuitsvis_text(tokens) for _, tokens, _ in samples]]],  # [layer expert sample pos]
+            "tokens": [[[_shown(tokens) for _, tokens, _ in samples]]],  # [layer expert sample pos]
             "activations": [[[values for _, _, values in samples]]],
             "zerothDimensionName": "MoE layer",
             "firstDimensionName": "Expert",
@@ -173,6 +180,8 @@ def expert_tokens(model, texts: Sequence[str], layer: int, expert: int, value: s
             "firstDimensionLabels": [str(expert)],
         },
         title=f"Expert {expert} of MoE layer {layer}: {'gate weight' if value == 'weight' else 'router score'} per token, strongest texts first",
+        legend=colour_legend(0.0, max(sample[0] for sample in samples), ("gate weight (white: not routed)" if value == "weight" else "router score")
+                             + "; ␣ space, ⏎ newline"),
     )
 
 
@@ -190,7 +199,7 @@ def token_values(
     'ColoredTokensMulti'
     """
     values = torch.as_tensor(values, dtype=torch.float64).cpu()
-    tokens = circuitsvis_text(tokens)
+    tokens = _shown(tokens)
     if values.ndim not in (1, 2) or values.shape[0] != len(tokens):
         raise InvalidInputError(
             f"values has shape {tuple(values.shape)} for {len(tokens)} tokens; pass [pos] or [pos k] with pos = len(tokens)."
@@ -201,11 +210,13 @@ def token_values(
         labels = [str(x) for x in labels] if labels is not None else [str(i) for i in range(values.shape[1])]
         if len(labels) != values.shape[1]:
             raise InvalidInputError(f"{len(labels)} labels for {values.shape[1]} value series; pass one label per column.")
-        return View("ColoredTokensMulti", {"tokens": tokens, "values": values.tolist(), "labels": labels}, title)
+        legend = colour_legend(float(values.min()), float(values.max()), f"value of the chosen series ({', '.join(labels)}; hover a token for all)",
+                               signed=bool((values < 0).any()))
+        return View("ColoredTokensMulti", {"tokens": tokens, "values": values.tolist(), "labels": labels}, title, legend=legend)
     signed = bool((values < 0).any()) if signed is None else signed
     bound = float(values.abs().max()) if len(values) else 1.0
     bound = bound or 1.0
     props = {"tokens": tokens, "values": values.tolist(), "minValue": -bound if signed else 0.0, "maxValue": bound}
     if signed:
         props |= {"negativeColor": "red", "positiveColor": "blue"}
-    return View("ColoredTokens", props, title)
+    return View("ColoredTokens", props, title, legend=colour_legend(props["minValue"], bound, "value", signed=signed))
