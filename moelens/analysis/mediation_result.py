@@ -142,7 +142,7 @@ class Mediation:
             ax.set_xlabel(xlabel)
             ax.set_ylabel("layer")
             ax.set_title(title, fontsize=9)
-            fig.colorbar(image, ax=ax)
+            fig.colorbar(image, ax=ax, label="change of the metric")
         metric = self.settings.get("metric", "metric")
         fig.suptitle(f"{metric}: total {self.total:.3g}, via all routing {self.all_routing:.3g}, direct {self.direct:.3g} ({plural(self.n_pairs, 'pair')})", fontsize=10)
         return save_figure(fig, path)

@@ -137,7 +137,9 @@ class RoutingMap:
         scores = None if self.scores is None else [(sc * 1000).round().to(torch.int32).tolist() for sc in self.scores]
         payload = script_json({"n_experts": self.n_experts, "scores": scores})  # scores per mille: [seq layer pos expert]
         call = Markup(f'<script>window.moelensRoutingMapInit("{self.uid}", {payload});</script>')
-        body = el("div", *parts, id=self.uid, cls="moelens-routing-map rm-mode-weight", style=f"--cell-width:{1.6 * min(self.top or self.top_k, 4) + 1:.1f}em")
+        shown = self.top or self.top_k
+        chips = min(shown + (1 if shown < self.top_k else 0), 4)  # ids per line in a cell (a "+n" mark counts): k > 4 wraps
+        body = el("div", *parts, id=self.uid, cls="moelens-routing-map rm-mode-weight", style=f"--chips:{chips}")
         return Markup(ROUTING_MAP_STYLE + ROUTING_MAP_SCRIPT + body + call)
 
     def _repr_html_(self) -> str:

@@ -35,7 +35,8 @@ ROUTING_MAP_STYLE = Markup("""<style>
 .moelens-routing-map .rm-grid .rm-pos { color: #888; text-align: right; }
 .moelens-routing-map .rm-token.rm-special { color: #7c3aed; font-style: italic; }
 .moelens-routing-map .rm-grid .rm-group-start { border-left: 2px solid #bbb; }
-.moelens-routing-map .rm-cell { cursor: pointer; max-width: var(--cell-width, 9em); white-space: normal; line-height: 15px; }
+.moelens-routing-map .rm-grid td.rm-cell { cursor: pointer; white-space: normal; line-height: 15px;
+  width: calc(var(--chips, 2) * 21px); min-width: calc(var(--chips, 2) * 21px); }
 .moelens-routing-map .rm-id { display: inline-block; font: 10px/13px ui-monospace, monospace; min-width: 14px; text-align: center;
   border-radius: 2px; margin: 0 1px 1px 0; padding: 0 1px; }
 .moelens-routing-map.rm-mode-weight .rm-id { background: rgba(37, 99, 235, calc(0.12 + 0.88 * var(--w))); }
