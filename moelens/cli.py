@@ -197,7 +197,7 @@ def run_drivers(model, data: dict[str, list[str]], out: Path, exact: bool, progr
     """Driver-expert step: effects, plots, report section; agreement with CWAS when stats exist."""
     from .analysis.drivers import driver_effects
     from .report import el, figure_html, table_html, write_section
-    from .viz.findings import as_sentence, caveat_html, caveat_sentences, driver_sentence
+    from .viz.findings import as_sentence, caveat_html, caveat_sentences, driver_sentence, plural
 
     texts = [text for domain_texts in data.values() for text in domain_texts[:per_domain]]
     method = "exact" if exact else "first_order"
@@ -208,7 +208,7 @@ def run_drivers(model, data: dict[str, list[str]], out: Path, exact: bool, progr
     top = effects.top(10)
     body = (
         el("p", f"Effect of (layer, expert) = mean KL(P ‖ Q) at the last token when the expert's router logit is perturbed. "
-                f"Every number in this section is the {_ESTIMATE[method]} on the same {len(texts)} texts (the first "
+                f"Every number in this section is the {_ESTIMATE[method]} on the same {plural(len(texts), 'text')} (the first "
                 f"{per_domain} of each domain at most); the figures and the table come from that one computation.", cls="note")
         + el("p", as_sentence(driver_sentence(effects)))
         + figure_html(effects.plot_heatmap(), "driver heatmap") + figure_html(effects.plot_layer_totals(), "driver totals by layer")

@@ -28,7 +28,7 @@ _SWAPS = {
 def triggers_html(model: HookedMoE, texts: list[str], effects: Any, n_drivers: int = 10) -> str:
     """Token triggers of the ``n_drivers`` strongest drivers with the early-vs-late test."""
     from moelens.report import figure_html, table_html
-    from moelens.viz.findings import caveat_html, caveat_sentences
+    from moelens.viz.findings import caveat_html, caveat_sentences, plural
 
     from .triggers import token_triggers
 
@@ -40,7 +40,7 @@ def triggers_html(model: HookedMoE, texts: list[str], effects: Any, n_drivers: i
     return (
         f"<p>Does the paper's claim \"early tokens trigger driver experts\" hold here? Firing rate of the top "
         f"{len(top)} drivers (by effect) on the first decile of each text's tokens vs the rest, special tokens "
-        f"(BOS, ...) excluded, {res.n_texts} texts; {res.level:.0%} bootstrap intervals over texts. The control is "
+        f"(BOS, ...) excluded, {plural(res.n_texts, 'text')}; {res.level:.0%} bootstrap intervals over texts. The control is "
         f"every other expert: {res.control_share_early:.0%} of them also fire more on the first decile. "
         f"Verdict: it <b>{verdict}</b> (first - rest {res.diff:+.4f} [{res.ci[0]:+.4f}, {res.ci[1]:+.4f}], beyond "
         f"the control by {res.diff_vs_control:+.4f} [{res.diff_vs_control_ci[0]:+.4f}, "

@@ -114,7 +114,7 @@ def _factor(factor: float, recipe: str) -> str:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.3f}"
+        return "\u2013" if math.isnan(value) else f"{value:.3f}"  # "–": not defined for this row (see the note)
     return html.escape(str(value))
 
 
@@ -133,7 +133,8 @@ def study_section(result: StudyResult, figure: bool = True) -> str:
         f"({html.escape(str(meta.get('evaluate_on')))}); {meta.get('n_experts')} experts per set, {meta.get('n_random')} random "
         f"draws at matched layers. delta: paired difference vs the baseline, 95% bootstrap CI; p_vs_baseline: exact McNemar; "
         f"p_vs_random: paired bootstrap against the random draws of the same recipe and factor; neg_logit_share: share of the "
-        f"set's router logits below 0 on the selection texts (scaling those by 1.2 lowers them).</p>"
+        f"set's router logits below 0 on the selection texts (scaling those by 1.2 lowers them). \u2013: not defined for the "
+        f"row (the baseline is compared with nothing; p_vs_random needs random draws of the same recipe).</p>"
     )
     plot = figure_html(result.plot(), "re-weighting study") if figure else ""
     return note + plot + f"<table><tr>{head}</tr>{body}</table>"
