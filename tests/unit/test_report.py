@@ -119,3 +119,50 @@ def test_one_routing_map_per_domain_equal_to_the_cache(report):
         for pos, _, li, experts in cells:
             assert [int(e) for e in unescape(experts).split()] == topk[int(li), int(pos)].tolist()
     assert section.count("Legend") == len(texts)
+
+
+def _general_stats(n_layers=6, n_experts=8, seed=0):
+    import torch
+
+    from moelens.analysis.routing_stats import RoutingStats
+    from moelens.metrics import topk_mask_from_indices
+
+    stats = RoutingStats(["a", "b", "c"], moe_layers=tuple(range(0, 2 * n_layers, 2)), n_experts=n_experts, top_k=2)
+    generator = torch.Generator().manual_seed(seed)
+    for domain in stats.domains:
+        index = torch.randint(0, n_experts, (n_layers, 50, 2), generator=generator)
+        scores = torch.softmax(torch.randn(n_layers, 50, n_experts, generator=generator), -1)
+        stats.accumulate_layers(domain, topk_mask_from_indices(index, n_experts), scores)
+    return stats
+
+
+def test_scatter_labels_the_table_rows_without_overlap_and_an_integer_colorbar():
+    from matplotlib.text import Annotation, Text
+
+    from moelens.analysis.plots import plot_general_vs_domain
+
+    stats = _general_stats()
+    general = stats.general_experts(top=10)
+    fig = plot_general_vs_domain(stats, general=general)
+    fig.canvas.draw()
+    labels = [child for child in fig.axes[0].get_children() if isinstance(child, Annotation)]
+    assert [a.get_text() for a in sorted(labels, key=lambda a: a.get_text())] == sorted(
+        f"L{r.layer}E{r.expert}" for r in general.head(5).itertuples())  # the table's first five rows, nothing else
+    ax = fig.axes[0]
+    height = max(Text.get_window_extent(a).height for a in labels)  # the text alone (an Annotation's extent has its line)
+    heights = sorted(ax.transAxes.transform(a.xyann)[1] for a in labels)  # labels share one column: compare heights
+    assert min(b - a for a, b in zip(heights, heights[1:])) > height  # no two labels overlap
+    lines = [(a.xy, a.xyann) for a in labels]  # point (data) -> label (axes fraction): compare in display space
+    segs = [(ax.transData.transform(p), ax.transAxes.transform(q)) for p, q in lines]
+
+    def cross(s, t):
+        (a, b), (c, d) = s, t
+
+        def orient(p, q, r):
+            return (q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0])
+        return orient(a, b, c) * orient(a, b, d) < 0 and orient(c, d, a) * orient(c, d, b) < 0
+
+    assert not any(cross(s, t) for i, s in enumerate(segs) for t in segs[i + 1:])
+    bar = fig.axes[-1]
+    ticks = [t.get_text() for t in bar.get_xticklabels()]
+    assert ticks == [str(x) for x in stats.moe_layers]  # one integer tick per MoE layer, no 0.5 steps
