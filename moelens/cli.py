@@ -208,8 +208,10 @@ def run_drivers(model, data: dict[str, list[str]], out: Path, exact: bool, progr
     top = effects.top(10)
     body = (
         el("p", f"Effect of (layer, expert) = mean KL(P ‖ Q) at the last token when the expert's router logit is perturbed. "
-                f"Every number in this section is the {_ESTIMATE[method]} on the same {plural(len(texts), 'text')} (the first "
-                f"{per_domain} of each domain at most); the figures and the table come from that one computation.", cls="note")
+                f"Every number in this section is the {_ESTIMATE[method]} on the same {plural(len(texts), 'text')}: the first "
+                f"{per_domain} of each domain at most (the domains of the summary's Data table). The figures and the table "
+                f"come from that one computation" + ("" if exact else "; `moelens analyze --exact` runs the exact sweep") + ".",
+                cls="note")
         + el("p", as_sentence(driver_sentence(effects)))
         + figure_html(effects.plot_heatmap(), "driver heatmap") + figure_html(effects.plot_layer_totals(), "driver totals by layer")
         + table_html(top, caption="The 10 strongest drivers (mean KL in nats)")
