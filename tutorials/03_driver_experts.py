@@ -106,8 +106,7 @@ for name in ("moelens/mixtral-tiny", "moelens/qwen2moe-tiny", "moelens/olmoe-dee
 # a quick run; otherwise the packaged demo texts). The report of `moelens analyze` quotes the
 # **first-order estimate** (the exact sweep only with `--exact`) on the first 8 texts of each of its
 # domains (the demo texts by default), and says so in its driver section. The two can disagree, for
-# example on which layer holds the largest share (the report on `mixtral-tiny` has named layer 0
-# where this page names layer 1), for two reasons. The estimate is linear downstream of the pushed
+# example on which layer holds the largest share, for two reasons. The estimate is linear downstream of the pushed
 # layer: it misses the later routing switches (top-k changes) a push causes, which the exact sweep
 # counts, so it misjudges layers whose effect travels through them. And the data differ: other texts
 # and fewer of them, while driver effects are heavy-tailed over inputs (the report's robust

@@ -47,7 +47,15 @@ class RoutingMap:
     ``indices[i]`` / ``weights[i]`` are ``[moe_layer pos k]`` tensors of sequence ``i`` (the cached
     ``hook_topk_indices`` / ``hook_topk_weights`` of ``layers``, padding removed), ``scores[i]`` is
     ``[moe_layer pos n_experts]`` (router scores, None when a cache without them was passed),
-    ``tokens[i]`` the token strings; :meth:`to_frame` has one row per cell.
+    ``tokens[i]`` the token strings (positions count the non-padding tokens); :meth:`to_frame` has
+    one row per cell. In the HTML each cell is a ``td.rm-cell`` with ``data-seq``, ``data-pos``,
+    ``data-layer`` and ``data-experts`` (the ids, space-separated, in the cache's order); a selected
+    expert's cells get the class ``rm-hl``.
+
+    >>> from moelens import HookedMoE
+    >>> view = routing_map(HookedMoE.from_pretrained("moelens/mixtral-tiny"), "a b", layers=[0])
+    >>> view.to_frame().columns.tolist(), view.to_frame().experts[0] == tuple(view.indices[0][0, 0].tolist())
+    (['sequence', 'pos', 'token', 'layer', 'experts', 'weights'], True)
     """
 
     def __init__(self, tokens, indices, weights, scores, layers, n_experts, top, special, title):
