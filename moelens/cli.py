@@ -156,6 +156,8 @@ def run_stats(model, data: dict[str, list[str]], out: Path, progress: bool = Tru
     from .report import el, figure_html, table_html, write_section
     from .viz.findings import (
         as_sentence,
+        caveat_html,
+        caveat_sentences,
         domain_expert_sentences,
         general_expert_sentence,
     )
@@ -174,13 +176,15 @@ def run_stats(model, data: dict[str, list[str]], out: Path, progress: bool = Tru
                 "arXiv 2601.10159.", cls="note")
         + el("ul", *[el("li", as_sentence(sentence)) for sentence in domain_expert_sentences(stats)])
         + figure_html(plot_cwas_heatmap(stats), "CWAS heatmaps") + figure_html(plot_cwas_heatmap(stats, metric="lift"), "CWAS lift")
-        + table_html(domain_experts, caption="Top 10 experts of each domain by CWAS lift (click a header to sort)"),
+        + table_html(domain_experts, caption="Top 10 experts of each domain by CWAS lift (click a header to sort)")
+        + caveat_html(caveat_sentences({domain: len(texts) for domain, texts in data.items()})),
     )
     write_section(
         out, 30, "General experts",
         el("p", "High activation rate in every domain, low domain specificity: ", general_expert_sentence(stats), ".")
-        + figure_html(plot_general_vs_domain(stats), "general vs domain")
-        + table_html(general, caption="Experts ranked by their lowest activation rate over the domains"),
+        + figure_html(plot_general_vs_domain(stats, general=general), "general vs domain")
+        + table_html(general, caption="Experts ranked by their lowest activation rate over the domains (the first five are "
+                                      "the ones labelled in the figure)"),
     )
     _token_view(model, data, out)
     return stats
@@ -197,13 +201,33 @@ def _token_view(model, data: dict[str, list[str]], out: Path, per_domain: int = 
         for text in texts[:per_domain]:
             parts += [el("h3", domain), routing_tokens(model, text).fragment()]
     write_section(out, 60, "Tokens by expert", "\n".join(parts))
+    _routing_maps(model, data, out)
+
+
+def _routing_maps(model, data: dict[str, list[str]], out: Path, max_tokens: int = 64) -> None:
+    from .report import el, write_section
+    from .viz import routing_map
+
+    parts = [el("p", f"Every token's experts at every MoE layer, for the first text of each domain (its first {max_tokens} tokens "
+                     "at most): hover a cell for every expert's router score, click an id or a legend swatch to highlight "
+                     "every cell that routed to that expert.", cls="note")]
+    for domain, texts in data.items():
+        parts += [el("h3", domain), routing_map(model, texts[0], max_tokens=max_tokens).fragment()]
+    write_section(out, 55, "Routing map", "\n".join(parts))
+
+
+_ESTIMATE = {
+    "exact": "exact sweep (one perturbed forward pass per expert)",
+    "first_order": "first-order estimate (one backward pass; a Taylor approximation of the exact KL, which it can "
+                   "misorder where the effect is not small)",
+}
 
 
 def run_drivers(model, data: dict[str, list[str]], out: Path, exact: bool, progress: bool = True, per_domain: int = 8):
     """Driver-expert step: effects, plots, report section; agreement with CWAS when stats exist."""
     from .analysis.drivers import driver_effects
     from .report import el, figure_html, table_html, write_section
-    from .viz.findings import as_sentence, driver_sentence
+    from .viz.findings import as_sentence, caveat_html, caveat_sentences, driver_sentence, plural
 
     texts = [text for domain_texts in data.values() for text in domain_texts[:per_domain]]
     method = "exact" if exact else "first_order"
@@ -213,11 +237,15 @@ def run_drivers(model, data: dict[str, list[str]], out: Path, exact: bool, progr
     effects.to_frame().to_csv(out / "driver_effects.csv", index=False)
     top = effects.top(10)
     body = (
-        el("p", f"Effect of (layer, expert) = mean KL(P ‖ Q) at the last token when the expert's router logit is perturbed "
-                f"({effects.estimator()}; {len(texts)} texts).", cls="note")
+        el("p", f"Effect of (layer, expert) = mean KL(P ‖ Q) at the last token when the expert's router logit is perturbed. "
+                f"Every number in this section is the {_ESTIMATE[method]} on the same {plural(len(texts), 'text')}: the first "
+                f"{per_domain} of each domain at most (the domains of the summary's Data table). The figures and the table "
+                f"come from that one computation" + ("" if exact else "; `moelens analyze --exact` runs the exact sweep") + ".",
+                cls="note")
         + el("p", as_sentence(driver_sentence(effects)))
         + figure_html(effects.plot_heatmap(), "driver heatmap") + figure_html(effects.plot_layer_totals(), "driver totals by layer")
         + table_html(top, caption=f"The 10 strongest drivers (mean KL in nats; {effects.estimator()})")
+        + caveat_html(caveat_sentences({domain: min(len(t), per_domain) for domain, t in data.items()}))
     )
     write_section(out, 40, "Driver experts", body)
     if (out / "routing_stats.safetensors").exists():
@@ -256,6 +284,8 @@ def _summary(out: Path, name: str, model, data: dict[str, list[str]], seconds: d
     from .viz.findings import (
         agreement_sentence,
         as_sentence,
+        caveat_html,
+        caveat_sentences,
         domain_expert_sentences,
         driver_sentence,
         general_expert_sentence,
@@ -270,11 +300,13 @@ def _summary(out: Path, name: str, model, data: dict[str, list[str]], seconds: d
     if stats is not None and effects is not None:
         findings.append(agreement_sentence(*_agreement(stats, effects)))
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
+    caveats = caveat_sentences({domain: len(texts) for domain, texts in data.items()})
     write_section(
         out, 10, "Summary",
         el("p", el("b", name), f": {cfg.architecture}, {cfg.n_layers} layers (MoE layers {list(cfg.moe_layers)}), "
                                f"{cfg.n_experts} experts, top-{cfg.top_k}, {cfg.scoring} routing.")
         + (el("p", "What we found:") + el("ul", *[el("li", as_sentence(f)) for f in findings]) if findings else "")
+        + caveat_html(caveats)
         + table_html(pd.DataFrame({"domain": list(data), "texts": [len(t) for t in data.values()]}), caption="Data")
         + el("p", f"Timings: {timing}.", cls="note"),
     )

@@ -85,6 +85,8 @@ def figure_html(fig: Figure, alt: str) -> Markup:
     return el("img", alt=alt, src=f"data:image/png;base64,{encoded}")
 
 
-def table_html(frame: pd.DataFrame, float_format: str = "{:.4f}", caption: str | None = None) -> Markup:
-    """A DataFrame as an escaped HTML table with sortable columns and an optional caption."""
-    return table(frame, float_format=float_format, caption=caption)
+def table_html(frame: pd.DataFrame, float_format: str = "{:.4f}", caption: str | None = None,
+               missing: str = "not defined for this row") -> Markup:
+    """A DataFrame as an escaped HTML table with sortable columns and an optional caption; an
+    undefined number shows as "–" and the caption gives ``missing`` as the reason."""
+    return table(frame, float_format=float_format, caption=caption, missing=missing)

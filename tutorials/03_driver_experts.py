@@ -74,6 +74,9 @@ for name in ("moelens/mixtral-tiny", "moelens/qwen2moe-tiny", "moelens/olmoe-dee
     print(totals.to_string(index=False))
     print(f"  share of the total effect in the middle layers: {exact.middle_share():.2f} "
           f"(a flat profile gives {exact.middle_share_uniform():.2f} at this depth)")
+    print(f"  largest layer share on these {len(swept)} texts: exact sweep layer {int(totals.sort_values('share').iloc[-1].layer)} "
+          f"({totals.share.max():.0%}), first-order estimate layer {int(estimate.layer_totals().sort_values('share').iloc[-1].layer)} "
+          f"({estimate.layer_totals().share.max():.0%})")
     tag = name.split("/")[-1]
     display(exact.plot_heatmap(out / f"{tag}-drivers.png"))
     display(exact.plot_layer_totals(out / f"{tag}-driver-layers.png"))
@@ -99,6 +102,19 @@ for name in ("moelens/mixtral-tiny", "moelens/qwen2moe-tiny", "moelens/olmoe-dee
 # than its share, and the ten strongest drivers sit there). With four layers, "middle" means the two
 # inner layers, so a tiny model is a weak test of claim (d) either way; `olmoe-deep`, with eight
 # layers (middle third: layers 2-5), is the zoo's real test of it.
+#
+# **Which estimate, which data.** Every number below is the **exact sweep** on the texts printed
+# above (`paper_domains`: the evaluation sets when `../shared/data` is there, 64 per domain or 8 in
+# a quick run; otherwise the packaged demo texts). The report of `moelens analyze` quotes the
+# **first-order estimate** (the exact sweep only with `--exact`) on the first 8 texts of each of its
+# domains (the demo texts by default), and says so in its driver section. The two can disagree, for
+# example on which layer holds the largest share, for two reasons. The estimate is linear downstream of the pushed
+# layer: it misses the later routing switches (top-k changes) a push causes, which the exact sweep
+# counts, so it misjudges layers whose effect travels through them. And the data differ: other texts
+# and fewer of them, while driver effects are heavy-tailed over inputs (the report's robust
+# per-layer table shows the largest single input's share), so a few texts can decide the largest
+# layer. The "largest layer share" line of each model above compares the two estimates on the same
+# texts: where they agree there and the report still differs, the difference is the data.
 
 # %%
 for name, f in findings.items():

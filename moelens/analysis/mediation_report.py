@@ -28,6 +28,7 @@ _SWAPS = {
 def triggers_html(model: HookedMoE, texts: list[str], effects: Any, n_drivers: int = 10) -> str:
     """Token triggers of the ``n_drivers`` strongest drivers with the early-vs-late test."""
     from moelens.report import figure_html, table_html
+    from moelens.viz.findings import caveat_html, caveat_sentences, plural
 
     from .triggers import token_triggers
 
@@ -39,17 +40,26 @@ def triggers_html(model: HookedMoE, texts: list[str], effects: Any, n_drivers: i
     return (
         f"<p>Does the paper's claim \"early tokens trigger driver experts\" hold here? Firing rate of the top "
         f"{len(top)} drivers (by effect) on the first decile of each text's tokens vs the rest, special tokens "
-        f"(BOS, ...) excluded, {res.n_texts} texts; {res.level:.0%} bootstrap intervals over texts. The control is "
+        f"(BOS, ...) excluded, {plural(res.n_texts, 'text')}; {res.level:.0%} bootstrap intervals over texts. The control is "
         f"every other expert: {res.control_share_early:.0%} of them also fire more on the first decile. "
         f"Verdict (decided by the intervals): <b>{verdict}</b> (first - rest {res.diff:+.4f} [{res.ci[0]:+.4f}, "
         f"{res.ci[1]:+.4f}], beyond {res.n_matched} frequency-matched control experts of the same layers by "
         f"{res.matched_diff:+.4f} [{res.matched_ci[0]:+.4f}, {res.matched_ci[1]:+.4f}]; beyond the mean of all "
         f"others by {res.diff_vs_control:+.4f}). The last decile is reported too: prompt templates put fixed tokens "
         f"there.</p>"
-        + table_html(summary, "{:+.4f}") + figure_html(trig.plot(), "firing rate by position")
-        + "<p class='note'>Tokens with the highest firing rate (seen at least 5 times):</p>"
-        + table_html(trig.top_tokens(3, min_count=5), "{:.3f}")
+        + table_html(summary, "{:+.4f}", missing="no interval: the bootstrap intervals are computed for the differences only")
+        + figure_html(trig.plot(), "firing rate by position")
+        + "<p class='note'>Tokens with the highest firing rate (seen at least 5 times; ␣ space, ⏎ newline):</p>"
+        + table_html(_visible_tokens(trig.top_tokens(3, min_count=5)), "{:.3f}")
+        + caveat_html(caveat_sentences(intervals={"first - rest": res.ci, "(first - rest) beyond the control": res.diff_vs_control_ci}))
     )
+
+
+def _visible_tokens(frame):
+    """The ``token`` column with whitespace made visible (a blank cell says nothing)."""
+    from moelens.viz.tokens import visible_token
+
+    return frame.assign(token=[visible_token(str(t), edges=True) for t in frame["token"]]) if "token" in frame else frame
 
 
 def driver_layers_html(effects: Any) -> str:
@@ -109,7 +119,9 @@ def mediation_html(model: HookedMoE, data: dict[str, list[str]]) -> str:
         f"run) <b>{med.all_routing:+.3f}</b>; direct (not through routing decisions) <b>{med.direct:+.3f}</b>.</p>"
         + table_html(med.summary(), "{:+.4f}") + figure_html(med.plot(), "mediation")
         + "<p class='note'>Experts whose routing carries most of the change (indirect effect of patching one "
-        "expert's gate at every position):</p>" + table_html(med.top(5), "{:+.4f}")
+        "expert's gate at every position; rank 1 carries most):</p>" + table_html(med.top(5), "{:+.4f}")
+        + "<p class='caveat'><b>Caveat: </b>one clean/corrupted pair: an example of the method, not an estimate over "
+        "data; run moelens.routing_mediation on many pairs before drawing a conclusion.</p>"
     )
 
 

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from moelens.errors import InvalidInputError
+from moelens.viz.findings import plural
 
 from ._io import load_sidecar, save_figure, save_sidecar
 
@@ -144,9 +145,9 @@ class Mediation:
             ax.set_xlabel(xlabel)
             ax.set_ylabel("layer")
             ax.set_title(title, fontsize=9)
-            fig.colorbar(image, ax=ax)
+            fig.colorbar(image, ax=ax, label="change of the metric")
         metric = self.settings.get("metric", "metric")
-        fig.suptitle(f"{metric}: total {self.total:.3g}, via all routing {self.all_routing:.3g}, direct {self.direct:.3g} ({self.n_pairs} pairs)", fontsize=10)
+        fig.suptitle(f"{metric}: total {self.total:.3g}, via all routing {self.all_routing:.3g}, direct {self.direct:.3g} ({plural(self.n_pairs, 'pair')})", fontsize=10)
         return save_figure(fig, path)
 
     # -- persistence ------------------------------------------------------------------------------
@@ -177,6 +178,6 @@ class Mediation:
         best = self.top(1)
         lead = f", top L{int(best.layer[0])}E{int(best.expert[0])}={best.indirect[0]:.3g}" if len(best) else ""
         return (
-            f"Mediation({self.settings.get('metric', 'metric')}, {self.n_pairs} pairs, total={self.total:.3g}, "
+            f"Mediation({self.settings.get('metric', 'metric')}, {plural(self.n_pairs, 'pair')}, total={self.total:.3g}, "
             f"all_routing={self.all_routing:.3g}, direct={self.direct:.3g}{lead})"
         )

@@ -20,6 +20,7 @@ to ``path`` when one is given.
 import math
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -89,37 +90,60 @@ def plot_cwas_heatmap(
     return save_figure(fig, path)
 
 
+def _label_slots(ax, marks: list[tuple[float, float, str]], gap: float = 0.11) -> list[float]:
+    """Heights (axes fraction) of labels in a column right of the axes: evenly spaced near the points,
+    assigned to the points by the shortest total line length, so no two leader lines cross (a
+    minimum-length matching of segments never crosses) and no two labels overlap."""
+    from itertools import permutations
+
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    points = [((x - x0) / (x1 - x0) * 1.6, (y - y0) / (y1 - y0)) for x, y, _ in marks]  # axes fraction, x scaled by the aspect
+    n = len(points)
+    start = min(max(sum(p[1] for p in points) / n - gap * (n - 1) / 2, 0.04), 0.96 - gap * (n - 1))
+    slots = [start + gap * i for i in range(n)]
+    order = min(permutations(range(n)), key=lambda perm: sum(math.hypot(1.03 * 1.6 - px, slots[perm[i]] - py) for i, (px, py) in enumerate(points)))
+    return [slots[i] for i in order]
+
+
 def plot_general_vs_domain(
-    stats: RoutingStats, path: str | Path | None = None, annotate: int = 5
+    stats: RoutingStats, path: str | Path | None = None, annotate: int = 5, general=None
 ) -> Figure:
     """Scatter of every (layer, expert): mean activation rate over domains (x) against domain
-    specificity (y), coloured by layer.
+    specificity (y), coloured by layer (one colour per MoE layer, integer ticks).
 
     General experts sit bottom-right (often used, everywhere); domain experts top. The
-    ``annotate`` best general experts (see ``RoutingStats.general_experts``) are labelled
-    ``L{layer}E{expert}``; a dashed line marks the uniform-routing rate ``top_k / n_experts``.
+    ``annotate`` best general experts are circled and labelled ``L{layer}E{expert}`` in a column
+    beside the plot, joined to their points by thin lines (labels never overlap, however close the
+    points); they are the first rows of ``general`` (default ``stats.general_experts(top=annotate)``),
+    so a table of that frame next to the figure shows the same experts. A dashed line marks the
+    uniform-routing rate ``top_k / n_experts``.
     """
+    from matplotlib.colors import BoundaryNorm
+
     rate = stats.activation_rate.mean(0)  # [moe_layer expert]
     spec = stats.domain_specificity()  # [moe_layer expert]
-    layers = torch.tensor(stats.moe_layers).unsqueeze(1).expand_as(rate)
-    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    n_layers = len(stats.moe_layers)
+    layer_index = torch.arange(n_layers).unsqueeze(1).expand_as(rate)  # colour by position among the MoE layers
+    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
     ax = fig.subplots()
-    points = ax.scatter(
-        rate.reshape(-1).numpy(), spec.reshape(-1).numpy(), c=layers.reshape(-1).numpy(),
-        cmap="viridis", s=14, alpha=0.8,
-    )
-    fig.colorbar(points, ax=ax, label="layer")
+    cmap = matplotlib.colormaps["viridis"].resampled(max(n_layers, 1))
+    norm = BoundaryNorm(np.arange(n_layers + 1) - 0.5, max(n_layers, 1))
+    points = ax.scatter(rate.reshape(-1).numpy(), spec.reshape(-1).numpy(), c=layer_index.reshape(-1).numpy(),
+                        cmap=cmap, norm=norm, s=14, alpha=0.8)
+    step = max(1, math.ceil(n_layers / 16))  # at most 16 tick labels
+    bar = fig.colorbar(points, ax=ax, location="bottom", shrink=0.6, aspect=40, label="MoE layer")
+    bar.set_ticks(range(0, n_layers, step), labels=[str(x) for x in stats.moe_layers[::step]])
     if stats.top_k is not None:
         ax.axvline(stats.top_k / stats.n_experts, color="grey", ls="--", lw=1, label="top_k / n")
         ax.legend(loc="upper right", frameon=False)
-    if annotate > 0:
-        for row in stats.general_experts(top=annotate).itertuples():
-            i = stats.moe_layers.index(row.layer)
-            ax.annotate(
-                f"L{row.layer}E{row.expert}",
-                (float(rate[i, row.expert]), float(spec[i, row.expert])),
-                fontsize=7, xytext=(3, 3), textcoords="offset points",
-            )
+    picked = (stats.general_experts(top=annotate) if general is None else general).head(max(annotate, 0))
+    marks = [(float(rate[stats.moe_layers.index(int(r.layer)), int(r.expert)]), float(spec[stats.moe_layers.index(int(r.layer)), int(r.expert)]),
+              f"L{int(r.layer)}E{int(r.expert)}") for r in picked.itertuples(index=False)]
+    if marks:
+        ax.scatter([m[0] for m in marks], [m[1] for m in marks], s=40, facecolors="none", edgecolors="black", linewidths=0.8)
+        for (x, y, label), slot in zip(marks, _label_slots(ax, marks), strict=True):
+            ax.annotate(label, (x, y), xytext=(1.03, slot), textcoords="axes fraction", fontsize=7, va="center",
+                        arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "grey"})
     ax.set_xlabel("mean activation rate over domains")
     ax.set_ylabel("domain specificity")
     ax.set_title(f"general vs domain experts ({len(stats.domains)} domains)")

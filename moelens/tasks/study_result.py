@@ -138,7 +138,7 @@ def _factor(factor: float, recipe: str) -> str:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.3f}"
+        return "\u2013" if math.isnan(value) else f"{value:.3f}"  # "–": not defined for this row (see the note)
     return html.escape(str(value))
 
 
@@ -165,7 +165,8 @@ def study_section(result: StudyResult, figure: bool = True) -> str:
         f"set's router logits below 0 on the selection texts (scaling those by 1.2 lowers them). Stages: develop on "
         f"{html.escape(str(meta.get('evaluate_on')))}, confirm on {html.escape(str(meta.get('confirm_on') or 'none'))}; "
         f"p-values adjusted with {html.escape(str(meta.get('correction', 'none')))} within each stage across every set, recipe "
-        f"and factor (_adj columns). <b>{html.escape(result.final_stage)} stage: {html.escape(survives)}.</b></p>"
+        f"and factor (_adj columns). <b>{html.escape(result.final_stage)} stage: {html.escape(survives)}.</b> \u2013: not defined for the "
+        f"row (the baseline is compared with nothing; p_vs_random needs random draws of the same recipe).</p>"
     )
     plot = figure_html(result.plot(), "re-weighting study") if figure else ""
     return note + plot + f"<table><tr>{head}</tr>{body}</table>"

@@ -16,7 +16,14 @@ Every number in a sentence comes from the object passed in; nothing is hand-writ
 
 from __future__ import annotations
 
-__all__ = ["agreement_sentence", "as_sentence", "domain_expert_sentences", "driver_sentence", "general_expert_sentence", "overall_rate"]
+__all__ = [
+    "MIN_TEXTS", "agreement_sentence", "as_sentence", "caveat_sentences", "domain_expert_sentences", "driver_sentence",
+    "caveat_html", "general_expert_sentence", "overall_rate", "plural",
+]
+
+# Below this many texts per domain a ranking of experts is a smoke test, not a finding: with a few
+# texts one long or odd text moves the rates by several points and reorders the top experts.
+MIN_TEXTS = 30
 
 
 def overall_rate(stats, layer_index: int, expert: int) -> float:
@@ -73,9 +80,11 @@ def driver_sentence(effects) -> str:
     totals = effects.effect.sum(1)  # [moe_layer]
     share = float(totals.max() / totals.sum()) if float(totals.sum()) > 0 else float("nan")
     layer = effects.moe_layers[int(totals.argmax())]
+    method = {"exact": "exact sweep", "first_order": "first-order estimate"}.get(effects.method, str(effects.method))
     return (
         f"perturbing expert {int(row.expert)} of layer {int(row.layer)} changes the next-token distribution most "
-        f"(mean KL {row.effect:.3g} nats); layer {layer} holds {_percent(share)} of the total effect"
+        f"(mean KL {row.effect:.3g} nats); layer {layer} holds {_percent(share)} of the total effect "
+        f"({method} over {plural(int(effects.n_inputs), 'input')})"
     )
 
 
@@ -90,3 +99,46 @@ def agreement_sentence(rho: float, overlap: int, n: int) -> str:
         f"domain experts and driver experts {verdict}: Spearman {rho:.2f} between best CWAS lift and driver effect, "
         f"{overlap} of the top {n} shared"
     )
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``n`` and the noun in the right number.
+
+    >>> plural(1, "pair"), plural(3, "pair"), plural(0, "text"), plural(2, "input")
+    ('1 pair', '3 pairs', '0 texts', '2 inputs')
+    """
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
+def caveat_sentences(texts_per_domain: dict[str, int] | None = None, intervals: dict[str, tuple[float, float]] | None = None,
+                     minimum: int = MIN_TEXTS) -> list[str]:
+    """Why a conclusion may not hold: fewer than ``minimum`` texts in some domain, or an interval
+    (name -> (lo, hi)) that crosses zero (the data do not tell the sign).
+
+    >>> caveat_sentences({"math": 8, "prose": 40})
+    ['these conclusions rest on 8 texts in math (fewer than 30 per domain): one text more or less can reorder the top experts; rerun with more texts before quoting them']
+    >>> caveat_sentences(intervals={"first - rest": (-0.01, 0.02), "last - rest": (0.1, 0.2)})
+    ['the 95% interval of first - rest, [-0.01, +0.02], crosses zero: the data do not tell its sign']
+    >>> caveat_sentences({"a": 30})
+    []
+    """
+    sentences = []
+    small = {domain: n for domain, n in (texts_per_domain or {}).items() if n < minimum}
+    if small:
+        fewest = min(small.values())
+        where = ", ".join(domain for domain, n in small.items() if n == fewest)
+        sentences.append(
+            f"these conclusions rest on {plural(fewest, 'text')} in {where} (fewer than {minimum} per domain): one text more or "
+            f"less can reorder the top experts; rerun with more texts before quoting them"
+        )
+    for name, (lo, hi) in (intervals or {}).items():
+        if lo < 0 < hi:
+            sentences.append(f"the 95% interval of {name}, [{lo:+.2g}, {hi:+.2g}], crosses zero: the data do not tell its sign")
+    return sentences
+
+
+def caveat_html(sentences: list[str]):
+    """A "Caveat:" paragraph per sentence (empty when there is none), for report sections."""
+    from .html import Markup, el
+
+    return Markup("".join(el("p", el("b", "Caveat: "), as_sentence(s), cls="caveat") for s in sentences))

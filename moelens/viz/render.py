@@ -51,8 +51,9 @@ class View(RenderedHTML):
     True
     """
 
-    def __init__(self, element: str, props: dict, title: str = ""):
+    def __init__(self, element: str, props: dict, title: str = "", legend: Markup | None = None):
         self.element = element
+        self.legend = legend  # a colour key shown above the view (moelens.viz.html.colour_legend)
         self.props = {key: value for key, value in props.items() if value is not None}
         self.title = title
         self.uid = "moelens-view-" + uuid.uuid4().hex[:12]
@@ -67,6 +68,8 @@ class View(RenderedHTML):
     def fragment(self) -> Markup:
         """The view's element and render call; needs :func:`bundle_script` earlier on the page."""
         heading = el("div", self.title, cls="moelens-view-title") if self.title else Markup("")
+        if self.legend is not None:
+            heading = Markup(heading + self.legend)
         call = f'CircuitsVis.render("{self.uid}", CircuitsVis.{self.element}, {script_json(self.props)});'
         return Markup(f'{heading}<div id="{self.uid}" class="moelens-view"></div><script>{call}</script>')
 
@@ -104,6 +107,8 @@ def standalone_page(title: object, body: Iterable[object]) -> str:
         if isinstance(part, View):
             parts.append(part.fragment())
             has_view = True
+        elif callable(getattr(part, "fragment", None)):  # a RoutingMap: its own style and script, no bundle
+            parts.append(part.fragment())
         else:
             parts.append(escape(part))
     head = bundle_script() if has_view or any("CircuitsVis.render(" in p for p in parts) else ""

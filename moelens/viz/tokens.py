@@ -16,10 +16,34 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import InvalidInputError
-from .html import circuitsvis_text
+from .html import circuitsvis_text, colour_legend
 from .render import View
 
-__all__ = ["expert_tokens", "readable_tokens", "routing_tokens", "token_values"]
+__all__ = ["expert_tokens", "readable_tokens", "routing_tokens", "token_values", "visible_token"]
+
+# What a reader sees for characters that would otherwise show as nothing (or break a line).
+_VISIBLE = {" ": "\u2423", "\n": "\u23ce", "\t": "\u21e5", "\r": "\u240d", "\xa0": "\u2423"}
+
+
+def visible_token(token: str, edges: bool = False) -> str:
+    """``token`` with its whitespace made visible: a token that is only whitespace shows each
+    character as ``␣`` (space), ``⏎`` (newline), ``⇥`` (tab), an empty token as ``∅``; newlines and
+    tabs inside a token too; with ``edges`` also the leading and trailing spaces of a word (``␣the``),
+    for views that show each token in its own cell.
+
+    >>> visible_token(" "), visible_token("\\n\\n"), visible_token(" the"), visible_token(" the", edges=True), visible_token("")
+    ('␣', '⏎⏎', ' the', '␣the', '∅')
+    """
+    if token == "":
+        return "\u2205"
+    if token.strip() == "":
+        return "".join(_VISIBLE.get(ch, ch) for ch in token)
+    shown = token.replace("\n", _VISIBLE["\n"]).replace("\t", _VISIBLE["\t"]).replace("\r", _VISIBLE["\r"])
+    if edges:
+        core = shown.strip(" ")
+        start = shown.index(core)
+        shown = _VISIBLE[" "] * start + core + _VISIBLE[" "] * (len(shown) - start - len(core))
+    return shown
 
 # Decoding prefixes is exact but quadratic; beyond this many tokens decode token by token.
 _PREFIX_DECODE_LIMIT = 1024
@@ -52,6 +76,12 @@ def readable_tokens(tokenizer, ids: Sequence[int]) -> list[str]:
             tokens.append(tokenizer.decode([ids[end - 1]]))
         shown = text
     return tokens
+
+
+def _shown(tokens: Sequence[str]) -> list[str]:
+    """Tokens for a circuitsvis view: whitespace made visible (a newline token keeps its line break
+    after the ⏎), then escaped (circuitsvis inserts tokens with innerHTML)."""
+    return circuitsvis_text([visible_token(t) + ("\n" if t.endswith("\n") else "") for t in tokens])
 
 
 def _layer_list(model, layer: int | Sequence[int] | None) -> list[int]:
@@ -99,7 +129,7 @@ def routing_tokens(model, text: str, layer: int | Sequence[int] | None = None) -
     return View(
         "TextNeuronActivations",
         {
-            "tokens": circuitsvis_text(tokens),
+            "tokens": _shown(tokens),
             "activations": dense.permute(1, 0, 2).tolist(),  # [pos layer expert]
             "firstDimensionName": "MoE layer",
             "secondDimensionName": "Expert",
@@ -107,6 +137,7 @@ def routing_tokens(model, text: str, layer: int | Sequence[int] | None = None) -
             "secondDimensionLabels": [str(e) for e in range(model.cfg.n_experts)],
         },
         title=f"Routing: gate weight of the chosen expert per token (top-{model.cfg.top_k} of {model.cfg.n_experts})",
+        legend=colour_legend(0.0, float(dense.max()), "gate weight of the chosen expert (white: not routed; ␣ space, ⏎ newline)"),
     )
 
 
@@ -141,7 +172,7 @@ def expert_tokens(model, texts: Sequence[str], layer: int, expert: int, value: s
     return View(
         "TopkSamples",
         {
-            "tokens": [[[circuitsvis_text(tokens) for _, tokens, _ in samples]]],  # [layer expert sample pos]
+            "tokens": [[[_shown(tokens) for _, tokens, _ in samples]]],  # [layer expert sample pos]
             "activations": [[[values for _, _, values in samples]]],
             "zerothDimensionName": "MoE layer",
             "firstDimensionName": "Expert",
@@ -149,6 +180,8 @@ def expert_tokens(model, texts: Sequence[str], layer: int, expert: int, value: s
             "firstDimensionLabels": [str(expert)],
         },
         title=f"Expert {expert} of MoE layer {layer}: {'gate weight' if value == 'weight' else 'router score'} per token, strongest texts first",
+        legend=colour_legend(0.0, max(sample[0] for sample in samples), ("gate weight (white: not routed)" if value == "weight" else "router score")
+                             + "; ␣ space, ⏎ newline"),
     )
 
 
@@ -172,7 +205,7 @@ def token_values(
                                 "[pos k] numbers with labels= naming the k series.") from None
     if isinstance(tokens, (str, bytes)):
         raise InvalidInputError(f"tokens={tokens[:40]!r} is one string; pass a list of token strings (model.to_str_tokens(text)).")
-    tokens = circuitsvis_text(tokens)
+    tokens = _shown(tokens)
     if values.ndim not in (1, 2) or values.shape[0] != len(tokens):
         raise InvalidInputError(
             f"values has shape {tuple(values.shape)} for {len(tokens)} tokens; pass [pos] or [pos k] with pos = len(tokens)."
@@ -183,11 +216,13 @@ def token_values(
         labels = [str(x) for x in labels] if labels is not None else [str(i) for i in range(values.shape[1])]
         if len(labels) != values.shape[1]:
             raise InvalidInputError(f"{len(labels)} labels for {values.shape[1]} value series; pass one label per column.")
-        return View("ColoredTokensMulti", {"tokens": tokens, "values": values.tolist(), "labels": labels}, title)
+        legend = colour_legend(float(values.min()), float(values.max()), f"value of the chosen series ({', '.join(labels)}; hover a token for all)",
+                               signed=bool((values < 0).any()))
+        return View("ColoredTokensMulti", {"tokens": tokens, "values": values.tolist(), "labels": labels}, title, legend=legend)
     signed = bool((values < 0).any()) if signed is None else signed
     bound = float(values.abs().max()) if len(values) else 1.0
     bound = bound or 1.0
     props = {"tokens": tokens, "values": values.tolist(), "minValue": -bound if signed else 0.0, "maxValue": bound}
     if signed:
         props |= {"negativeColor": "red", "positiveColor": "blue"}
-    return View("ColoredTokens", props, title)
+    return View("ColoredTokens", props, title, legend=colour_legend(props["minValue"], bound, "value", signed=signed))

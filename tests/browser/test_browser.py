@@ -54,7 +54,7 @@ def _load(path):
 
 
 def test_saved_views_render_offline(model, tmp_path):
-    from moelens.viz import expert_tokens, readable_tokens, routing_tokens, token_values
+    from moelens.viz import expert_tokens, readable_tokens, routing_tokens, token_values, visible_token
 
     tokens = readable_tokens(model.tokenizer, model.to_tokens(HOSTILE)[0].tolist())
     views = {
@@ -68,7 +68,8 @@ def test_saved_views_render_offline(model, tmp_path):
         report = _load(path)
         _check(report, 1)
         shown = _flat(report.values["view_text"][0])
-        assert _flat("".join(tokens)) in shown, (name, shown[:300])  # every token, as text, in order
+        visible = [visible_token(t) for t in tokens]  # whitespace tokens show as ␣ / ⏎
+        assert _flat("".join(visible)) in shown and "⏎" in shown, (name, shown[:300])  # every token, as text, in order
         assert "<script>PWNED_VIEW()</script>" in report.values["view_text"][0].replace("\xa0", " ")
 
 
@@ -88,11 +89,14 @@ def test_report_renders_offline_and_no_payload_runs(tmp_path):
         "views": "document.querySelectorAll('.moelens-view').length", "rendered": RENDERED, "pwned": PWNED,
         "sorted": sort, "h3": "Array.from(document.querySelectorAll('h3')).map(h => h.textContent)",
         "images": "Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length",
+        "maps": "Object.keys(window.moelensRoutingMaps || {}).length",
+        "legends": "document.querySelectorAll('.moelens-legend').length",
     })
     _check(report, 2)
     up, down = report.values["sorted"]
     assert up == sorted(up) and down == sorted(up, reverse=True) and len(up) > 3
-    assert report.values["h3"] == [PAYLOADS["domain"], PAYLOADS["domain2"]]  # domain names shown as text
+    assert report.values["h3"] == [PAYLOADS["domain"], PAYLOADS["domain2"]] * 2  # domain names shown as text (token views, routing maps)
+    assert report.values["maps"] == 2 and report.values["legends"] >= 2
     assert PAYLOADS["model"] in report.text
     embedded = path.read_text(encoding="utf-8").count('src="data:image/png;base64,')
     assert report.values["images"] == embedded >= 5  # every embedded figure decoded

@@ -27,6 +27,7 @@ PAYLOADS = {
 ALLOWED_TAGS = {
     "html", "head", "meta", "title", "style", "script", "body", "h1", "h2", "h3", "nav", "a", "section", "p", "b",
     "i", "ul", "li", "table", "caption", "thead", "tbody", "tr", "th", "td", "img", "div", "svg", "rect", "text",
+    "span", "label", "select", "option", "input", "button",  # the routing map's controls and cells
 }
 
 
@@ -109,9 +110,15 @@ def test_every_script_is_one_moelens_wrote(hostile):
             assert "<" not in text and "PWNED_TEXT=1</script>" not in text  # payloads only as JSON-escaped data
         elif "table.sortable" in text:
             kinds.append("sort")
+        elif text.startswith("\n(function () {\n  if (window.moelensRoutingMapInit)"):
+            kinds.append("map-code")
+        elif text.startswith('window.moelensRoutingMapInit("moelens-routing-map-'):
+            kinds.append("map")
+            assert "<" not in text and "PWNED" not in text  # the payload's tokens are not in the scores payload
         else:
             pytest.fail(f"a script moelens did not write: {text[:200]!r}")
     assert kinds.count("bundle") == 1 and kinds.count("sort") == 1 and kinds.count("view") == 2
+    assert kinds.count("map") == 2 and kinds.count("map-code") == 2  # one routing map per domain
 
 
 def test_payloads_show_as_text(hostile):

@@ -83,9 +83,20 @@ def test_routing_view_one_layer(model):
 def test_tokens_are_escaped_for_circuitsvis(model):
     view = routing_tokens(model, HOSTILE)
     readable = readable_tokens(model.tokenizer, model.to_tokens(HOSTILE)[0].tolist())
-    assert view.props["tokens"] == circuitsvis_text(readable)
+    visible = ["⏎\n" if t == "\n" else "␣" * len(t) if t.strip(" ") == "" else t for t in readable]
+    assert "\n" in readable and view.props["tokens"] == circuitsvis_text(visible)  # whitespace tokens read
     joined = "".join(view.props["tokens"])
     assert "<" not in joined and "&lt;" in joined and "&amp;" in joined
+
+
+def test_every_view_has_a_legend(model):
+    tokens = readable_tokens(model.tokenizer, model.to_tokens("a b\n c")[0][0].tolist())
+    views = [routing_tokens(model, "a b\n c"), expert_tokens(model, ["a b", "c d e"], model.cfg.moe_layers[0], 1),
+             token_values(tokens, torch.linspace(-1, 1, len(tokens))), token_values(tokens, torch.rand(len(tokens), 2), labels=["x", "y"])]
+    for view in views:
+        assert view.legend is not None and "Legend" in view.legend and view.legend in view.fragment()
+    assert "-1 " in views[2].legend and "red" in views[2].legend  # signed values: a diverging key
+    assert f"{float(torch.tensor(views[0].props['activations']).max()):.3g}" in views[0].legend  # the scale's top is the data's max
 
 
 def test_expert_view_sorts_texts_and_shows_the_expert_weights(model):
@@ -180,7 +191,7 @@ def test_table_is_sortable_and_keeps_numbers_exact():
 
 def test_heatmap_has_one_cell_per_value():
     svg = heatmap_svg([[0.0, 0.5, float("nan")], [1.0, 0.25, 0.0]], ["L0", "L1"], "rate")
-    assert svg.count("<rect") == 6 and "#dddddd" in svg and "L1 expert 1: 0.25" in svg
+    assert svg.count("</title></rect>") == 6 and svg.count("<rect") == 16 and "legend: 0" in svg and "#dddddd" in svg and "L1 expert 1: 0.25" in svg
 
 
 def test_heatmap_caption_fits_in_the_svg():
@@ -203,15 +214,15 @@ def test_notebook_displays(model):
     best = stats.domain_experts(top=1)
     for row in best.itertuples(index=False):
         assert f"top {row.domain} expert" in page and f"L{row.layer}E{row.expert}" in page
-    assert page.count("<rect") == len(model.cfg.moe_layers) * model.cfg.n_experts
+    assert page.count("</title></rect>") == len(model.cfg.moe_layers) * model.cfg.n_experts
     assert len(repr(stats)) < 300 and "<" not in repr(stats)
     effects = driver_effects(model, data["math"], method="first_order", progress=False)
     page = effects._repr_html_()
     top = effects.top(1)
-    assert f"L{int(top.layer[0])}E{int(top.expert[0])}" in page and page.count("<rect") == effects.effect.numel()
+    assert f"L{int(top.layer[0])}E{int(top.expert[0])}" in page and page.count("</title></rect>") == effects.effect.numel()
     cache = _cache(model, ["a b c", "d"])
     page = cache._repr_html_()
-    assert "blocks.0.moe.hook_topk_indices" in page and page.count("<rect") == len(model.cfg.moe_layers) * model.cfg.n_experts
+    assert "blocks.0.moe.hook_topk_indices" in page and page.count("</title></rect>") == len(model.cfg.moe_layers) * model.cfg.n_experts
     n_tokens = int(cache.attention_mask.sum())
     assert f'<th>tokens</th><td style="text-align:left">{n_tokens}</td>' in page
     keep = cache.attention_mask.bool()
