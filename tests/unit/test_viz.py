@@ -90,7 +90,7 @@ def test_tokens_are_escaped_for_circuitsvis(model):
 
 
 def test_every_view_has_a_legend(model):
-    tokens = readable_tokens(model.tokenizer, model.to_tokens("a b\n c")[0][0].tolist())
+    tokens = readable_tokens(model.tokenizer, model.to_tokens("a b\n c")[0].tolist())
     views = [routing_tokens(model, "a b\n c"), expert_tokens(model, ["a b", "c d e"], model.cfg.moe_layers[0], 1),
              token_values(tokens, torch.linspace(-1, 1, len(tokens))), token_values(tokens, torch.rand(len(tokens), 2), labels=["x", "y"])]
     for view in views:
