@@ -15,7 +15,7 @@ __all__ = ["NNsightCalls"]
 
 
 class NNsightCalls(TokenMethods):
-    """Mixin of ``NNsightMoE``: needs ``to_inputs`` and ``_run``."""
+    """Mixin of ``NNsightMoE``: needs ``to_inputs`` and ``run_with_hooks``."""
 
     def __call__(
         self,
@@ -35,10 +35,18 @@ class NNsightCalls(TokenMethods):
         >>> model(model.to_tokens("What is 2 + 3?"), return_type="loss").shape
         torch.Size([])
         """
+        return self.run_with_hooks(
+            inputs, (), attention_mask=attention_mask, stop_at_layer=stop_at_layer, return_type=return_type, loss_per_token=loss_per_token
+        )
+
+    def _checked_inputs(self, inputs: Any, attention_mask: Tensor | None, return_type: Any, stop_at_layer: int | None) -> Any:
+        """Model inputs, after refusing a ``return_type`` this call cannot give."""
         check_return_type(return_type, None, stop_at_layer)
-        model_inputs = self.to_inputs(inputs, attention_mask)
-        out, _ = self._run(model_inputs, (), None, (), None, stop_at_layer)
-        return out if stop_at_layer is not None else shaped_output(out, model_inputs, return_type, loss_per_token)
+        return self.to_inputs(inputs, attention_mask)
+
+    @staticmethod
+    def _shaped(out: Tensor, model_inputs: Any, stop_at_layer: int | None, return_type: Any, per_token: bool) -> Any:
+        return out if stop_at_layer is not None else shaped_output(out, model_inputs, return_type, per_token)
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """Not offered: moelens's hooks run inside one nnsight trace of one forward, and a generation

@@ -217,15 +217,19 @@ class NNsightMoE(NNsightCalls):
         *,
         attention_mask: Tensor | None = None,
         stop_at_layer: int | None = None,
-    ) -> Tensor:
-        """Run one trace with ``fwd_hooks`` (pairs of name or predicate, and fn) on its hook points.
+        return_type: str | None = "logits",
+        loss_per_token: bool = False,
+    ) -> Any:
+        """Run one trace with ``fwd_hooks`` (pairs of name or predicate, and fn) on its hook points;
+        ``return_type`` as in ``HookedMoE.forward``.
 
         For remote runs the functions travel with the trace: define them in a module registered
         with ``nnsight.register`` (moelens' own are), not in a notebook cell that closes over
         local objects.
         """
-        out, _ = self._run(inputs, fwd_hooks, attention_mask, (), None, stop_at_layer)
-        return out
+        model_inputs = self._checked_inputs(inputs, attention_mask, return_type, stop_at_layer)
+        out, _ = self._run(model_inputs, fwd_hooks, None, (), None, stop_at_layer)
+        return self._shaped(out, model_inputs, stop_at_layer, return_type, loss_per_token)
 
     def run_with_cache(
         self,
@@ -236,22 +240,26 @@ class NNsightMoE(NNsightCalls):
         fwd_hooks: Sequence[tuple[str | Callable[[str], bool], Callable]] = (),
         attention_mask: Tensor | None = None,
         stop_at_layer: int | None = None,
-    ) -> tuple[Tensor, ActivationCache]:
+        return_type: str | None = "logits",
+        loss_per_token: bool = False,
+    ) -> tuple[Any, ActivationCache]:
         """Logits and an :class:`ActivationCache` with ``HookedMoE.run_with_cache``'s names and shapes.
 
         ``names_filter``: a name, a list, a predicate, or None (every offered hook point). ``device``
         moves each cached tensor as it is recorded (for a remote run it is the server that moves it).
         """
         names = [hp.name for hp in self._registry().select(names_filter)]
-        return self._run(inputs, fwd_hooks, attention_mask, names, device, stop_at_layer)
+        model_inputs = self._checked_inputs(inputs, attention_mask, return_type, stop_at_layer)
+        out, cache = self._run(model_inputs, fwd_hooks, None, names, device, stop_at_layer)
+        return self._shaped(out, model_inputs, stop_at_layer, return_type, loss_per_token), cache
 
     def run_with_interventions(
-        self, inputs: Any, interventions: Any, *, attention_mask: Tensor | None = None, stop_at_layer: int | None = None
-    ) -> Tensor:
+        self, inputs: Any, interventions: Any, *, attention_mask: Tensor | None = None, stop_at_layer: int | None = None, **output: Any
+    ) -> Any:
         """Logits with interventions (Perturb, Scale, Ablate, Force, Patch; one or a list, applied
-        in order) edited into the trace, exactly as ``HookedMoE`` applies them."""
+        in order) edited into the trace, exactly as ``HookedMoE`` applies them (``return_type=`` too)."""
         items = list(interventions) if isinstance(interventions, (list, tuple)) else [interventions]
-        return self.run_with_hooks(inputs, items, attention_mask=attention_mask, stop_at_layer=stop_at_layer)
+        return self.run_with_hooks(inputs, items, attention_mask=attention_mask, stop_at_layer=stop_at_layer, **output)
 
     def logits_at(
         self, inputs: Any, positions: Tensor, interventions: Any = None, *, attention_mask: Tensor | None = None

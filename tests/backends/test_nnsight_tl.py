@@ -46,3 +46,17 @@ def test_generate_is_refused_with_the_alternative():
     _, nns = pair("mixtral")
     with pytest.raises(BackendError, match="HookedMoE.generate"):
         nns.generate(token_batch(0), 3)
+
+
+def test_return_type_through_every_entry_point():
+    from moelens import Ablate
+
+    hooked, nns = pair("qwen2_moe")
+    ids = token_batch(3)
+    loss = hooked(ids, return_type="loss")
+    assert torch.equal(nns.run_with_hooks(ids, return_type="loss"), loss)
+    out, cache = nns.run_with_cache(ids, "blocks.0.hook_resid_post", return_type="both")
+    assert torch.equal(out[1], loss) and "blocks.0.hook_resid_post" in cache
+    ablated = nns.run_with_interventions(ids, Ablate(0, 1), return_type="loss")
+    assert torch.equal(ablated, hooked.run_with_interventions(ids, Ablate(0, 1), return_type="loss"))
+    assert torch.equal(nns(ids, stop_at_layer=1), hooked(ids, stop_at_layer=1))
