@@ -92,3 +92,23 @@ def test_unloadable_model_names_the_zoo_and_the_fix(monkeypatch):
     with pytest.raises(ModelLoadError, match=r"could not load 'nobody/no-such-moe': it is not a moelens zoo name") as info:
         HookedMoE.from_pretrained("nobody/no-such-moe")
     assert isinstance(info.value, OSError)
+
+
+def test_transformerlens_names_say_what_is_offered_instead():
+    from moelens.cache import ActivationCache
+    from moelens.testing import tiny_model
+    from moelens.utils import get_act_name
+
+    with pytest.raises(InvalidInputError, match=r"get_act_name\('pattern'\): not offered by moelens: attention internals .* use attn_out"):
+        get_act_name("pattern", 0)
+    with pytest.raises(InvalidInputError, match=r"get_act_name\('embed', layer=2\): 'embed' is once per model; drop the layer"):
+        get_act_name("embed", 2)
+    with pytest.raises(UnknownHookError, match="Did you mean 'mlp_out'"):
+        get_act_name("mlp_ot", 1)
+    bare = ActivationCache({}, (0,), 4, torch.ones(1, 1, dtype=torch.bool))
+    with pytest.raises(InvalidInputError, match=r"cache.accumulated_resid needs the model .* model.run_with_cache"):
+        bare.accumulated_resid()
+    minimax = HookedMoE.from_hf(tiny_model("minimax"))
+    _, cache = minimax.run_with_cache(token_batch(0))
+    with pytest.raises(UnsupportedArchitectureError, match=r"decompose_resid: in 'minimax' the skip connection carries the normalised stream"):
+        cache.decompose_resid()
