@@ -44,7 +44,7 @@ def check_device(device: object, name: str = "device") -> None:
         reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
         raise InvalidInputError(f"{name}={device!r} is not available on this machine ({reason}); {_DEVICE_FIX}.") from None
 
-__all__ = ["check_device", "check_data_specs", "check_model_name", "check_out_dir", "checked_domain_texts"]
+__all__ = ["check_device", "check_data_specs", "check_study_args", "check_model_name", "check_out_dir", "checked_domain_texts"]
 
 
 def check_model_name(name: str | None) -> None:
@@ -99,19 +99,49 @@ def checked_domain_texts(spec: str, source: str, limit: int | None) -> list[str]
     """The prompts of ``source`` (a JSONL path or dataset name) after checking every record: a JSON
     object with a string ``text`` (and a list ``choices`` for MMLU-style records)."""
     from .tasks.data import format_prompt, load_records
+    from .tasks.records import check_records
 
     records = load_records(source, limit=limit)
+    check_records(records, f"--data {spec!r}")  # the same checker as evaluate(data=...)
     for number, record in enumerate(records, 1):
-        where = f"--data {spec!r}: record {number}"
-        if not isinstance(record, dict):
-            raise InvalidInputError(f"{where} is a JSON {type(record).__name__}, not an object; write one {{\"text\": ...}} object per line.")
-        if not isinstance(record.get("text"), str):
-            got = "no 'text' field" if "text" not in record else f"'text' is a {type(record['text']).__name__}"
-            raise InvalidInputError(f"{where} has {got}; each record needs a string 'text' field.")
-        if (record.get("dataset") == "mmlu" or record.get("domain") == "mmlu") and not isinstance(record.get("choices"), list):
-            raise InvalidInputError(f"{where} is an MMLU question without a 'choices' list; add the answer choices.")
         try:
             format_prompt(record)
         except (KeyError, TypeError, AttributeError) as error:
-            raise InvalidInputError(f"{where} cannot be formatted as a prompt ({type(error).__name__}: {error}); check its fields.") from None
+            raise InvalidInputError(f"--data {spec!r}: record {number} cannot be formatted as a prompt ({type(error).__name__}: {error}); "
+                                    "check its fields.") from None
     return [format_prompt(record) for record in records]
+
+
+def check_study_args(task: str, select_on: str | None, evaluate_on: str | None, factors: list[float] | None, recipes: list[str] | None,
+                     **counts: int | None) -> None:
+    """The study command's arguments, before the model loads: task, recipes, factors, counts, and the
+    records of JSONL files given as ``--select-on``/``--evaluate-on``.
+
+    >>> check_study_args("sst2", None, None, [float("nan")], None, n_random=3)
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: --factor nan must be a finite number > 0 (0.8 down-weights, 1.2 up-weights).
+    """
+    from ._checks import check_count
+    from .tasks.evaluate import resolve_records
+    from .tasks.registry import get_task
+    from .tasks.study import RECIPES
+
+    spec = get_task(task)
+    for factor in factors or ():
+        if not factor == factor or factor in (float("inf"), float("-inf")) or factor <= 0:
+            raise InvalidInputError(f"--factor {factor} must be a finite number > 0 (0.8 down-weights, 1.2 up-weights).")
+    for recipe in recipes or ():
+        if recipe not in RECIPES:
+            raise InvalidInputError(f"--recipe {recipe!r} is not one of {', '.join(RECIPES)}.")
+    for name, value in counts.items():
+        minimum = 0 if name in ("n_random", "tune_steps", "seed") else 1
+        try:
+            check_count(name, value, minimum, optional=name == "limit")
+        except InvalidInputError:
+            raise InvalidInputError(f"--{name.replace('_', '-')} {value} must be an int >= {minimum}.") from None
+    for flag, source in (("--select-on", select_on), ("--evaluate-on", evaluate_on)):
+        if source is not None and ("/" in source or source.endswith(".jsonl") or Path(source).exists()):
+            if not Path(source).exists():
+                raise InvalidInputError(f"{flag} {source}: no such file or folder; pass a JSONL path or a split name (train, validation[:200]).")
+            resolve_records(spec, source)  # reads and checks every record now, not after the model loaded

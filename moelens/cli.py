@@ -21,23 +21,42 @@ import typer
 
 from ._validate import check_out_dir
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mechanistic interpretability for Mixture-of-Experts LMs.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mechanistic interpretability for Mixture-of-Experts LMs.",
+                  context_settings={"help_option_names": ["-h", "--help"]})
 
-ModelOpt = Annotated[str | None, typer.Option("--model", help="hub id, local folder, or zoo name (default: the zoo default)")]
+ModelOpt = Annotated[str | None, typer.Option("--model", metavar="NAME", help="hub id, local folder, or zoo name (default: the zoo default)")]
 DataOpt = Annotated[
     list[str] | None,
-    typer.Option("--data", help="DOMAIN=PATH (a JSONL file in the ../shared/data format) or a dataset name (sst2, mmlu, gsm8k, ...); repeatable"),
+    typer.Option("--data", metavar="DOMAIN=PATH", help="DOMAIN=PATH (a JSONL file in the ../shared/data format, or a folder "
+                 "holding one) or a dataset name (sst2, mmlu, gsm8k, ...); repeatable"),
 ]
-OutOpt = Annotated[Path, typer.Option("--out", help="output folder")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1, mps ...")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16")]
-LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="at most N texts per domain")]
-ExactOpt = Annotated[bool, typer.Option("--exact", help="exact driver sweep instead of the first-order estimate")]
+OutOpt = Annotated[Path, typer.Option("--out", metavar="FOLDER", help="output folder (see `moelens report -h` on reusing one)")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", metavar="DEVICE", help="cpu, cuda, cuda:1, mps ...")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", metavar="DTYPE", help="float32, bfloat16, float16, or auto (the checkpoint's "
+                                       "dtype: the default of HookedMoE.from_pretrained in Python)")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, metavar="N", help="at most N texts per domain")]
+ExactOpt = Annotated[bool, typer.Option("--exact", metavar="", help="exact driver sweep instead of the first-order estimate")]
 BackendOpt = Annotated[
     str,
-    typer.Option("--backend", help="hooked (HookedMoE, default), nnsight (NNsightMoE, local) or ndif (NNsightMoE, remote on NDIF)"),
+    typer.Option("--backend", metavar="BACKEND",
+                 help="hooked (HookedMoE, default), nnsight (NNsightMoE, local) or ndif (NNsightMoE, remote on NDIF)"),
 ]
-StudyOpt = Annotated[str | None, typer.Option("--study", help="also run the re-weighting study on this task (sst2, mmlu, ...)")]
+StudyOpt = Annotated[str | None, typer.Option("--study", metavar="TASK", help="also run the re-weighting study on this task (sst2, mmlu, ...)")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"moelens {version('moelens')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", "-V", metavar="", callback=_version, is_eager=True, help="print the version and exit")] = False,
+) -> None:
+    """Mechanistic interpretability for Mixture-of-Experts LMs. Bad input exits with status 2 and one line."""
 
 
 class _Fail(Exception):
@@ -54,7 +73,7 @@ def _guard(fn):
 
         try:
             return fn(*args, **kwargs)
-        except (_Fail, MoelensError, FileNotFoundError, ValueError, ImportError) as error:
+        except (_Fail, MoelensError, FileNotFoundError, ValueError, ImportError, UnicodeError) as error:
             typer.echo(f"moelens: error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", err=True)
             raise typer.Exit(2) from None
 
@@ -62,6 +81,21 @@ def _guard(fn):
 
 
 _BACKENDS = ("hooked", "nnsight", "ndif")
+
+
+def _check_model_args(model_id: str | None, device: str | None, dtype: str | None, backend: str = "hooked") -> None:
+    """Every model argument, before the data is read and the model loads."""
+    from ._validate import check_device, check_model_name
+
+    if dtype not in _DTYPES:
+        raise _Fail(f"--dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
+    check_model_name(model_id)
+    check_device(device, "--device")
+    if backend not in _BACKENDS:
+        raise _Fail(f"--backend {backend!r} is not one of {', '.join(_BACKENDS)}")
+
+
+_DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
 def _load_model(model_id: str | None, device: str | None, dtype: str | None, backend: str = "hooked"):
@@ -72,15 +106,8 @@ def _load_model(model_id: str | None, device: str | None, dtype: str | None, bac
     from .zoo import DEFAULT_MODEL
 
     hf_logging.disable_progress_bar()  # one progress bar per analysis step is enough
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in dtypes:
-        raise _Fail(f"--dtype {dtype!r} is not one of float32, bfloat16, float16")
-    from ._validate import check_device, check_model_name
-
-    check_model_name(model_id)
-    check_device(device, "--device")
-    if backend not in _BACKENDS:
-        raise _Fail(f"--backend {backend!r} is not one of {', '.join(_BACKENDS)}")
+    _check_model_args(model_id, device, dtype, backend)
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": None}
     name = model_id or DEFAULT_MODEL
     if backend == "hooked":
         model = HookedMoE.from_pretrained(name, device=device, dtype=dtypes[dtype])
@@ -256,13 +283,21 @@ def _summary(out: Path, name: str, model, data: dict[str, list[str]], seconds: d
 def analyze(
     model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("moelens-report"), device: DeviceOpt = None,
     dtype: DtypeOpt = "float32", limit: LimitOpt = None, exact: ExactOpt = False, study: StudyOpt = None,
+    backend: BackendOpt = "hooked",
 ) -> None:
     """Routing statistics, domain and general experts, driver experts, and an HTML report."""
     from .report import assemble
 
     check_out_dir(out)
-    name, hooked = _load_model(model, device, dtype)
-    texts = _load_data(data, limit)
+    _check_model_args(model, device, dtype, backend)
+    if backend != "hooked" and not exact:
+        raise _Fail(f"--backend {backend} runs the exact driver sweep only (the estimates need gradients through HookedMoE); add --exact")
+    if study:
+        from .tasks.registry import get_task
+
+        get_task(study)
+    texts = _load_data(data, limit)  # every file checked before the model loads
+    name, hooked = _load_model(model, device, dtype, backend)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     stats_result = run_stats(hooked, texts, out)
@@ -291,8 +326,10 @@ def stats(model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("moel
           dtype: DtypeOpt = "float32", limit: LimitOpt = None, backend: BackendOpt = "hooked") -> None:
     """Routing statistics only (domain and general experts)."""
     check_out_dir(out)
+    _check_model_args(model, device, dtype, backend)
+    texts = _load_data(data, limit)
     _, hooked = _load_model(model, device, dtype, backend)
-    run_stats(hooked, _load_data(data, limit), out)
+    run_stats(hooked, texts, out)
     typer.echo(f"tables and sections written to {out}; `moelens report {out}` builds the report")
 
 
@@ -304,29 +341,37 @@ def drivers(model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("mo
     check_out_dir(out)
     if backend != "hooked" and not exact:
         raise _Fail(f"--backend {backend} runs the exact driver sweep only (the estimates need gradients through HookedMoE); add --exact")
+    _check_model_args(model, device, dtype, backend)
+    texts = _load_data(data, limit)
     _, hooked = _load_model(model, device, dtype, backend)
-    run_drivers(hooked, _load_data(data, limit), out, exact)
+    run_drivers(hooked, texts, out, exact)
     typer.echo(f"tables and sections written to {out}; `moelens report {out}` builds the report")
 
 
 @app.command(name="study")
 @_guard
 def study_command(
-    model: ModelOpt = None, task: Annotated[str, typer.Option("--task")] = "sst2", out: OutOpt = Path("moelens-study"),
-    select_on: Annotated[str | None, typer.Option("--select-on", help="split name (train, validation[:200]) or JSONL path")] = None,
-    evaluate_on: Annotated[str | None, typer.Option("--evaluate-on", help="split name or JSONL path")] = None,
-    factor: Annotated[list[float] | None, typer.Option("--factor", help="repeatable; default 0.8 and 1.2")] = None,
-    recipe: Annotated[list[str] | None, typer.Option("--recipe", help="scale-logits | scale-weights | perturb; repeatable")] = None,
-    n_experts: Annotated[int, typer.Option("--n-experts")] = 4, n_random: Annotated[int, typer.Option("--n-random")] = 3,
-    select_limit: Annotated[int, typer.Option("--select-limit")] = 256, limit: LimitOpt = None,
-    tune_steps: Annotated[int, typer.Option("--tune-steps", help="router LoRA steps for the 'tune the router' row (0: none)")] = 0,
-    exact: Annotated[bool, typer.Option("--exact/--first-order", help="driver selection method")] = True,
-    device: DeviceOpt = None, dtype: DtypeOpt = "float32", seed: Annotated[int, typer.Option("--seed")] = 0,
+    model: ModelOpt = None, task: Annotated[str, typer.Option("--task", metavar="TASK", help="sst2, sst5, yelp, mmlu, gsm8k, ...")] = "sst2",
+    out: OutOpt = Path("moelens-study"),
+    select_on: Annotated[str | None, typer.Option("--select-on", metavar="SPLIT|PATH", help="split name (train, validation[:200]) or JSONL path")] = None,
+    evaluate_on: Annotated[str | None, typer.Option("--evaluate-on", metavar="SPLIT|PATH", help="split name or JSONL path")] = None,
+    factor: Annotated[list[float] | None, typer.Option("--factor", metavar="FACTOR", help="repeatable; default 0.8 and 1.2")] = None,
+    recipe: Annotated[list[str] | None, typer.Option("--recipe", metavar="RECIPE", help="scale-logits | scale-weights | perturb; repeatable")] = None,
+    n_experts: Annotated[int, typer.Option("--n-experts", metavar="N")] = 4, n_random: Annotated[int, typer.Option("--n-random", metavar="N")] = 3,
+    select_limit: Annotated[int, typer.Option("--select-limit", metavar="N")] = 256, limit: LimitOpt = None,
+    tune_steps: Annotated[int, typer.Option("--tune-steps", metavar="N", help="router LoRA steps for the 'tune the router' row (0: none)")] = 0,
+    exact: Annotated[bool, typer.Option("--exact/--first-order", metavar="", help="driver selection method")] = True,
+    device: DeviceOpt = None, dtype: DtypeOpt = "float32", seed: Annotated[int, typer.Option("--seed", metavar="N")] = 0,
     backend: BackendOpt = "hooked",
 ) -> None:
     """Re-weighting study: domain/driver experts up and down vs random experts; table, plot and report section."""
+    from ._validate import check_study_args
     from .tasks import reweighting_study, write_study
 
+    check_out_dir(out)  # before the study, not after it
+    _check_model_args(model, device, dtype, backend)
+    check_study_args(task, select_on, evaluate_on, factor, recipe, n_experts=n_experts, n_random=n_random, select_limit=select_limit,
+                     limit=limit, tune_steps=tune_steps, seed=seed)
     name, hooked = _load_model(model, device, dtype, backend)
     result = reweighting_study(hooked, task, select_on, evaluate_on, tuple(factor or (0.8, 1.2)), n_experts=n_experts, n_random=n_random,
                                recipes=recipe, select_limit=select_limit, limit=limit, tune_steps=tune_steps, seed=seed,
@@ -337,7 +382,7 @@ def study_command(
 
 @app.command()
 @_guard
-def report(out: Annotated[Path, typer.Argument(help="folder written by analyze/stats/drivers")] = Path("moelens-report")) -> None:
+def report(out: Annotated[Path, typer.Argument(metavar="FOLDER", help="folder written by analyze/stats/drivers")] = Path("moelens-report")) -> None:
     """Assemble the HTML report from the sections in a folder."""
     from .report import assemble
 

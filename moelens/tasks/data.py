@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import InvalidInputError
 from .answers import last_boxed
 from .prompts import format_prompt, format_target
 
@@ -126,18 +127,23 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
 def load_jsonl(path: str | Path, limit: int | None = None) -> list[Record]:
     """The first ``limit`` records (all if None) of a JSONL file; blank lines are skipped."""
     if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0 or None, got {limit}.")
+        raise InvalidInputError(f"limit must be >= 0 or None, got {limit}.")
     records: list[Record] = []
-    with Path(path).open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if limit is not None and len(records) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno} is not valid JSON: {exc.msg}.") from exc
+    lineno = 0
+    try:
+        with Path(path).open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):  # noqa: B007 (the line number names a bad byte's line)
+                if limit is not None and len(records) >= limit:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise InvalidInputError(f"{path}:{lineno} is not valid JSON: {exc.msg}; write one JSON object per line.") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} near line {lineno + 1}); "
+                                "save it as UTF-8 JSONL (e.g. iconv -f latin1 -t utf-8).") from None
     return records
 
 
@@ -209,14 +215,25 @@ def load_records(
     if path.is_file():
         return load_jsonl(path, limit)
     if path.is_dir():
-        split = split or (DATASETS[path.name].default_split if path.name in DATASETS else None)
-        if split is None or not (path / f"{split}.jsonl").is_file():
-            have = sorted(p.stem for p in path.glob("*.jsonl"))
-            raise FileNotFoundError(f"pass split= one of {have} to read from folder {path}.")
-        return load_jsonl(path / f"{split}.jsonl", limit)
+        return load_jsonl(_split_file(path, split), limit)
     raise ValueError(
         f"{name!r} is neither a known dataset ({sorted(DATASETS)}) nor an existing file or folder."
     )
+
+
+def _split_file(folder: Path, split: str | None) -> Path:
+    """The JSONL file of ``split`` in ``folder``: the named split, else the dataset's default, else the
+    folder's only file; the message lists the splits there (and never names an option a caller lacks)."""
+    have = sorted(p.stem for p in folder.glob("*.jsonl"))
+    if split is None and len(have) == 1:
+        return folder / f"{have[0]}.jsonl"
+    split = split or (DATASETS[folder.name].default_split if folder.name in DATASETS else None)
+    if split is not None and (folder / f"{split}.jsonl").is_file():
+        return folder / f"{split}.jsonl"
+    if not have:
+        raise InvalidInputError(f"folder {folder} holds no .jsonl file; point at a JSONL file, or a folder holding one.")
+    wanted = f"has no {split}.jsonl; " if split else ""
+    raise InvalidInputError(f"folder {folder} {wanted}it holds splits {have}: name one file, e.g. {folder / (have[0] + '.jsonl')}.")
 
 
 def load_domain_texts(

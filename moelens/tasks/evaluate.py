@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import json
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ..errors import InvalidInputError
+from .._checks import check_count
+from ..errors import InvalidInputError, ResultFileError
 from .prompts import few_shot_prompt, format_prompt
 from .registry import Task, get_task, task_records
 from .scoring import (
@@ -127,10 +128,17 @@ class EvalResult:
     @classmethod
     def load(cls, path: str | Path) -> EvalResult:
         """Read a result written by :meth:`save`."""
-        data = json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8"))
-        scores = None if data["scores"] is None else torch.tensor(data["scores"], dtype=torch.float32)
-        return cls(data["task"], data["ids"], data["golds"], data["predictions"], np.array(data["correct"], dtype=bool),
-                   scores, data["outputs"], data["groups"], data["interventions"])
+        file = Path(path).with_suffix(".json")
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+            scores = None if data["scores"] is None else torch.tensor(data["scores"], dtype=torch.float32)
+            return cls(data["task"], data["ids"], data["golds"], data["predictions"], np.array(data["correct"], dtype=bool),
+                       scores, data["outputs"], data["groups"], data["interventions"])
+        except FileNotFoundError:
+            raise ResultFileError(f"EvalResult file {file} does not exist; pass the path given to EvalResult.save().") from None
+        except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise ResultFileError(f"{file} is not an EvalResult written by save() ({type(error).__name__}: "
+                                  f"{str(error)[:80]}); write it again with EvalResult.save().") from None
 
     def __repr__(self) -> str:
         lo, hi = self.ci
@@ -164,13 +172,18 @@ def resolve_records(task: str | Task, data: Any = None, split: str | None = None
     ``data=None``, from the task's ``split`` (its evaluation split by default); filtered by the
     task and thinned to ``limit`` (:func:`spread`)."""
     from .data import load_records
+    from .records import check_records
 
     spec = get_task(task)
+    check_count("limit", limit, 1, optional=True)
     if data is None:
         records = task_records(spec, split, data_dir)
     elif isinstance(data, (str, Path)):
-        records = [r for r in load_records(data, split, data_dir=data_dir) if spec.keep(r)]
-    elif isinstance(data, Sequence) and all(isinstance(r, Mapping) for r in data):
+        loaded = load_records(data, split, data_dir=data_dir)
+        check_records(loaded, f"data={str(data)!r}", spec)  # one checker for the API and the CLI
+        records = [r for r in loaded if spec.keep(r)]
+    elif isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
+        check_records(data, "data", spec)
         records = [dict(r) for r in data if spec.keep(r)]
     else:
         raise InvalidInputError(f"data must be a JSONL path, a folder, or a list of records (dicts); got {type(data).__name__}.")
@@ -182,11 +195,34 @@ def resolve_records(task: str | Task, data: Any = None, split: str | None = None
     return spread(records, limit)
 
 
-def _prompts(spec: Task, records: Sequence[Record], shots: int, shot_records: Sequence[Record] | None, seed: int) -> list[str]:
+def _shot_pool(spec: Task, shots: int, data_dir: str | Path | None) -> list[Record]:
+    """The task's shot split, from the same data folder as the evaluated split; a missing split is
+    the shots' problem (named as such), not the hub's."""
+    try:
+        return task_records(spec, spec.shot_split, data_dir)
+    except (FileNotFoundError, ImportError, InvalidInputError) as error:
+        where = f"data_dir={str(data_dir)!r}" if data_dir is not None else "the data folder or the hub"
+        raise InvalidInputError(f"shots={shots} draws examples from {spec.name}'s {spec.shot_split!r} split, which {where} "
+                                f"does not provide ({str(error).splitlines()[0][:160]}); pass shot_records=[...], or shots=0.") from None
+
+
+def _check_settings(batch_size: Any, shots: Any, max_length: Any, seed: Any, shot_records: Any) -> None:
+    check_count("batch_size", batch_size, 1)
+    check_count("shots", shots, 0, fix="the number of few-shot examples per prompt")
+    check_count("max_length", max_length, 1, optional=True, fix="prompts are cut to their first max_length tokens")
+    check_count("seed", seed, 0)
+    if shot_records is not None:
+        from .records import check_records
+
+        check_records(shot_records, "shot_records")
+
+
+def _prompts(spec: Task, records: Sequence[Record], shots: int, shot_records: Sequence[Record] | None, seed: int,
+             data_dir: str | Path | None = None) -> list[str]:
     prompts = [format_prompt(r) for r in records]  # by the record's dataset, else its domain
     if shots == 0:
         return prompts
-    pool = list(shot_records) if shot_records is not None else task_records(spec, spec.shot_split)
+    pool = list(shot_records) if shot_records is not None else _shot_pool(spec, shots, data_dir)
     eval_ids = {r["id"] for r in records}
     pool = [r for r in pool if r["id"] not in eval_ids]
     if len(pool) < shots:
@@ -251,8 +287,9 @@ def evaluate(
     True
     """
     spec = get_task(task)
+    _check_settings(batch_size, shots, max_length, seed, shot_records)  # before any data or model work
     records = resolve_records(spec, data, split, limit, data_dir)
-    prompts = _prompts(spec, records, shots, shot_records, seed)
+    prompts = _prompts(spec, records, shots, shot_records, seed, data_dir)
     items = interventions if isinstance(interventions, (list, tuple)) else ([interventions] if interventions is not None else [])
     common = {"interventions": list(items) or None, "batch_size": batch_size, "max_length": max_length, "progress": progress}
     ids = [str(r["id"]) for r in records]

@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .._checks import check_count, check_factors, check_number
 from ..errors import InvalidInputError
 from ..interventions import Perturb, Scale
 from .evaluate import evaluate, resolve_records
@@ -190,6 +191,20 @@ def _check_backend(model: Any, driver_method: str, tune_steps: int) -> None:
                                 "tune_steps=0, or run the study on HookedMoE.from_hf(model.hf_model, model.tokenizer) locally.")
 
 
+def _check_study_settings(n_random, factors, n_experts, tune_steps, tune_rank, batch_size, push, select_limit, limit, seed) -> tuple:
+    """Every setting of the study, checked before any data or model work (a study runs for minutes)."""
+    check_count("n_random", n_random, 0, fix="random control draws per expert set; 0 for none")
+    check_count("n_experts", n_experts, 1)
+    check_count("tune_steps", tune_steps, 0, fix="router LoRA steps; 0 for none")
+    check_count("tune_rank", tune_rank, 1)
+    check_count("batch_size", batch_size, 1)
+    check_count("select_limit", select_limit, 1, optional=True)
+    check_count("limit", limit, 1, optional=True)
+    check_count("seed", seed, 0)
+    check_number("push", push, 0.0)
+    return check_factors(factors)
+
+
 def reweighting_study(
     model: Any,
     task: str,
@@ -238,12 +253,15 @@ def reweighting_study(
     from ..analysis import collect_routing_stats, driver_effects
 
     spec = get_task(task)
+    factors = _check_study_settings(n_random, factors, n_experts, tune_steps, tune_rank, batch_size, push, select_limit, limit, seed)
     _check_backend(model, driver_method, tune_steps)
     if on not in ("logits", "weights"):
         raise InvalidInputError(f"on={on!r} must be 'logits' or 'weights'.")
     recipes = tuple(recipes) if recipes is not None else (f"scale-{on}",)
     for recipe in recipes:
         expert_interventions([], recipe, 1.0)  # validates the name
+    if driver_method not in ("exact", "first_order"):
+        raise InvalidInputError(f"driver_method={driver_method!r} must be 'exact' or 'first_order'.")
     if not 1 <= n_experts <= len(model.cfg.moe_layers) * model.cfg.n_experts:
         raise InvalidInputError(f"n_experts={n_experts} must be in [1, {len(model.cfg.moe_layers) * model.cfg.n_experts}].")
     select, select_label = _records(spec, select_on, spec.select_split, select_limit, data_dir)

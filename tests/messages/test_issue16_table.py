@@ -49,7 +49,7 @@ def test_nan_reaching_a_router_is_not_reported_as_an_in_place_edit():
 
 CLI_CASES = [
     ("JSONL without text", {"x.jsonl": '{"label": 1}\n'}, ["--data", "d={x.jsonl}"], "has no 'text' field"),
-    ("non-string text", {"x.jsonl": '{"text": 3}\n'}, ["--data", "d={x.jsonl}"], "'text' is a int"),
+    ("non-string text", {"x.jsonl": '{"text": 3}\n'}, ["--data", "d={x.jsonl}"], "'text' that is an int"),
     ("JSON array line", {"x.jsonl": '["a", "b"]\n'}, ["--data", "d={x.jsonl}"], "is a JSON list, not an object"),
     ("MMLU row without choices", {"x.jsonl": '{"text": "q?", "domain": "mmlu"}\n'}, ["--data", "d={x.jsonl}"], "without a 'choices' list"),
     ("--out is a file", {"f": "x"}, ["--out", "{f}"], "is a file, not a folder"),

@@ -1,0 +1,88 @@
+"""Argument checks shared by the entry points (evaluate, the study, the CLI): each bad value becomes an
+:class:`~moelens.errors.InvalidInputError` that names it and the fix, raised before any model work.
+
+Bools are refused where a number is meant (``True`` is an int to Python, never a count to a person).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidInputError
+
+__all__ = ["check_count", "check_factors", "check_new_file", "check_number"]
+
+
+def check_count(name: str, value: Any, minimum: int = 0, *, optional: bool = False, fix: str = "") -> None:
+    """Refuse a count that is not an int >= ``minimum`` (``None`` too, unless ``optional``).
+
+    >>> check_count("n_random", -1)
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: n_random=-1 must be an int >= 0.
+    >>> check_count("shots", 2.5, fix="the number of few-shot examples")
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: shots=2.5 must be an int >= 0 (the number of few-shot examples).
+    """
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        hint = f" ({fix})" if fix else ""
+        none = " or None" if optional else ""
+        raise InvalidInputError(f"{name}={value!r} must be an int >= {minimum}{none}{hint}.")
+
+
+def check_number(name: str, value: Any, minimum: float | None = None) -> None:
+    """Refuse a bool, a non-number, NaN or inf, or a number below ``minimum``.
+
+    >>> check_number("push", float("nan"))
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: push=nan must be a finite number.
+    """
+    bound = f" >= {minimum}" if minimum is not None else ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidInputError(f"{name}={value!r} must be a finite number{bound}.")
+    if minimum is not None and value < minimum:
+        raise InvalidInputError(f"{name}={value!r} must be a finite number{bound}.")
+
+
+def check_factors(factors: Any) -> tuple[float, ...]:
+    """The study's re-weighting factors: a non-empty sequence of finite numbers > 0 (1.0 changes nothing).
+
+    >>> check_factors(())
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: factors=() is empty; pass at least one factor, e.g. factors=(0.8, 1.2).
+    >>> check_factors([0.8, float("nan")])
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: factors=[0.8, nan]: factor nan must be a finite number > 0 (0.8 down-weights, 1.2 up-weights).
+    """
+    if isinstance(factors, (str, bytes)) or not isinstance(factors, Sequence):
+        raise InvalidInputError(f"factors={factors!r} must be a list of numbers, e.g. factors=(0.8, 1.2).")
+    if not factors:
+        raise InvalidInputError(f"factors={factors!r} is empty; pass at least one factor, e.g. factors=(0.8, 1.2).")
+    for factor in factors:
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+            raise InvalidInputError(f"factors={list(factors)!r}: factor {factor!r} must be a finite number > 0 "
+                                    "(0.8 down-weights, 1.2 up-weights).")
+    return tuple(float(f) for f in factors)
+
+
+def check_new_file(path: Path, what: str) -> None:
+    """An output *folder* argument that names an existing file is refused before the work it would follow.
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile() as f:
+    ...     check_new_file(Path(f.name), "--out")
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: --out ... is a file, not a folder; pass a folder path (it is created if missing).
+    """
+    if path.exists() and not path.is_dir():
+        raise InvalidInputError(f"{what} {path} is a file, not a folder; pass a folder path (it is created if missing).")
