@@ -13,6 +13,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from ._finite import check_metric
 from .errors import InvalidInputError, UnknownHookError
 from .hook_points import CallContext, HookPoint
 from .names import moe_name
@@ -95,7 +96,8 @@ def no_op_hook(grad: Tensor, hook: Any) -> None:
 
 
 def metric_gradients(
-    output: Tensor, metric: Callable[[Tensor], Tensor] | None, points: list[HookPoint], call: CallContext, device: Any
+    output: Tensor, metric: Callable[[Tensor], Tensor] | None, points: list[HookPoint], call: CallContext, device: Any,
+    check_finite: bool = True,
 ) -> dict[str, Tensor]:
     """``"<name>_grad"`` of ``metric(output)`` for each hook point, taken with respect to the activations
     that the call handed to backward functions (``call.grad_targets``); zero where the metric does
@@ -106,6 +108,8 @@ def metric_gradients(
             f"metric must return a scalar tensor; got {getattr(value, 'shape', type(value).__name__)}. "
             "Reduce it, e.g. lambda logits: logits[:, -1, token].sum()."
         )
+    if check_finite:
+        check_metric(value, metric)
     targets = [call.grad_targets.get(hp.name) for hp in points]
     reached = [t for t in targets if t is not None]
     grads = iter(torch.autograd.grad(value.reshape(()), reached, allow_unused=True) if reached and value.requires_grad else [])

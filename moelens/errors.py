@@ -22,6 +22,7 @@ __all__ = [
     "BackendError",
     "CheckpointError",
     "ConcurrentUseError",
+    "NonFiniteError",
 ]
 
 
@@ -183,4 +184,21 @@ class ConcurrentUseError(MoelensError, RuntimeError):
     ...     thread = threading.Thread(target=other_thread, name="worker"); thread.start(); thread.join()
     >>> print(errors[0])  # doctest: +ELLIPSIS
     this HookedMoE is in use by thread 'MainThread' ...
+    """
+
+
+class NonFiniteError(MoelensError, FloatingPointError):
+    """NaN or inf appeared in a model call with hooks or interventions: the message names the first hook
+    point whose returned value held them (or the output, for an in-place edit). ``model.check_finite =
+    False`` turns the check off.
+
+    >>> import torch
+    >>> from moelens import HookedMoE
+    >>> from moelens.testing import tiny_model
+    >>> model = HookedMoE.from_hf(tiny_model("mixtral"))
+    >>> nan = lambda x, hook: torch.full_like(x, float("nan"))
+    >>> model.run_with_hooks(torch.tensor([[1, 2]]), [("blocks.1.moe.hook_out", nan)])
+    Traceback (most recent call last):
+    ...
+    moelens.errors.NonFiniteError: hook <lambda> on 'blocks.1.moe.hook_out' returned 64 NaN of 64 values; ...
     """

@@ -27,6 +27,7 @@ from typing import Any, Literal, Union
 import torch
 from torch import Tensor
 
+from ._finite import check_edit
 from .errors import (
     ConcurrentUseError,
     HookShapeError,
@@ -80,6 +81,7 @@ class _CallState:
         self.idle = CallContext()
         self.lock = threading.RLock()  # re-entrant: the owning thread may nest calls and blocks
         self.owner = ""
+        self.check_finite = True  # moelens._finite: returned NaN/inf raise (model.check_finite)
 
     def __reduce__(self) -> tuple:
         return (_CallState, ())  # a copied or pickled model starts idle, with its own lock
@@ -117,7 +119,7 @@ class HookPoint:
     12.0
     """
 
-    __slots__ = ("_ctx", "_state", "bwd_fns", "fns", "layer", "name", "spec")
+    __slots__ = ("_ctx", "_running", "_state", "bwd_fns", "fns", "layer", "name", "spec")
 
     def __init__(self, name: str, layer: int, spec: HookSpec):
         self.name = name
@@ -127,6 +129,7 @@ class HookPoint:
         self.bwd_fns: list[HookFn] = []
         self._state = _CallState()  # replaced by the registry's, shared by every point of a model
         self._ctx: dict[Any, Any] = {}
+        self._running = False  # a function of this point is running: a second entry is a model call inside a hook
 
     @property
     def active(self) -> bool:
@@ -178,18 +181,35 @@ class HookPoint:
     def __call__(self, tensor: Tensor) -> Tensor:
         """Run every forward function in order; returns the (possibly replaced) activation, entered
         into the autograd graph with the backward functions when there are any."""
-        for fn in list(self.fns):
-            result = fn(tensor, hook=self)
-            if result is None or result is tensor:
-                continue
-            if not self.spec.writable:
-                raise ReadOnlyHookError(
-                    f"hook {self.name!r} is read-only ({self.spec.doc}), but {_fn_name(fn)} returned a "
-                    f"value. Edit blocks.{self.layer}.moe.hook_router_logits to re-route instead."
-                )
-            tensor = self._check(result, tensor, fn)
+        if self.fns:
+            tensor = self._run_fns(tensor)
         if self.bwd_fns and torch.is_grad_enabled() and tensor.is_floating_point():
             tensor = self._attach_backward(tensor)
+        return tensor
+
+    def _run_fns(self, tensor: Tensor) -> Tensor:
+        if self._running:  # without this, a hook calling the model recurses 1,000 frames deep
+            raise InvalidInputError(
+                f"a hook on {self.name!r} called the model, which ran that hook again (a model call inside a hook "
+                "re-enters every hook). Run the inner call outside the hook, e.g. before the hooked call, and pass "
+                "its result to the hook through a closure."
+            )
+        self._running = True
+        try:
+            for fn in list(self.fns):
+                result = fn(tensor, hook=self)
+                if result is None or result is tensor:
+                    continue
+                if not self.spec.writable:
+                    raise ReadOnlyHookError(
+                        f"hook {self.name!r} is read-only ({self.spec.doc}), but {_fn_name(fn)} returned a "
+                        f"value. Edit blocks.{self.layer}.moe.hook_router_logits to re-route instead."
+                    )
+                tensor = self._check(result, tensor, fn)
+                if self._state.check_finite:
+                    check_edit(self.name, _fn_name(fn), tensor)
+        finally:
+            self._running = False
         return tensor
 
     def _attach_backward(self, tensor: Tensor) -> Tensor:

@@ -103,9 +103,19 @@ def _encode(value: Any) -> Any:
 
 def _decode(value: Any) -> Any:
     if isinstance(value, dict) and "tensor" in value:
-        return torch.tensor(value["tensor"], dtype=getattr(torch, value.get("dtype", "float32")))
+        dtype = getattr(torch, str(value.get("dtype", "float32")), None)
+        if not isinstance(dtype, torch.dtype):
+            raise InterventionError(f"from_dict: dtype {value.get('dtype')!r} is not a torch dtype (e.g. 'float32', 'int64').")
+        try:
+            return torch.tensor(value["tensor"], dtype=dtype)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise InterventionError(f"from_dict: tensor {str(value['tensor'])[:40]!r} is not a nested list of numbers "
+                                    f"({type(error).__name__}); write it with to_dict().") from None
     if isinstance(value, dict) and "slice" in value:
-        return slice(*value["slice"])
+        bounds = value["slice"]
+        if not isinstance(bounds, list) or len(bounds) != 3 or any(b is not None and (isinstance(b, bool) or not isinstance(b, int)) for b in bounds):
+            raise InterventionError(f"from_dict: slice {bounds!r} must be [start, stop, step] of ints or None.")
+        return slice(*bounds)
     return value
 
 
@@ -348,10 +358,13 @@ class Patch(Intervention):
             raise InterventionError(f"Patch hook_name={self.hook_name!r} is not a hook name (see model.hook_names).")
         if not isinstance(self.value, Tensor):
             raise InterventionError(f"Patch value must be a tensor; got {type(self.value).__name__}.")
-        if self.value.is_floating_point() and bool(self.value.isnan().any()):  # once, when built
-            raise InterventionError(
-                f"Patch value for {self.hook_name!r} holds NaN; patch finite values (a NaN spreads to every later activation)."
-            )
+        if self.value.is_floating_point() and not bool(torch.isfinite(self.value).all()):  # once, when built
+            blocks = self.hook_name.endswith("hook_router_logits")  # -inf there means "never route here"
+            bad = self.value.isnan() | (self.value == float("inf")) | (~blocks & (self.value == float("-inf")))
+            if bool(bad.any()):
+                what = "NaN" if bool(self.value.isnan().any()) else "inf"
+                raise InterventionError(f"Patch value for {self.hook_name!r} holds {what}; patch finite values (a NaN or inf "
+                                        "spreads to every later activation; -inf is accepted on hook_router_logits only).")
 
     def hooks(self, model: HookedMoE) -> list[tuple[str, Callable]]:
         model.hook_point(self.hook_name)  # unknown names raise with suggestions
@@ -364,6 +377,10 @@ class Patch(Intervention):
                     f"Patch value of shape {tuple(self.value.shape)} does not broadcast to {self.hook_name!r} "
                     f"of shape {tuple(x.shape)}."
                 ) from None
+            if not x.is_floating_point() and self.value.is_floating_point() and bool((self.value != self.value.round()).any()):
+                bad = self.value[self.value != self.value.round()].flatten()[0].item()
+                raise InterventionError(f"Patch value for {self.hook_name!r} holds {bad}, but that activation holds integers "
+                                        f"({x.dtype}); pass whole numbers (expert indices), e.g. a LongTensor.")
             return value.clone()
 
         return [(self.hook_name, patch)]

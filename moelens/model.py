@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._finite import check_output, edit_points
 from ._interception import StopForward, build_hook_points, own_hook, remove_installed_hooks
 from ._primitives import AnalysisPrimitives
 from ._validate import check_device
@@ -82,6 +83,21 @@ class HookedMoE(AnalysisPrimitives, nn.Module):
         self._routers: dict[int, nn.Module] = {
             layer: hooks.router for layer, hooks in zip(self.cfg.moe_layers, self._moe_hooks, strict=True)
         }
+
+    @property
+    def check_finite(self) -> bool:
+        """Whether a hook returning NaN/inf, or NaN/inf in the output of a hooked call, raises
+        :class:`~moelens.errors.NonFiniteError` (default True; see :mod:`moelens._finite`).
+
+        >>> from moelens.testing import tiny_model
+        >>> HookedMoE.from_hf(tiny_model("mixtral")).check_finite
+        True
+        """
+        return self._registry._state.check_finite
+
+    @check_finite.setter
+    def check_finite(self, value: bool) -> None:
+        self._registry._state.check_finite = bool(value)
 
     @property
     def current_attention_mask(self) -> Tensor | None:
@@ -222,9 +238,12 @@ class HookedMoE(AnalysisPrimitives, nn.Module):
             stack.enter_context(self._registry.calling(call or CallContext()))
             self._registry.call.attention_mask = model_inputs.attention_mask
             try:
-                return self.hf_model(**model_inputs.hf_kwargs()).logits
+                out = self.hf_model(**model_inputs.hf_kwargs()).logits
             except StopForward as stopped:
-                return stopped.resid
+                out = stopped.resid
+            if self._registry._state.check_finite:  # NaN never silent (moelens._finite): hooked calls only
+                check_output(out, edit_points(self._registry), "logits" if stop is None else "residual stream")
+            return out
 
     def run_with_hooks(
         self,
@@ -292,6 +311,8 @@ class HookedMoE(AnalysisPrimitives, nn.Module):
         def save(tensor: Tensor, hook: HookPoint) -> None:
             store[hook.name] = tensor.detach().to(device) if device is not None else tensor.detach()
 
+        save.reads_only = True  # type: ignore[attr-defined]  # a recorder edits nothing (moelens._finite)
+
         points = self._registry.select(names_filter)
         start, stop = layer_range(self.cfg.n_layers, start_at_layer, stop_at_layer)
         model_inputs = self.to_inputs(inputs, attention_mask, start)  # tokenized once, also for the cache's mask
@@ -307,7 +328,7 @@ class HookedMoE(AnalysisPrimitives, nn.Module):
             logits = self._run(model_inputs, start or 0, stop, call)
         if incl_bwd:
             with torch.enable_grad():  # the metric joins the graph, also inside a caller's no_grad()
-                store.update(metric_gradients(logits, metric, grad_points, call, device))
+                store.update(metric_gradients(logits, metric, grad_points, call, device, self.check_finite))
             logits = logits.detach()
         cache = ActivationCache(store, self.cfg.moe_layers, self.cfg.n_experts, model_inputs.attention_mask.bool())
         return logits, cache

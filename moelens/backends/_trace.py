@@ -67,6 +67,8 @@ class Recorder:
         self.device = device
         self.store: dict[str, Tensor] = {}
 
+    reads_only = True  # records, edits nothing (moelens._finite)
+
     def __call__(self, tensor: Tensor, hook: HookPoint) -> None:
         value = tensor.detach()
         self.store[hook.name] = value.to(self.device) if self.device is not None else value

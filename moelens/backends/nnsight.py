@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._finite import check_output, edit_points
 from ..architectures import ArchitectureSpec, find_moe_layers, resolve, spec_for_model
 from ..cache import ActivationCache
 from ..errors import BackendError, InvalidInputError, ModelLoadError
@@ -201,6 +202,8 @@ class NNsightMoE:
         return cls._wrap(model, tokenizer, remote)
 
     # -- hook points --------------------------------------------------------------------------
+    check_finite = True  # NaN/inf from hooks or interventions raise NonFiniteError (moelens._finite), as in HookedMoE
+
     def _point_rows(self):
         for index in range(self.cfg.n_layers):
             yield index, resid_name(index, "pre"), HOOK_TABLE["hook_resid_pre"]
@@ -324,11 +327,14 @@ class NNsightMoE:
                 after = [hp.name for hp in registry.points.values() if hp.active and hp.layer >= stop]
                 if after:
                     raise InvalidInputError(f"stop_at_layer={stop} stops before hooked points {after[:3]}.")
+            edited = edit_points(registry) if self.check_finite else []
+            registry._state.check_finite = self.check_finite and not self.remote  # a remote trace checks its output only
             steps = build_steps(self._layers, self._blocks, self._router_envoys, registry, self.spec, self.cfg.n_experts)
             stop_envoy = None if stop is None else (self._layers[stop] if stop < self.cfg.n_layers else self._final_norm)
             mask = model_inputs.attention_mask.cpu()
             out, store = _traced(self.nn_model, model_inputs.hf_kwargs(), steps, registry, mask, recorder, stop_envoy, self.remote,
                                  positions)
+        check_output(out, edited, "logits" if stop is None else "residual stream")  # moelens._finite
         cache = ActivationCache(dict(store), self.cfg.moe_layers, self.cfg.n_experts, model_inputs.attention_mask.bool())
         return out, cache
 
