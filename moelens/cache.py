@@ -77,11 +77,26 @@ class ActivationCache(Mapping[str, Tensor]):
         """Weights applied to the selected experts, per slot."""
         return self._stack("hook_topk_weights")
 
-    def topk_mask(self) -> Bool[Tensor, "moe_layer batch pos n_experts"]:
-        """Dense boolean mask of the selected experts (order of slots does not matter)."""
+    def topk_mask(self, exclude_padding: bool = False) -> Bool[Tensor, "moe_layer batch pos n_experts"]:
+        """Dense boolean mask of the selected experts (order of slots does not matter).
+
+        Padding positions are routed too (the router runs on every position), so by default they
+        count as selected; ``exclude_padding=True`` sets them False (``self.attention_mask`` is 0 there).
+
+        >>> import torch
+        >>> from moelens import HookedMoE
+        >>> from moelens.testing import tiny_model
+        >>> model = HookedMoE.from_hf(tiny_model("mixtral"))
+        >>> _, cache = model.run_with_cache(torch.tensor([[4, 5, 0]]), attention_mask=torch.tensor([[1, 1, 0]]))
+        >>> cache.topk_mask().sum().item(), cache.topk_mask(exclude_padding=True).sum().item()  # 2 layers x top-2
+        (12, 8)
+        """
         index = self.topk_indices()
         mask = torch.zeros(*index.shape[:-1], self.n_experts, dtype=torch.bool, device=index.device)
-        return mask.scatter_(-1, index, True)
+        mask.scatter_(-1, index, True)
+        if exclude_padding:
+            mask &= self.attention_mask.to(mask.device)[None, :, :, None]  # [1 batch pos 1]
+        return mask
 
     def gate_weights(self) -> Float[Tensor, "moe_layer batch pos n_experts"]:
         """Dense applied weights: the top-k weight at selected experts, zero elsewhere."""

@@ -19,10 +19,11 @@ from typing import Annotated
 
 import typer
 
+from ._cli_base import Command, OneLineErrors, print_version
 from ._validate import check_out_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mechanistic interpretability for Mixture-of-Experts LMs.",
-                  context_settings={"help_option_names": ["-h", "--help"]})
+                  context_settings={"help_option_names": ["-h", "--help"]}, cls=OneLineErrors)
 
 ModelOpt = Annotated[str | None, typer.Option("--model", metavar="NAME", help="hub id, local folder, or zoo name (default: the zoo default)")]
 DataOpt = Annotated[
@@ -44,17 +45,9 @@ BackendOpt = Annotated[
 StudyOpt = Annotated[str | None, typer.Option("--study", metavar="TASK", help="also run the re-weighting study on this task (sst2, mmlu, ...)")]
 
 
-def _version(value: bool) -> None:
-    if value:
-        from importlib.metadata import version
-
-        typer.echo(f"moelens {version('moelens')}")
-        raise typer.Exit()
-
-
 @app.callback()
 def _main(
-    version: Annotated[bool, typer.Option("--version", "-V", metavar="", callback=_version, is_eager=True, help="print the version and exit")] = False,
+    version: Annotated[bool, typer.Option("--version", "-V", metavar="", callback=print_version, is_eager=True, help="print the version and exit")] = False,
 ) -> None:
     """Mechanistic interpretability for Mixture-of-Experts LMs. Bad input exits with status 2 and one line."""
 
@@ -140,6 +133,16 @@ def _load_data(specs: list[str] | None, limit: int | None) -> dict[str, list[str
             raise _Fail(f"--data {spec!r}: no texts found")
         data[domain] = list(texts)
     return data
+
+
+def _claim(out: Path, steps: tuple[str, ...], name: str, dtype: str, texts: dict[str, list[str]]) -> None:
+    """The folder rule (moelens._outdir): outputs of other model or data are removed, and said so."""
+    from ._outdir import claim
+
+    removed = sorted({stale for step in steps for stale in claim(out, step, f"{name}|{dtype}", texts)})
+    if removed:
+        typer.echo(f"note: removed the {', '.join(removed)} outputs in {out}: they were made from another model or data "
+                   "(rerun those steps to add them back)", err=True)
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -278,7 +281,7 @@ def _summary(out: Path, name: str, model, data: dict[str, list[str]], seconds: d
     _write_json(out / "run.json", {"model": name, "cfg": cfg.__dict__, "domains": {d: len(t) for d, t in data.items()}, "seconds": seconds})
 
 
-@app.command()
+@app.command(cls=Command)
 @_guard
 def analyze(
     model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("moelens-report"), device: DeviceOpt = None,
@@ -298,6 +301,7 @@ def analyze(
         get_task(study)
     texts = _load_data(data, limit)  # every file checked before the model loads
     name, hooked = _load_model(model, device, dtype, backend)
+    _claim(out, ("stats", "drivers", "summary"), name, dtype, texts)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     stats_result = run_stats(hooked, texts, out)
@@ -320,7 +324,7 @@ def analyze(
     typer.echo(f"report: {assemble(out)}")
 
 
-@app.command()
+@app.command(cls=Command)
 @_guard
 def stats(model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("moelens-report"), device: DeviceOpt = None,
           dtype: DtypeOpt = "float32", limit: LimitOpt = None, backend: BackendOpt = "hooked") -> None:
@@ -328,12 +332,13 @@ def stats(model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("moel
     check_out_dir(out)
     _check_model_args(model, device, dtype, backend)
     texts = _load_data(data, limit)
-    _, hooked = _load_model(model, device, dtype, backend)
+    name, hooked = _load_model(model, device, dtype, backend)
+    _claim(out, ("stats",), name, dtype, texts)
     run_stats(hooked, texts, out)
     typer.echo(f"tables and sections written to {out}; `moelens report {out}` builds the report")
 
 
-@app.command()
+@app.command(cls=Command)
 @_guard
 def drivers(model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("moelens-report"), device: DeviceOpt = None,
             dtype: DtypeOpt = "float32", limit: LimitOpt = None, exact: ExactOpt = False, backend: BackendOpt = "hooked") -> None:
@@ -343,12 +348,13 @@ def drivers(model: ModelOpt = None, data: DataOpt = None, out: OutOpt = Path("mo
         raise _Fail(f"--backend {backend} runs the exact driver sweep only (the estimates need gradients through HookedMoE); add --exact")
     _check_model_args(model, device, dtype, backend)
     texts = _load_data(data, limit)
-    _, hooked = _load_model(model, device, dtype, backend)
+    name, hooked = _load_model(model, device, dtype, backend)
+    _claim(out, ("drivers",), name, dtype, texts)
     run_drivers(hooked, texts, out, exact)
     typer.echo(f"tables and sections written to {out}; `moelens report {out}` builds the report")
 
 
-@app.command(name="study")
+@app.command(name="study", cls=Command)
 @_guard
 def study_command(
     model: ModelOpt = None, task: Annotated[str, typer.Option("--task", metavar="TASK", help="sst2, sst5, yelp, mmlu, gsm8k, ...")] = "sst2",
@@ -380,10 +386,14 @@ def study_command(
     typer.echo(f"table: {write_study(out, result)}")
 
 
-@app.command()
+@app.command(cls=Command)
 @_guard
 def report(out: Annotated[Path, typer.Argument(metavar="FOLDER", help="folder written by analyze/stats/drivers")] = Path("moelens-report")) -> None:
-    """Assemble the HTML report from the sections in a folder."""
+    """Assemble the HTML report from the sections in a folder.
+
+    A folder holds the outputs of one model and one data set: a step run into it with another model or
+    other data removes the other steps' tables and sections (and says so), so the report never mixes them.
+    """
     from .report import assemble
 
     if not out.is_dir():

@@ -63,10 +63,14 @@ def prepare_inputs(
             f"inputs must be a str, a list of str, or a LongTensor [batch pos] of token ids; got {type(inputs).__name__}."
         )
     ids = inputs
-    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
         raise InvalidInputError(
             f"token ids must be integers, got dtype {ids.dtype}; for a residual stream use start_at_layer=."
         )
+    if ids.is_meta:
+        raise InvalidInputError("token ids are a meta tensor (a shape without values); pass real ids, e.g. ids.to('cpu') of a real tensor.")
+    if ids.dtype != torch.long:  # uint8/int16/int32 ids are ids: the embedding takes int64 (documented)
+        ids = ids.long()
     if ids.ndim == 1:
         ids = ids.unsqueeze(0)
     if ids.ndim != 2:

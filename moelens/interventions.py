@@ -225,7 +225,7 @@ class Perturb(_Targeted):
     def validate(self) -> None:
         super().validate()
         _check_number("Perturb magnitude", self.magnitude, "the direction is sign=-1 or +1")
-        if self.sign not in (-1, 1):
+        if isinstance(self.sign, bool) or self.sign not in (-1, 1):  # True == 1 to Python, never a sign to a person
             raise InterventionError(f"Perturb sign={self.sign!r} must be -1 or +1.")
 
     def hooks(self, model: HookedMoE) -> list[tuple[str, Callable]]:
@@ -323,12 +323,21 @@ class Force(_Targeted):
         def force(x: Tensor, hook: HookPoint) -> Tensor:
             logits = hook.call.scratch.pop((token, hook.layer))
             targets = self._targets(model, hook, logits)
-            if int(targets.sum(-1).max()) > model.cfg.top_k:
-                raise InterventionError(f"Force targets more experts than top_k={model.cfg.top_k} at one position.")
+            # experts forced by an earlier Force of this call at this layer keep their slots too
+            forced = hook.call.scratch.get(("forced", hook.layer))
+            forced = targets if forced is None else forced | targets
+            if int(forced.sum(-1).max()) > model.cfg.top_k:
+                chosen = forced.any(0).any(0).nonzero().flatten().tolist()
+                raise InterventionError(
+                    f"Force targets {int(forced.sum(-1).max())} experts ({chosen}) at one position of layer {hook.layer}, more than "
+                    f"top_k={model.cfg.top_k} (counting every Force on that layer in this call); force at most {model.cfg.top_k} "
+                    "experts per position, or split them over positions=."
+                )
+            hook.call.scratch[("forced", hook.layer)] = forced
             index = x.clone()
             for expert in targets.any(0).any(0).nonzero().flatten().tolist():
                 want = targets[..., expert] & ~(index == expert).any(-1)  # [batch pos]
-                slot_logits = logits.gather(-1, index).masked_fill(targets.gather(-1, index), float("inf"))
+                slot_logits = logits.gather(-1, index).masked_fill(forced.gather(-1, index), float("inf"))
                 slot = slot_logits.argmin(-1, keepdim=True)  # lowest non-forced slot
                 index = torch.where(want[..., None], index.scatter(-1, slot, expert), index)
             return index

@@ -17,6 +17,7 @@ from ._validate import check_device
 from .architectures import ArchitectureSpec, find_moe_layers, resolve, spec_for_model
 from .cache import ActivationCache, metric_gradients, no_op_hook
 from .config import MoEConfig
+from .errors import InvalidInputError
 from .hook_points import (
     NO_GRADIENT,
     CallContext,
@@ -113,6 +114,9 @@ class HookedMoE(AnalysisPrimitives, nn.Module):
         A model in training mode is switched to eval(): routers add jitter or sample in train().
         """
         spec = spec_for_model(model)  # refuse dense or unknown models before touching anything
+        if tokenizer is not None and not callable(tokenizer):
+            raise InvalidInputError(f"tokenizer={tokenizer!r} is not a tokenizer; pass a loaded one, e.g. "
+                                    f"AutoTokenizer.from_pretrained({tokenizer!r}), or use HookedMoE.from_pretrained(name).")
         if model.training:
             warnings.warn(
                 "the model was in training mode; moelens calls model.eval() because several routers add "

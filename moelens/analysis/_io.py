@@ -62,13 +62,18 @@ def load_sidecar(path: str | Path, fmt: str, version: int, owner: str) -> tuple[
     tensor_path, meta_path = sidecar_paths(path)
     if not tensor_path.is_file() or not meta_path.is_file():
         raise ResultFileError(f"{owner} needs both {tensor_path} and {meta_path} (written by save()).")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format") != fmt or meta.get("version") != version:
-        raise ResultFileError(
-            f"{meta_path} is not a {fmt} v{version} file (format={meta.get('format')!r}, "
-            f"version={meta.get('version')!r})."
-        )
-    return load_file(str(tensor_path)), meta
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise ResultFileError(f"{meta_path} is not {owner} JSON written by save() ({type(error).__name__}: {str(error)[:60]}); "
+                              "write it again with save().") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt or meta.get("version") != version:
+        shown = meta if not isinstance(meta, dict) else f"format={meta.get('format')!r}, version={meta.get('version')!r}"
+        raise ResultFileError(f"{meta_path} is not a {fmt} v{version} file ({str(shown)[:80]}).")
+    try:
+        return load_file(str(tensor_path)), meta
+    except Exception as error:  # safetensors raises its own SafetensorError on damaged files
+        raise ResultFileError(f"{tensor_path} is damaged or not a safetensors file ({str(error)[:80]}); write it again with save().") from None
 
 
 def save_figure(fig: "Figure", path: str | Path | None) -> "Figure":

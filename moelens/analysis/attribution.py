@@ -84,6 +84,9 @@ class Attribution:
 
     def top(self, n: int = 5) -> pd.DataFrame:
         """The ``n`` tokens with the largest absolute attribution."""
+        from .._checks import check_count
+
+        check_count("n", n, 1)
         frame = self.to_frame()
         return frame.reindex(frame.attribution.abs().sort_values(ascending=False, kind="stable").index).head(n).reset_index(drop=True)
 

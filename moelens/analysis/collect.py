@@ -82,13 +82,13 @@ def collect_routing_stats(
     done = _resume(state, stats, sum(len(b) for b in batches.values())) if state is not None else 0
     records_dir = Path(token_records) if token_records is not None else None
     if records_dir is not None:
+        if records_dir.exists() and not records_dir.is_dir():
+            raise InvalidInputError(f"token_records={str(records_dir)!r} is a file; pass a folder (created if missing) for the per-batch records.")
         records_dir.mkdir(parents=True, exist_ok=True)
     todo = [(name, i, batch) for name in batches for i, batch in enumerate(batches[name])]
-    for step, (domain, _, (ids, mask, text_index)) in enumerate(
-        tqdm(todo, desc="routing stats", unit="batch", disable=not progress, initial=done, total=len(todo))
+    for step, (domain, _, (ids, mask, text_index)) in enumerate(  # resumed: the bar starts at `done` of len(todo)
+        tqdm(todo[done:], desc="routing stats", unit="batch", disable=not progress, initial=done, total=len(todo)), start=done
     ):
-        if step < done:
-            continue
         selected = _run_batch(model, stats, domain, ids, mask)
         if records_dir is not None:
             _write_records(records_dir / f"{step:06d}.safetensors", stats.domains.index(domain), ids, mask, text_index, selected)
@@ -128,7 +128,7 @@ def _batches(
             rows = torch.arange(start, min(start + batch_size, ids.shape[0]))
             yield ids[rows], mask[rows], rows
         return
-    if isinstance(data, str) or not all(isinstance(t, str) for t in data):
+    if isinstance(data, str) or not isinstance(data, Sequence) or not all(isinstance(t, str) for t in data):
         raise InvalidInputError(
             f"domain {domain!r} must map to a list of texts or a [n pos] tensor of token ids; got {type(data).__name__}."
         )

@@ -112,6 +112,9 @@ class Mediation:
 
     def top(self, n: int = 10) -> pd.DataFrame:
         """The ``n`` (layer, expert) pairs with the largest absolute indirect effect."""
+        from .._checks import check_count
+
+        check_count("n", n, 1)
         frame = self.to_frame().dropna(subset=["rank"]).sort_values("rank")
         return frame.head(n).reset_index(drop=True)
 

@@ -78,6 +78,10 @@ def _special_ids(model: HookedMoE, special_ids: Sequence[int] | None, exclude_sp
     if not exclude_special:
         return []
     if special_ids is not None:
+        bad = [i for i in special_ids if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < model.cfg.d_vocab]
+        if bad or isinstance(special_ids, (str, bytes)):
+            raise InvalidInputError(f"special_ids={special_ids!r}: {bad[0] if bad else special_ids!r} is not a token id of this "
+                                    f"model (ints in [0, {model.cfg.d_vocab - 1}]); pass the ids to leave out, e.g. tokenizer.all_special_ids.")
         return sorted({int(i) for i in special_ids})
     tokenizer = model.tokenizer
     return sorted(set(tokenizer.all_special_ids)) if tokenizer is not None else []

@@ -152,8 +152,10 @@ class TokenTriggers:
         """Per selected expert, the ``n`` tokens with the highest firing rate among tokens seen at
         least ``min_count`` times (rare tokens cannot top the list): ``layer, expert, token_id,
         token, count, fires, rate, mean_gate`` (mean gate weight when fired)."""
-        if min_count < 1:
-            raise InvalidInputError(f"min_count={min_count} must be >= 1.")
+        from .._checks import check_count
+
+        check_count("n", n, 1)
+        check_count("min_count", min_count, 1)
         ids, inverse = torch.unique(self.table["token_id"], return_inverse=True)
         count = torch.bincount(inverse, minlength=len(ids))
         frames = []

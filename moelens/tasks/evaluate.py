@@ -201,9 +201,12 @@ def _shot_pool(spec: Task, shots: int, data_dir: str | Path | None) -> list[Reco
     try:
         return task_records(spec, spec.shot_split, data_dir)
     except (FileNotFoundError, ImportError, InvalidInputError) as error:
-        where = f"data_dir={str(data_dir)!r}" if data_dir is not None else "the data folder or the hub"
-        raise InvalidInputError(f"shots={shots} draws examples from {spec.name}'s {spec.shot_split!r} split, which {where} "
-                                f"does not provide ({str(error).splitlines()[0][:160]}); pass shot_records=[...], or shots=0.") from None
+        if data_dir is not None:  # the folder was named: it is the folder's gap, not the hub's
+            why = f"data_dir={str(data_dir)!r} has no {spec.dataset}/{spec.shot_split.split('[')[0]}.jsonl"
+        else:
+            why = f"it was not found ({str(error).splitlines()[0][:160]})"
+        raise InvalidInputError(f"shots={shots} draws examples from {spec.name}'s {spec.shot_split!r} split, but {why}; "
+                                "pass shot_records=[...], or shots=0.") from None
 
 
 def _check_settings(batch_size: Any, shots: Any, max_length: Any, seed: Any, shot_records: Any) -> None:

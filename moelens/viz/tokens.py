@@ -165,7 +165,13 @@ def token_values(
     >>> token_values(["a"], [[1.0, 2.0]], labels=["x", "y"]).element
     'ColoredTokensMulti'
     """
-    values = torch.as_tensor(values, dtype=torch.float64).cpu()
+    try:
+        values = torch.as_tensor(values, dtype=torch.float64).cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise InvalidInputError(f"values={str(values)[:60]!r} are not numbers; pass one number per token ([pos]) or "
+                                "[pos k] numbers with labels= naming the k series.") from None
+    if isinstance(tokens, (str, bytes)):
+        raise InvalidInputError(f"tokens={tokens[:40]!r} is one string; pass a list of token strings (model.to_str_tokens(text)).")
     tokens = circuitsvis_text(tokens)
     if values.ndim not in (1, 2) or values.shape[0] != len(tokens):
         raise InvalidInputError(

@@ -65,10 +65,11 @@ def parse_push(perturbation: Any) -> Perturb:
     if perturbation is None:
         magnitude, sign = 1.0, -1
     elif isinstance(perturbation, Perturb):
-        if perturbation.positions is not None:
+        if perturbation.positions is not None or perturbation.layers != "all" or perturbation.experts != "all":
             raise InvalidInputError(
-                f"perturbation={perturbation!r}: the sweep pushes every position (positions=None); its "
-                "layers and experts are ignored. Pass Perturb('all', 'all', magnitude=..., sign=...)."
+                f"perturbation={perturbation!r}: the sweep pushes every (layer, expert) in turn at every position, so a "
+                "template's layers, experts and positions would be ignored. Pass Perturb('all', 'all', magnitude=..., sign=...) "
+                "or {'magnitude': m, 'sign': s}."
             )
         magnitude, sign = perturbation.magnitude, perturbation.sign
     elif isinstance(perturbation, Mapping):

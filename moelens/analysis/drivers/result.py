@@ -95,6 +95,9 @@ class DriverEffects:
         >>> e.top(2)[["layer", "expert", "rank"]].values.tolist()
         [[0, 1, 1], [2, 0, 2]]
         """
+        from ..._checks import check_count
+
+        check_count("n", n, 1, fix="how many of the strongest drivers; head(-n) semantics are not offered")
         frame = self.to_frame().sort_values("rank")
         return frame[["layer", "expert", "effect", "rank"]].head(n).reset_index(drop=True)
 

@@ -105,6 +105,9 @@ def driver_effects(
     if max_tokens is None:
         # Stacked forwards beyond ~1k tokens run slower per token on a CPU (caches); GPUs want more.
         max_tokens = 1024 if model.device.type == "cpu" else 16384
+    if method != "exact" and not getattr(model, "runs_backward", True):  # NNsightMoE: forward traces only
+        raise InvalidInputError(f"method={method!r} needs backward passes, which {type(model).__name__} does not run; use "
+                                "method='exact' (batched forwards, the same table), or a HookedMoE.")
     options = SweepOptions(
         method=choice("method", method, METHODS),
         push=push,
