@@ -42,6 +42,7 @@ def main(verbose: bool) -> dict:
     ids = torch.tensor([[4, 5, 6]])
     tmp = Path(tempfile.mkdtemp())
     (tmp / "latin1.jsonl").write_bytes('{"text": "caf\xe9", "label": 1}\n'.encode("latin-1"))
+    (tmp / "latin1.json").write_bytes('{"task": "caf\xe9"}'.encode("latin-1"))
     (tmp / "notext.jsonl").write_text('{"label": 1}\n')
     (tmp / "nulltext.jsonl").write_text('{"text": null, "label": 1}\n')
     (tmp / "array.jsonl").write_text('["a", 1]\n')
@@ -51,6 +52,10 @@ def main(verbose: bool) -> dict:
     (tmp / "one").mkdir()
     (tmp / "one" / "dev.jsonl").write_text(json.dumps({"text": "fun", "dataset": "sst2", "label": 1}) + "\n")
     (tmp / "empty").mkdir()
+    (tmp / "two").mkdir()
+    for split in ("dev", "extra"):
+        (tmp / "two" / f"{split}.jsonl").write_text(json.dumps({"text": "fun", "label": 1}) + "\n")
+    (tmp / "bin.jsonl").write_bytes(bytes(range(256)))
     (tmp / "bad.json").write_text("{not json")
     (tmp / "exists.csv").write_text("x")
     recs = [{"id": "a", "text": "fun", "label": 1}, {"id": "b", "text": "dull", "label": 0}]
@@ -67,6 +72,9 @@ def main(verbose: bool) -> dict:
 
     def study(**kw):
         return moelens.reweighting_study(model, "sst2", select_on=recs, evaluate_on=[{"id": "c", "text": "ok", "label": 1}], progress=False, **kw)
+
+    def study_raw(**kw):
+        return moelens.reweighting_study(model, "sst2", progress=False, **{"evaluate_on": [{"id": "c", "text": "ok", "label": 1}], **kw})
 
     def evaluate(**kw):
         return moelens.evaluate(model, kw.pop("task", "sst2"), progress=False, **{"data": recs, **kw})
@@ -91,6 +99,28 @@ def main(verbose: bool) -> dict:
             ("evaluate batch_size=0", lambda: evaluate(batch_size=0), "batch_size=0"),
             ("evaluate limit=0", lambda: evaluate(limit=0), "limit=0"),
             ("evaluate shots data_dir", lambda: evaluate(shots=1, data_dir=tmp / "empty"), "shot"),
+            # invented beyond the examples
+            ("evaluate limit=-1", lambda: evaluate(limit=-1), "limit=-1"),
+            ("evaluate limit=1.5", lambda: evaluate(limit=1.5), "limit=1.5"),
+            ("evaluate batch_size=True", lambda: evaluate(batch_size=True), "batch_size=True"),
+            ("evaluate max_length=-5", lambda: evaluate(max_length=-5), "max_length=-5"),
+            ("evaluate max_length=2.5", lambda: evaluate(max_length=2.5), "max_length=2.5"),
+            ("evaluate seed=-1", lambda: evaluate(seed=-1), "seed=-1"),
+            ("evaluate shots=True", lambda: evaluate(shots=True), "shots=True"),
+            ("evaluate split nope", lambda: moelens.evaluate(model, "sst2", split="nope", progress=False), "nope"),
+            ("evaluate interventions str", lambda: evaluate(interventions="abc"), "abc"),
+            ("evaluate task 3", lambda: evaluate(task=3), "int"),
+            ("study on='x'", lambda: study(on="x"), "'x'"),
+            ("study driver_method", lambda: study(driver_method="nope"), "nope"),
+            ("study recipes nope", lambda: study(recipes=["nope"]), "nope"),
+            ("study tune_rank=0", lambda: study(tune_rank=0), "tune_rank=0"),
+            ("study push=nan", lambda: study(push=nan), "push=nan"),
+            ("study factors str", lambda: study(factors="0.8"), "0.8"),
+            ("study factors bool", lambda: study(factors=[True]), "True"),
+            ("study factor inf", lambda: study(factors=[float("inf")]), "inf"),
+            ("study select_on missing", lambda: study_raw(select_on="/no/such.jsonl"), "/no/such.jsonl"),
+            ("study overlap", lambda: study_raw(select_on=recs, evaluate_on=recs), "share"),
+            ("study n_random=True", lambda: study(n_random=True), "n_random=True"),
         ],
         "records": [
             ("record without text", lambda: evaluate(data=[{"label": 1}]), "text"),
@@ -107,6 +137,20 @@ def main(verbose: bool) -> dict:
             ("record list of strings", lambda: evaluate(data=["a", "b"]), "str"),
             ("folder with one split", lambda: evaluate(data=str(tmp / "one")), "__ok__"),
             ("empty folder", lambda: evaluate(data=str(tmp / "empty")), "empty"),
+            ("label as word", lambda: evaluate(data=[{"text": "x", "label": "positive"}]), "label"),
+            ("label out of range", lambda: evaluate(data=[{"text": "x", "label": 7}]), "7"),
+            ("no records", lambda: evaluate(data=[]), "no records"),
+            ("generator of records", lambda: evaluate(data=(r for r in recs)), "generator"),
+            ("one dict", lambda: evaluate(data=recs[0]), "dict"),
+            ("missing file", lambda: evaluate(data=str(tmp / "nothere.jsonl")), "nothere.jsonl"),
+            ("bad JSON line", lambda: evaluate(data=str(tmp / "bad.json")), "bad.json"),
+            ("binary file", lambda: evaluate(data=str(tmp / "bin.jsonl")), "bin.jsonl"),
+            ("mmlu without choices", lambda: evaluate(task="mmlu", data=[{"text": "q", "dataset": "mmlu", "label": 0}]), "choices"),
+            ("CR records as yelp", lambda: evaluate(task="yelp", data=[{"text": "x", "dataset": "cr", "label": 1}]), "cr"),
+            ("math records as sst5", lambda: evaluate(task="sst5", data=[{"text": "x", "domain": "math", "answer": "1"}]), "math"),
+            ("text is a list", lambda: evaluate(data=[{"text": ["a"], "label": 1}]), "list"),
+            ("shot_records without text", lambda: evaluate(shots=1, shot_records=[{"label": 1}]), "text"),
+            ("folder two splits", lambda: evaluate(data=str(tmp / "two")), "dev"),
         ],
         "nonfinite": [
             ("NaN hook_out", lambda: model.run_with_hooks(ids, [("blocks.0.moe.hook_out", nan_hook)]), "blocks.0.moe.hook_out"),
@@ -118,6 +162,12 @@ def main(verbose: bool) -> dict:
             ("Patch +inf", lambda: Patch("blocks.0.moe.hook_out", torch.full((32,), float("inf"))), "inf"),
             ("Patch -inf", lambda: Patch("blocks.0.moe.hook_out", torch.full((32,), float("-inf"))), "inf"),
             ("NaN metric incl_bwd", lambda: model.run_with_cache(ids, incl_bwd=True, metric=lambda logits: logits.sum() * nan), "metric"),
+            ("NaN via Scale factor on weights", lambda: model.run_with_hooks(ids, [("blocks.2.moe.hook_topk_weights", inf_hook)]), "hook_topk_weights"),
+            ("in-place NaN", lambda: model.run_with_hooks(ids, [("blocks.1.hook_resid_post", lambda x, hook: x.fill_(nan))]), "blocks.1.hook_resid_post"),
+            ("NaN with intervene()", lambda: _in_block(model, [("blocks.0.moe.hook_in", nan_hook)], ids), "blocks.0.moe.hook_in"),
+            ("NaN Patch router via Patch -inf ok", lambda: model.run_with_interventions(ids, Patch("blocks.0.moe.hook_router_logits", torch.tensor([float("-inf")] + [0.0] * 7))), "__ok__"),
+            ("NaN stop_at_layer", lambda: model.run_with_hooks(ids, [("blocks.0.hook_resid_post", nan_hook)], stop_at_layer=2), "blocks.0.hook_resid_post"),
+            ("NaN in evaluate hooks", lambda: evaluate(interventions=[("blocks.0.moe.hook_out", nan_hook)]), "blocks.0.moe.hook_out"),
             ("NaN in cache interventions", lambda: model.run_with_cache(ids, fwd_hooks=[("blocks.0.moe.hook_in", nan_hook)]), "blocks.0.moe.hook_in"),
         ],
         "semantics": [
@@ -134,6 +184,17 @@ def main(verbose: bool) -> dict:
             ("triggers special_ids 99999", lambda: moelens.token_triggers(model, ["a b"], experts=[(0, 1)], special_ids=[99999]), "99999"),
             ("triggers special_ids -1", lambda: moelens.token_triggers(model, ["a b"], experts=[(0, 1)], special_ids=[-1]), "-1"),
             ("layers bool", lambda: Scale(True, 1, factor=1.2), "True"),
+            ("Perturb sign=False", lambda: Perturb(0, 1, sign=False), "sign=False"),
+            ("experts bool", lambda: Ablate(0, True), "True"),
+            ("Patch topk 0.5", lambda: model.run_with_interventions(ids, Patch("blocks.1.moe.hook_topk_indices", torch.tensor([0.5, 1.0]))), "0.5"),
+            ("Force 2+1 per position", lambda: model.run_with_interventions(ids, [Force(1, [3, 4]), Force(1, 5)]), "top_k"),
+            ("top(0)", lambda: moelens.driver_effects(model, ids, progress=False).top(0), "n=0"),
+            ("top(-3)", lambda: moelens.driver_effects(model, ids, progress=False).top(-3), "-3"),
+            ("driver perturbation experts", lambda: moelens.driver_effects(model, ids, perturbation=Perturb("all", 2), progress=False), "Perturb"),
+            ("triggers special_ids str", lambda: moelens.token_triggers(model, ["a b"], experts=[(0, 1)], special_ids="abc"), "abc"),
+            ("triggers special_ids 1.5", lambda: moelens.token_triggers(model, ["a b"], experts=[(0, 1)], special_ids=[1.5]), "1.5"),
+            ("hook pair (None, fn) in hooks()", lambda: _in_hooks(model, [(None, lambda x, hook: None)], ids), "None"),
+            ("top_tokens(-1)", lambda: moelens.token_triggers(model, ["a b"], experts=[(0, 1)], progress=False).top_tokens(-1), "-1"),
         ],
         "raw": [
             ("hook name 5", lambda: model.run_with_hooks(ids, [(5, lambda x, hook: None)]), "5"),
@@ -152,10 +213,24 @@ def main(verbose: bool) -> dict:
             ("RoutingStats.load bad json", lambda: _bad_stats(tmp), "stats.json"),
             ("EvalResult.load bad json", lambda: ev.EvalResult.load(tmp / "bad.json"), "bad.json"),
             ("EvalResult.load missing", lambda: ev.EvalResult.load(tmp / "nothere.json"), "nothere.json"),
-            ("token_values", lambda: moelens.viz.token_values(["a"], ["high"]) if hasattr(moelens.viz, "token_values") else _tv(), "high"),
+            ("token_values", lambda: _tv(), "high"),
             ("token_records exists", lambda: moelens.collect_routing_stats(model, {"a": ["x y"]}, token_records=tmp / "exists.csv", progress=False), "exists.csv"),
             ("from_hf tokenizer str", lambda: HookedMoE.from_hf(model.hf_model, tokenizer="gpt2"), "gpt2"),
             ("from_hf not a model", lambda: HookedMoE.from_hf("gpt2"), "str"),
+            ("hook name 5 in hooks()", lambda: _in_hooks(model, [(5, lambda x, hook: None)], ids), "5"),
+            ("names_filter [1, 2]", lambda: model.run_with_cache(ids, names_filter=[1, 2]), "[1, 2]"),
+            ("Scale in bwd_hooks", lambda: model.run_with_hooks(ids, bwd_hooks=[Scale(0, 1, factor=1.2)]), "Scale"),
+            ("bwd hook triple", lambda: model.run_with_hooks(ids, bwd_hooks=[("blocks.0.hook_resid_pre", None, 3)]), "pair"),
+            ("re-entry run_with_cache", lambda: model.run_with_hooks(ids, [("blocks.1.hook_resid_pre", lambda x, hook: model.run_with_cache(ids))]), "inside a hook"),
+            ("from_dict slice floats", lambda: from_dict({"type": "Scale", "layers": 0, "experts": 1, "factor": 1.2, "positions": {"slice": [0.5, 2, None]}}), "0.5"),
+            ("from_dict tensor nested str", lambda: from_dict({"type": "Patch", "hook_name": "blocks.0.moe.hook_out", "value": {"tensor": [["a"]]}}), "a"),
+            ("complex ids", lambda: model(ids.to(torch.complex64)), "complex"),
+            ("collect {'a': [1, 2]}", lambda: moelens.collect_routing_stats(model, {"a": [1, 2]}, progress=False), "list"),
+            ("RoutingStats.load damaged safetensors", lambda: _bad_stats(tmp, good_json=True), "stats.safetensors"),
+            ("EvalResult.load latin-1", lambda: ev.EvalResult.load(tmp / "latin1.json"), "latin1.json"),
+            ("token_values str tokens", lambda: _tv("abc", [1.0, 2.0, 3.0]), "abc"),
+            ("token_records exists (drivers)", lambda: moelens.collect_routing_stats(model, {"a": ["x y"]}, token_records=str(tmp / "exists.csv"), progress=False), "exists.csv"),
+            ("from_hf tokenizer 3", lambda: HookedMoE.from_hf(model.hf_model, tokenizer=3), "3"),
         ],
     }
     try:
@@ -228,7 +303,26 @@ def _cli(tmp: Path, verbose: bool) -> dict[str, int]:
         ("report on a file", ["report", str(tmp / "exists.csv")], "exists.csv"),
         ("--version", ["--version"], "__ok__"),
         ("stats -h", ["stats", "-h"], "__ok__"),
+        ("study --n-random abc", ["study", "--n-random", "abc"], "--n-random"),
+        ("study --factor 0", ["study", "--factor", "0"], "--factor 0"),
+        ("study --factor -1", ["study", "--factor", "-1"], "-1"),
+        ("study --select-limit 0", ["study", "--select-limit", "0"], "0"),
+        ("study --select-on missing", ["study", "--select-on", "/no/such.jsonl"], "/no/such.jsonl"),
+        ("study --evaluate-on latin1", ["study", "--evaluate-on", str(tmp / "latin1.jsonl")], "latin1.jsonl"),
+        ("study --dtype float8", ["study", "--dtype", "float8"], "float8"),
+        ("stats --limit 0", ["stats", "--limit", "0", "--out", out], "--limit"),
+        ("stats --bogus", ["stats", "--bogus", "--out", out], "--bogus"),
+        ("drivers --backend nnsight no --exact", ["drivers", "--backend", "nnsight", "--out", out], "--exact"),
+        ("analyze --study nope", ["analyze", "--study", "nope", "--out", out], "nope"),
+        ("analyze --data notext", ["analyze", "--data", f"a={tmp / 'notext.jsonl'}", "--out", out], "text"),
+        ("analyze --data two splits", ["analyze", "--data", f"a={tmp / 'two'}", "--out", out], "dev"),
+        ("analyze --device tpu", ["analyze", "--device", "tpu", "--out", out], "tpu"),
+        ("unknown command", ["nope"], "nope"),
+        ("report latin1 section", ["report", str(tmp / "rep")], "latin"),
+        ("no arguments", [], "__ok__"),
     ]
+    (tmp / "rep" / "sections").mkdir(parents=True)
+    (tmp / "rep" / "sections" / "10-latin.html").write_bytes("caf\xe9".encode("latin-1"))
     tally = {"clear": 0, "raw": 0, "misleading": 0, "silent": 0}
     real = cli._load_model
     cli._load_model = _heavy
@@ -256,18 +350,28 @@ def _cli(tmp: Path, verbose: bool) -> dict[str, int]:
     return tally
 
 
-def _bad_stats(tmp: Path):
+def _bad_stats(tmp: Path, good_json: bool = False):
     from moelens.analysis import RoutingStats
 
     (tmp / "stats.safetensors").write_bytes(b"")
-    (tmp / "stats.json").write_text("{oops")
+    (tmp / "stats.json").write_text(json.dumps({"format": "moelens.RoutingStats", "version": 1}) if good_json else "{oops")
     return RoutingStats.load(tmp / "stats")
 
 
-def _tv():
+def _tv(tokens=("a",), values=("high",)):
     from moelens.viz.tokens import token_values
 
-    return token_values(["a"], ["high"])
+    return token_values(tokens if isinstance(tokens, str) else list(tokens), list(values))
+
+
+def _in_hooks(model, pairs, ids):
+    with model.hooks(pairs):
+        return model(ids)
+
+
+def _in_block(model, pairs, ids):
+    with model.intervene(pairs):
+        return model(ids)
 
 
 if __name__ == "__main__":

@@ -61,10 +61,20 @@ def assemble(out_dir: str | Path, title: str = "moelens report") -> Path:
         raise InvalidInputError(f"{out_dir} has no report sections (sections/*.html); run `moelens analyze --out {out_dir}` first.")
     names = [re.sub(r"^\d+-", "", f.stem) for f in fragments]
     nav = el("nav", *[el("a", name.replace("-", " "), href=f"#{name}") for name in names])
-    body = [Markup(f.read_text(encoding="utf-8")) for f in fragments]
+    body = [Markup(_read_fragment(f)) for f in fragments]
     path = out_dir / "report.html"
     path.write_text(standalone_page(title, [el("h1", title), nav, *body]), encoding="utf-8")
     return path
+
+
+def _read_fragment(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        from .errors import InvalidInputError
+
+        raise InvalidInputError(f"report section {path} is not UTF-8 text (byte {error.object[error.start]:#04x}); it was not "
+                                "written by moelens: delete it, or rerun the step that writes it.") from None
 
 
 def figure_html(fig: Figure, alt: str) -> Markup:

@@ -208,7 +208,7 @@ def load_records(
                 return load_jsonl(folder / f"{split}.jsonl", limit)
             if folder.is_dir():  # the dataset is here, the split is not: a typo, not "go online"
                 have = sorted(p.stem for p in folder.glob("*.jsonl"))
-                raise FileNotFoundError(f"{folder} has no {split}.jsonl; splits there: {have}.")
+                raise InvalidInputError(f"{folder} has no {split}.jsonl; splits there: {have}.")
             looked = f"{folder} does not exist"
         return _load_from_hub(spec, split, limit, looked)
     path = Path(name_or_path)
@@ -216,7 +216,7 @@ def load_records(
         return load_jsonl(path, limit)
     if path.is_dir():
         return load_jsonl(_split_file(path, split), limit)
-    raise ValueError(
+    raise InvalidInputError(
         f"{name!r} is neither a known dataset ({sorted(DATASETS)}) nor an existing file or folder."
     )
 
@@ -232,8 +232,8 @@ def _split_file(folder: Path, split: str | None) -> Path:
         return folder / f"{split}.jsonl"
     if not have:
         raise InvalidInputError(f"folder {folder} holds no .jsonl file; point at a JSONL file, or a folder holding one.")
-    wanted = f"has no {split}.jsonl; " if split else ""
-    raise InvalidInputError(f"folder {folder} {wanted}it holds splits {have}: name one file, e.g. {folder / (have[0] + '.jsonl')}.")
+    wanted = f"has no {split}.jsonl; it holds" if split else "holds"
+    raise InvalidInputError(f"folder {folder} {wanted} splits {have}: name one file, e.g. {folder / (have[0] + '.jsonl')}.")
 
 
 def load_domain_texts(

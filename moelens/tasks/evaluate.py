@@ -291,9 +291,13 @@ def evaluate(
     """
     spec = get_task(task)
     _check_settings(batch_size, shots, max_length, seed, shot_records)  # before any data or model work
+    items = interventions if isinstance(interventions, (list, tuple)) else ([interventions] if interventions is not None else [])
+    for item in items:
+        if not callable(getattr(item, "hooks", None)) and not (isinstance(item, tuple) and len(item) == 2):
+            raise InvalidInputError(f"interventions item {item!r} is neither an intervention (Perturb, Scale, Ablate, Force, Patch) "
+                                    "nor a (hook name, fn) pair.")
     records = resolve_records(spec, data, split, limit, data_dir)
     prompts = _prompts(spec, records, shots, shot_records, seed, data_dir)
-    items = interventions if isinstance(interventions, (list, tuple)) else ([interventions] if interventions is not None else [])
     common = {"interventions": list(items) or None, "batch_size": batch_size, "max_length": max_length, "progress": progress}
     ids = [str(r["id"]) for r in records]
     golds = [spec.gold(r) for r in records]

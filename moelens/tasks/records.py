@@ -32,7 +32,7 @@ def task_domain(dataset: str) -> str | None:
 def _mismatch(record: Mapping, task: Any) -> str | None:
     """Why ``record`` belongs to another task than ``task``, or None."""
     dataset, domain = record.get("dataset"), record.get("domain")
-    if isinstance(dataset, str) and task_domain(dataset) is not None and dataset != task.dataset:
+    if isinstance(dataset, str) and dataset != task.dataset:  # also datasets moelens does not know (a CR file as yelp)
         return f"is a {dataset!r} record"
     want = task_domain(task.dataset)
     if isinstance(domain, str) and want is not None and domain != want:
@@ -73,8 +73,9 @@ def check_records(records: Sequence[Any], where: str, task: Any = None) -> None:
         why = _mismatch(record, task)
         if why is not None:
             other = record.get("dataset") or record.get("domain")
+            fix = f"evaluate task {other!r}" if task_domain(str(other)) is not None else "remove its 'dataset' field if it is one"
             raise InvalidInputError(f"{at} {why}, but task {task.name!r} scores {task.dataset!r} records; "
-                                    f"pass data of that task, or evaluate task {other!r}.")
+                                    f"pass data of that task, or {fix}.")
         try:
             task.gold(record)
         except (KeyError, TypeError, ValueError, IndexError) as error:

@@ -9,6 +9,7 @@ import torch
 
 from moelens.analysis.plots import plot_cwas_heatmap, plot_general_vs_domain
 from moelens.analysis.routing_stats import RoutingStats
+from moelens.errors import InvalidInputError
 from moelens.tasks import (
     DATASETS,
     format_prompt,
@@ -72,7 +73,7 @@ def test_paths_files_and_folders_load_too():
     assert load_records(DATA / "sst2" / "validation.jsonl", limit=5) == load_records(
         DATA / "sst2", limit=5)
     assert len(load_jsonl(DATA / "mmlu" / "validation.jsonl", limit=0)) == 0
-    with pytest.raises(FileNotFoundError, match="splits there"):
+    with pytest.raises(InvalidInputError, match="splits there"):  # a typo, not a missing download (#23)
         load_records("sst2", split="tset", data_dir=DATA)
 
 
