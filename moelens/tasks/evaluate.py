@@ -279,8 +279,11 @@ def evaluate(
     ``task``: ``"sst2"``, ``"sst5"``, ``"sst5_binary"``, ``"yelp"``, ``"cr"``, ``"mmlu"`` (or
     ``"mmlu:<subject|category>"``), ``"gsm8k"``, ``"math"``, ``"arithmetic"`` (see
     :mod:`moelens.tasks.registry`). ``data``: a JSONL path or folder, or a list of records in the
-    ``../shared/data`` format (records whose ``dataset`` is another task's are refused); by default the task's ``split`` (its evaluation split) from the
-    data folder, else the hub. ``limit``: that many records, evenly spaced. ``shots``: few-shot
+    ``../shared/data`` format; by default the task's ``split`` (its evaluation split) from the
+    data folder, else the hub; a folder with one ``.jsonl`` file reads it. Every record is checked
+    first (:func:`~moelens.tasks.records.check_records`, as the CLI's ``--data``): a string ``text``,
+    the task's gold field, and no record of another dataset or domain (an MMLU question is not
+    scored as sst2). Settings are checked before any model work. ``limit``: that many records, evenly spaced. ``shots``: few-shot
     examples drawn (with ``seed``) from ``shot_records`` or the task's shot split, never from the
     evaluated records. Choice tasks score each choice's log-likelihood; free-answer tasks
     generate greedily and extract the answer. Each batch is one call of the backend

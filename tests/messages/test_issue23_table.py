@@ -135,28 +135,21 @@ def _inf(x, hook):
 
 
 NONFINITE = [
-    ("NaN on hook_out", lambda m: m.run_with_hooks(IDS, [("blocks.0.moe.hook_out", _nan)]), "on 'blocks.0.moe.hook_out' returned"),
-    ("+inf on hook_out", lambda m: m.run_with_hooks(IDS, [("blocks.1.moe.hook_out", _inf)]), "+inf"),
-    ("NaN router logits", lambda m: m.run_with_hooks(IDS, [("blocks.0.moe.hook_router_logits", _nan)]), "'blocks.0.moe.hook_router_logits' returned"),
-    ("+inf router logits", lambda m: m.run_with_hooks(IDS, [("blocks.1.moe.hook_router_logits", _inf)]), "+inf"),
-    ("inf topk weights", lambda m: m.run_with_hooks(IDS, [("blocks.0.moe.hook_topk_weights", _inf)]), "hook_topk_weights"),
-    ("NaN residual, stop_at_layer", lambda m: m.run_with_hooks(IDS, [("blocks.0.hook_resid_post", _nan)], stop_at_layer=1), "hook_resid_post"),
-    ("in-place NaN", lambda m: m.run_with_hooks(IDS, [("blocks.1.hook_resid_pre", lambda x, hook: x.fill_(NAN))]), "edited an activation in place"),
-    ("NaN in an intervene() block", lambda m: _in_block(m, ("blocks.0.moe.hook_in", _nan)), "'blocks.0.moe.hook_in'"),
-    ("NaN metric, incl_bwd", lambda m: m.run_with_cache(IDS, incl_bwd=True, metric=lambda logits: logits.sum() * NAN), "the metric returned nan"),
+    ("NaN on hook_out", lambda m, t: m.run_with_hooks(IDS, [("blocks.0.moe.hook_out", _nan)]), NonFiniteError, "on 'blocks.0.moe.hook_out' returned"),
+    ("+inf on hook_out", lambda m, t: m.run_with_hooks(IDS, [("blocks.1.moe.hook_out", _inf)]), NonFiniteError, "+inf"),
+    ("NaN router logits", lambda m, t: m.run_with_hooks(IDS, [("blocks.0.moe.hook_router_logits", _nan)]), NonFiniteError, "'blocks.0.moe.hook_router_logits' returned"),
+    ("+inf router logits", lambda m, t: m.run_with_hooks(IDS, [("blocks.1.moe.hook_router_logits", _inf)]), NonFiniteError, "+inf"),
+    ("inf topk weights", lambda m, t: m.run_with_hooks(IDS, [("blocks.0.moe.hook_topk_weights", _inf)]), NonFiniteError, "hook_topk_weights"),
+    ("NaN residual, stop_at_layer", lambda m, t: m.run_with_hooks(IDS, [("blocks.0.hook_resid_post", _nan)], stop_at_layer=1), NonFiniteError, "hook_resid_post"),
+    ("in-place NaN", lambda m, t: m.run_with_hooks(IDS, [("blocks.1.hook_resid_pre", lambda x, hook: x.fill_(NAN))]), NonFiniteError, "edited an activation in place"),
+    ("NaN in an intervene() block", lambda m, t: _in_block(m, ("blocks.0.moe.hook_in", _nan)), NonFiniteError, "'blocks.0.moe.hook_in'"),
+    ("NaN metric, incl_bwd", lambda m, t: m.run_with_cache(IDS, incl_bwd=True, metric=lambda logits: logits.sum() * NAN), NonFiniteError, "the metric returned nan"),
 ]
 
 
 def _in_block(model, pair):
     with model.intervene([pair]):
         return model(IDS)
-
-
-@pytest.mark.parametrize(("name", "call", "fragment"), NONFINITE, ids=[c[0] for c in NONFINITE])
-def test_non_finite_values_raise_naming_where(name, call, fragment):
-    with pytest.raises(NonFiniteError) as info:
-        call(wrapped("mixtral"))
-    assert fragment in str(info.value) and isinstance(info.value, FloatingPointError), f"{name}: {info.value}"
 
 
 def test_check_finite_opts_out_and_router_minus_inf_stays_allowed():
@@ -186,27 +179,21 @@ def _effects(m):
 
 
 SEMANTICS = [
-    ("(None, fn) hook pair", lambda m: m.run_with_hooks(IDS, [(None, lambda x, hook: None)]), InvalidInputError, "hook target None"),
-    ("Perturb sign=True", lambda m: Perturb(0, 1, sign=True), InterventionError, "sign=True"),
-    ("Perturb sign=False", lambda m: Perturb(0, 1, sign=False), InterventionError, "sign=False"),
-    ("Patch 1.7 on topk indices", lambda m: m.run_with_interventions(IDS, Patch("blocks.0.moe.hook_topk_indices", torch.full((1, 3, 2), 1.7))), InterventionError, "holds 1.7"),
-    ("Patch +inf", lambda m: Patch("blocks.0.moe.hook_out", torch.full((32,), INF)), InterventionError, "holds inf"),
-    ("Patch -inf off the router", lambda m: Patch("blocks.0.hook_resid_pre", torch.full((32,), -INF)), InterventionError, "holds inf"),
-    ("two Forces beyond top-2", lambda m: m.run_with_interventions(IDS, [Force(0, [0, 1]), Force(0, [2])]), InterventionError, "Force targets 3 experts ([0, 1, 2])"),
-    ("three Forces of one", lambda m: m.run_with_interventions(IDS, [Force(1, 0), Force(1, 1), Force(1, 2)]), InterventionError, "more than top_k=2"),
-    ("top(-1)", lambda m: _effects(m).top(-1), InvalidInputError, "n=-1"),
-    ("top(0)", lambda m: _effects(m).top(0), InvalidInputError, "n=0"),
-    ("driver perturbation with a layer", lambda m: moelens.driver_effects(m, IDS, perturbation=Perturb(0, 3), progress=False), InvalidInputError, "would be ignored"),
-    ("special_ids out of vocab", lambda m: moelens.token_triggers(m, IDS, experts=[(0, 1)], special_ids=[99999]), InvalidInputError, "99999"),
-    ("special_ids negative", lambda m: moelens.token_triggers(m, IDS, experts=[(0, 1)], special_ids=[-1]), InvalidInputError, "-1"),
+    ("(None, fn) hook pair", lambda m, t: m.run_with_hooks(IDS, [(None, lambda x, hook: None)]), InvalidInputError, "hook target None"),
+    ("Perturb sign=True", lambda m, t: Perturb(0, 1, sign=True), InterventionError, "sign=True"),
+    ("Perturb sign=False", lambda m, t: Perturb(0, 1, sign=False), InterventionError, "sign=False"),
+    ("Scale factor=True (refused alike)", lambda m, t: Scale(0, 1, factor=True), InterventionError, "factor=True"),
+    ("Patch 1.7 on topk indices", lambda m, t: m.run_with_interventions(IDS, Patch("blocks.0.moe.hook_topk_indices", torch.full((1, 3, 2), 1.7))), InterventionError, "holds 1.7"),
+    ("Patch +inf", lambda m, t: Patch("blocks.0.moe.hook_out", torch.full((32,), INF)), InterventionError, "holds inf"),
+    ("Patch -inf off the router", lambda m, t: Patch("blocks.0.hook_resid_pre", torch.full((32,), -INF)), InterventionError, "holds inf"),
+    ("two Forces beyond top-2", lambda m, t: m.run_with_interventions(IDS, [Force(0, [0, 1]), Force(0, [2])]), InterventionError, "Force targets 3 experts ([0, 1, 2])"),
+    ("three Forces of one", lambda m, t: m.run_with_interventions(IDS, [Force(1, 0), Force(1, 1), Force(1, 2)]), InterventionError, "more than top_k=2"),
+    ("top(-1)", lambda m, t: _effects(m).top(-1), InvalidInputError, "n=-1"),
+    ("top(0)", lambda m, t: _effects(m).top(0), InvalidInputError, "n=0"),
+    ("driver perturbation with a layer", lambda m, t: moelens.driver_effects(m, IDS, perturbation=Perturb(0, 3), progress=False), InvalidInputError, "would be ignored"),
+    ("special_ids out of vocab", lambda m, t: moelens.token_triggers(m, IDS, experts=[(0, 1)], special_ids=[99999]), InvalidInputError, "99999"),
+    ("special_ids negative", lambda m, t: moelens.token_triggers(m, IDS, experts=[(0, 1)], special_ids=[-1]), InvalidInputError, "-1"),
 ]
-
-
-@pytest.mark.parametrize(("name", "call", "kind", "fragment"), SEMANTICS, ids=[c[0] for c in SEMANTICS])
-def test_surprising_semantics_are_refused(name, call, kind, fragment):
-    with pytest.raises(kind) as info:
-        call(wrapped("mixtral"))
-    assert fragment in str(info.value), f"{name}: {info.value}"
 
 
 def test_stacked_forces_within_top_k_keep_every_forced_expert():
@@ -251,11 +238,16 @@ RAW = [
 ]
 
 
-@pytest.mark.parametrize(("name", "call", "kind", "fragment"), RAW, ids=[c[0] for c in RAW])
-def test_former_raw_errors_are_clear(tmp_path, name, call, kind, fragment):
-    with pytest.raises(kind) as info:
+# non-finite values (NonFiniteError, also a FloatingPointError), silent semantics now refused, former raw errors
+BY_KIND = [("non-finite", *case) for case in NONFINITE] + [("semantics", *case) for case in SEMANTICS] + [("raw", *case) for case in RAW]
+
+
+@pytest.mark.parametrize(("kind", "name", "call", "error", "fragment"), BY_KIND, ids=[f"{c[0]}: {c[1]}" for c in BY_KIND])
+def test_each_kind_raises_its_error_naming_the_value(tmp_path, kind, name, call, error, fragment):
+    with pytest.raises(error) as info:
         call(wrapped("mixtral"), tmp_path)
-    assert fragment in str(info.value), f"{name}: {info.value}"
+    assert fragment in str(info.value), f"{kind} / {name}: {info.value}"
+    assert error is not NonFiniteError or isinstance(info.value, FloatingPointError)
 
 
 def test_integer_token_ids_of_any_width_are_ids():
