@@ -34,6 +34,7 @@ except NameError:
 from scipy.stats import spearmanr
 
 from moelens import HookedMoE, collect_routing_stats, compare_effects, driver_effects
+from moelens.analysis.drivers import driver_effects_by_position
 from moelens.tasks.data import resolve_data_dir
 from moelens.tasks.demo import PAPER_DATASETS, paper_domains
 
@@ -131,3 +132,25 @@ for name, f in findings.items():
           f"{f['middle_layers']} hold {f['middle']:.0%} (uniform: {f['uniform_middle']:.0%}) -> {verdict}")
     print(f"  the top-10 drivers sit in layers {f['top10_layers']}: {in_middle} of 10 in the middle layers, "
           f"{sum(layer < min(f['middle_layers']) for layer in f['top10_layers'])} before them")
+
+# %% [markdown]
+# ## Is layer-0 dominance a prompt-start effect?
+# `driver_effects(..., perturb_positions=...)` pushes the expert's router logit at chosen positions
+# only (the KL is still read at the answer position), and `driver_effects_by_position` runs that
+# sweep once per group of positions. On `olmoe-deep`, for its first MoE layer and a middle one: the
+# summed effect when only the first 4 tokens are pushed, when every later token is pushed, and when
+# only the answer position is. KL is not additive over positions: compare the groups with each
+# other, not with the all-position total.
+
+# %%
+deep = HookedMoE.from_pretrained("moelens/olmoe-deep", dtype=torch.float32)
+first, middle = deep.cfg.moe_layers[0], deep.cfg.moe_layers[len(deep.cfg.moe_layers) // 2]
+prompts = [t for domain in data.values() for t in domain[: 2 if small else 4]]
+groups = {"first 4 tokens": slice(0, 4), "tokens 5..end": slice(4, None), "answer position only": "last"}
+by_group = driver_effects_by_position(deep, prompts, groups=groups, layers=[first, middle], progress=False)
+for layer in (first, middle):
+    profile = by_group.layer_profile(layer)
+    print(f"layer {layer}: " + "; ".join(f"{g} {t:.4f} nats" for g, t in zip(profile["group"], profile["total"], strict=True)))
+start, rest = (float(by_group.layer_profile(first)["total"].iloc[i]) for i in (0, 1))
+print(f"layer {first}: pushing the first 4 tokens moves the answer {start / max(rest, 1e-12):.2f}x as much as pushing all later tokens -> "
+      + ("a prompt-start effect" if start > rest else "not a prompt-start effect"))

@@ -74,6 +74,12 @@ def test_three_way_study_end_to_end(model):
     assert study.final_stage == "confirm"
     confirm_base = study.results["confirm|baseline"]
     assert confirm_base.n == 8 and study.results["baseline"].ids != confirm_base.ids
+    from moelens.tasks.study_page import study_markdown
+
+    page = study_markdown(study, "the command")
+    assert "## What survives" in page and "## Confirm stage" in page and "the command" in page
+    survived = study.findings()
+    assert ("Nothing: none of the" in page) == survived.empty
 
 
 @needs_data
