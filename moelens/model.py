@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from ._finite import check_output, edit_points
 from ._generate import Generation
 from ._interception import StopForward, build_hook_points, own_hook, remove_installed_hooks
+from ._intervention_methods import InterventionMethods
 from ._kernels import warn_if_kernels_hide_hooks
 from ._loss import check_return_type, shaped_output
 from ._primitives import AnalysisPrimitives
@@ -47,7 +48,7 @@ FwdHooks = Sequence[tuple[str | Callable[[str], bool], HookFn]]
 BwdHooks = FwdHooks
 
 
-class HookedMoE(TokenMethods, Generation, WeightMethods, AnalysisPrimitives, nn.Module):
+class HookedMoE(TokenMethods, Generation, WeightMethods, InterventionMethods, AnalysisPrimitives, nn.Module):
     """An HF Mixture-of-Experts causal LM with TransformerLens-style hook points on its routing.
 
     >>> from moelens.testing import tiny_model
@@ -358,31 +359,6 @@ class HookedMoE(TokenMethods, Generation, WeightMethods, AnalysisPrimitives, nn.
         output = logits if stop is not None else shaped_output(logits, model_inputs, return_type, loss_per_token)
         return output, cache
 
-    def run_with_interventions(
-        self,
-        inputs: str | list[str] | Tensor,
-        interventions: Any,
-        *,
-        attention_mask: Tensor | None = None,
-        **forward_kwargs,
-    ) -> Tensor:
-        """Run with interventions (one, or a list applied in order) active for this call only.
-
-        >>> from moelens.interventions import Ablate
-        >>> from moelens.testing import tiny_model
-        >>> model = HookedMoE.from_hf(tiny_model("mixtral"))
-        >>> model.run_with_interventions(torch.tensor([[1, 2]]), [Ablate(0, 3)]).shape
-        torch.Size([1, 2, 97])
-        """
-        return self.run_with_hooks(inputs, _as_list(interventions), attention_mask=attention_mask, **forward_kwargs)
-
-    @contextmanager
-    def intervene(self, *interventions: Any) -> Iterator[HookedMoE]:
-        """Context manager: interventions active for every call inside the block."""
-        items = [item for group in interventions for item in _as_list(group)]
-        with self.hooks(items):
-            yield self
-
     # -- helpers ------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -414,10 +390,6 @@ def _execution_device(module: nn.Module) -> torch.device:
         return torch.device(device if not isinstance(device, int) else f"cuda:{device}")
     weight = next(module.parameters())
     return weight.device if weight.device.type != "meta" else torch.device("cpu")
-
-
-def _as_list(interventions: Any) -> list:
-    return list(interventions) if isinstance(interventions, (list, tuple)) else [interventions]
 
 
 def _raise_stop(module: nn.Module, args: tuple) -> None:

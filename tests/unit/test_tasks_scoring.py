@@ -101,8 +101,10 @@ def test_greedy_generation_and_extraction_on_a_planted_model():
     res = evaluate(model, "arithmetic", data=records, progress=False)
     assert res.predictions == ["7", "7"] and res.correct.tolist() == [True, False]
     assert math.isnan(res.f1) and res.outputs[0].startswith("7")
-    with pytest.raises(InvalidInputError, match="HookedMoE"):
-        evaluate(model, "sst2", data=_records([("good", 1)]), interventions=[object()], progress=False)
+    from moelens.interventions import Ablate
+
+    with pytest.raises(InvalidInputError, match="HookedMoE"):  # a valid intervention, but a bare model cannot take it
+        evaluate(model, "sst2", data=_records([("good", 1)]), interventions=[Ablate(0, 0)], progress=False)
 
 
 def test_statistics_by_hand():
