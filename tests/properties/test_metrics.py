@@ -184,9 +184,15 @@ def test_kl_reductions_respect_the_mask(pair, data):
         assert mean.isnan()
 
 
+# An activation rate is 0 or at least one token in n (>= 1e-6 for up to a million tokens): a subnormal
+# rate such as 5e-324 underflows to 0 when scaled, which is float64 running out of range, not a property
+# of the metric (a seeded run found it).
+RATES = st.one_of(st.just(0.0), st.floats(1e-6, 1))
+
+
 @SETTINGS
 @given(
-    st.lists(st.lists(st.floats(0, 1), min_size=3, max_size=3), min_size=2, max_size=5),
+    st.lists(st.lists(RATES, min_size=3, max_size=3), min_size=2, max_size=5),
     st.floats(0.01, 1.0),
     st.randoms(use_true_random=False),
 )
