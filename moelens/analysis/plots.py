@@ -28,14 +28,15 @@ from moelens.analysis._io import save_figure
 from moelens.analysis.routing_stats import RoutingStats
 from moelens.errors import InvalidInputError
 
-__all__ = ["plot_cwas_heatmap", "plot_general_vs_domain"]
+__all__ = ["heatmap_values", "plot_cwas_heatmap", "plot_general_vs_domain"]
 
 _METRICS = ("cwas", "lift", "activation_rate", "entropy")
 
 
 
 
-def _metric(stats: RoutingStats, metric: str) -> torch.Tensor:
+def heatmap_values(stats: RoutingStats, metric: str) -> torch.Tensor:
+    """``metric`` (cwas, lift, activation_rate, entropy) as ``[domain moe_layer expert]``."""
     if metric not in _METRICS:
         raise InvalidInputError(f"metric must be one of {list(_METRICS)}, got {metric!r}.")
     if metric == "cwas":
@@ -51,12 +52,13 @@ def plot_cwas_heatmap(
     path: str | Path | None = None,
     metric: str = "cwas",
 ) -> Figure:
-    """Heatmap of ``metric`` (default CWAS) over MoE layer (rows) x expert (columns).
+    """Heatmap of ``metric`` (default CWAS) over MoE layer (rows) x expert (columns); the same
+    figure as ``stats.plot(path=path, domain=domain, metric=metric)`` (kept as an alias).
 
     One panel for ``domain``, or one per domain (stacked, shared colour scale) when None.
     ``metric`` is one of cwas, lift (diverging colours around 0), activation_rate, entropy.
     """
-    values = _metric(stats, metric)
+    values = heatmap_values(stats, metric)
     domains = list(stats.domains) if domain is None else [domain]
     for d in domains:
         if d not in stats.domains:
@@ -92,7 +94,7 @@ def plot_cwas_heatmap(
 def plot_general_vs_domain(
     stats: RoutingStats, path: str | Path | None = None, annotate: int = 5
 ) -> Figure:
-    """Scatter of every (layer, expert): mean activation rate over domains (x) against domain
+    """(Alias of ``stats.plot(view="general_vs_domain")``.) Scatter of every (layer, expert): mean activation rate over domains (x) against domain
     specificity (y), coloured by layer.
 
     General experts sit bottom-right (often used, everywhere); domain experts top. The

@@ -11,7 +11,6 @@ any interventions, through any backend (:class:`~moelens.HookedMoE`, ``NNsightMo
 
 from __future__ import annotations
 
-import html
 import json
 import random
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InvalidInputError
+from ..results import Result
 from .prompts import few_shot_prompt, format_prompt
 from .registry import Task, get_task, task_records
 from .scoring import (
@@ -40,8 +40,8 @@ __all__ = ["EvalResult", "evaluate", "resolve_records", "spread"]
 Record = dict[str, Any]
 
 
-@dataclass
-class EvalResult:
+@dataclass(repr=False)
+class EvalResult(Result):
     """A task's score: accuracy, weighted F1 (NaN for free answers), 95% Wilson and bootstrap CIs,
     and per example: id, gold, prediction, correctness, choice scores ``[n n_choices]`` (choice
     tasks) or the generated text (free answers), and a group (MMLU subject).
@@ -61,6 +61,8 @@ class EvalResult:
     outputs: list[str] | None = None  # generated texts
     groups: list[str] | None = None
     interventions: list[dict] = field(default_factory=list)
+
+    FORMAT, VERSION = "moelens.EvalResult", 1
 
     @property
     def n(self) -> int:
@@ -112,36 +114,49 @@ class EvalResult:
         lo, hi = self.ci
         return {"task": self.task, "n": self.n, "accuracy": self.accuracy, "f1": self.f1, "ci_low": lo, "ci_high": hi}
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``path`` (JSON; scores as nested lists). Returns the path."""
-        path = Path(path).with_suffix(".json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "task": self.task, "ids": self.ids, "golds": self.golds, "predictions": self.predictions,
-            "correct": self.correct.tolist(), "scores": None if self.scores is None else self.scores.tolist(),
-            "outputs": self.outputs, "groups": self.groups, "interventions": self.interventions,
-        }
-        path.write_text(json.dumps(payload), encoding="utf-8")
-        return path
+    def _draw(self, ax) -> None:
+        """Accuracy with its 95% Wilson interval: one bar, or one per group (MMLU subject)."""
+        frame = self.by_group() if self.groups is not None else pd.DataFrame(
+            [{"group": self.task, "accuracy": self.accuracy, "ci_low": self.ci[0], "ci_high": self.ci[1]}])
+        err = np.vstack([frame["accuracy"] - frame["ci_low"], frame["ci_high"] - frame["accuracy"]])
+        ax.bar(range(len(frame)), frame["accuracy"], yerr=err, capsize=3, color="tab:blue")
+        ax.set_xticks(range(len(frame)), frame["group"], rotation=60 if len(frame) > 4 else 0, ha="right" if len(frame) > 4 else "center", fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{self.task}: n={self.n}, accuracy {self.accuracy:.3f}", fontsize=10)
+
+    def _state(self) -> tuple[dict[str, Tensor], dict]:
+        tensors = {"correct": torch.as_tensor(np.asarray(self.correct, dtype=bool))}
+        if self.scores is not None:
+            tensors["scores"] = self.scores
+        meta = {"task": self.task, "ids": self.ids, "golds": self.golds, "predictions": self.predictions,
+                "outputs": self.outputs, "groups": self.groups, "interventions": self.interventions}
+        return tensors, meta
+
+    @classmethod
+    def _from_state(cls, tensors: dict[str, Tensor], meta: dict) -> EvalResult:
+        return cls(meta["task"], meta["ids"], meta["golds"], meta["predictions"], tensors["correct"].numpy().astype(bool),
+                   tensors.get("scores"), meta["outputs"], meta["groups"], meta["interventions"])
 
     @classmethod
     def load(cls, path: str | Path) -> EvalResult:
-        """Read a result written by :meth:`save`."""
-        data = json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8"))
-        scores = None if data["scores"] is None else torch.tensor(data["scores"], dtype=torch.float32)
-        return cls(data["task"], data["ids"], data["golds"], data["predictions"], np.array(data["correct"], dtype=bool),
-                   scores, data["outputs"], data["groups"], data["interventions"])
+        """Read what :meth:`save` wrote (also a JSON-only file of moelens <= 0.x's ``EvalResult.save``)."""
+        legacy = Path(path).with_suffix(".json")
+        if legacy.is_file() and not Path(path).with_suffix(".safetensors").is_file():
+            data = json.loads(legacy.read_text(encoding="utf-8"))
+            if "format" not in data:
+                scores = None if data["scores"] is None else torch.tensor(data["scores"], dtype=torch.float32)
+                return cls(data["task"], data["ids"], data["golds"], data["predictions"], np.array(data["correct"], dtype=bool),
+                           scores, data["outputs"], data["groups"], data["interventions"])
+        return super().load(path)
+
+    def _html_table(self) -> pd.DataFrame:
+        return pd.DataFrame([self.summary()])
 
     def __repr__(self) -> str:
         lo, hi = self.ci
         f1 = "" if np.isnan(self.f1) else f", f1={self.f1:.3f}"
         return f"EvalResult({self.task}: n={self.n}, accuracy={self.accuracy:.3f} [{lo:.3f}, {hi:.3f}]{f1})"
-
-    def _repr_html_(self) -> str:
-        s = self.summary()
-        cells = "".join(f"<td>{v:.3f}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>" for v in s.values())
-        head = "".join(f"<th>{k}</th>" for k in s)
-        return f"<table><tr>{head}</tr><tr>{cells}</tr></table>"
 
 
 def spread(records: Sequence[Record], limit: int | None) -> list[Record]:
