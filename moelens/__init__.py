@@ -6,7 +6,6 @@
 1
 """
 
-from . import viz  # noqa: F401  (so that moelens.viz.routing_tokens works right after `import moelens`)
 from .analysis import (
     Agreement,
     Attribution,
@@ -26,6 +25,7 @@ from .errors import (
     BackendError,
     CheckpointError,
     ConcurrentUseError,
+    DataNotFoundError,
     HookShapeError,
     InterventionError,
     InvalidInputError,
@@ -48,6 +48,7 @@ __all__ = [
     "ActivationCache",
     "CheckpointError",
     "ConcurrentUseError",
+    "DataNotFoundError",
     "Agreement",
     "Attribution",
     "BackendError",
@@ -84,3 +85,13 @@ __all__ = [
     "token_triggers",
     "tune_router",
 ]
+
+
+def __getattr__(name: str):
+    # `moelens.viz` is imported on first use (PEP 562): it pulls in circuitsvis, which costs
+    # seconds, so `import moelens` stays cheap while `moelens.viz.routing_tokens(...)` still works.
+    if name == "viz":
+        import importlib
+
+        return importlib.import_module("moelens.viz")
+    raise AttributeError(f"module 'moelens' has no attribute {name!r}")

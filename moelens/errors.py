@@ -22,6 +22,7 @@ __all__ = [
     "BackendError",
     "CheckpointError",
     "ConcurrentUseError",
+    "DataNotFoundError",
 ]
 
 
@@ -136,6 +137,19 @@ class ResultFileError(MoelensError, FileNotFoundError, ValueError):
     Traceback (most recent call last):
     ...
     moelens.errors.ResultFileError: RoutingStats needs both no/such/stats.safetensors and no/such/stats.json (written by save()).
+    """
+
+
+class DataNotFoundError(MoelensError, FileNotFoundError):
+    """An evaluation data set (or one of its splits) that is not where moelens looked for it.
+
+    >>> import tempfile
+    >>> from moelens.tasks.data import load_records
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     load_records(folder, "test")  # a folder without test.jsonl
+    Traceback (most recent call last):
+    ...
+    moelens.errors.DataNotFoundError: pass split= one of [] to read from folder ...
     """
 
 

@@ -24,12 +24,15 @@ import base64
 import io
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-from matplotlib.figure import Figure
+from moelens.lazy import pandas as pd
 
 from .viz.html import Markup, el, table
 from .viz.render import standalone_page
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["Markup", "assemble", "el", "figure_html", "table_html", "write_section"]
 

@@ -17,16 +17,22 @@ to ``path`` when one is given.
 3
 """
 
+from __future__ import annotations
+
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
-from moelens.analysis._io import save_figure
-from moelens.analysis.routing_stats import RoutingStats
 from moelens.errors import InvalidInputError
+from moelens.results import new_figure, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from moelens.analysis.routing_stats import RoutingStats
 
 __all__ = ["heatmap_values", "plot_cwas_heatmap", "plot_general_vs_domain"]
 
@@ -76,7 +82,7 @@ def plot_cwas_heatmap(
     n_layers, n_experts = panels.shape[1:]
     width = min(max(6.0, 0.18 * n_experts + 2.0), 22.0)
     height = min(max(2.0, 0.22 * n_layers + 1.0), 12.0)
-    fig = Figure(figsize=(width, height * len(domains)), layout="constrained")
+    fig = new_figure((width, height * len(domains)))
     axes = fig.subplots(len(domains), 1, squeeze=False)[:, 0]
     for ax, d, panel in zip(axes, domains, panels, strict=True):
         image = ax.imshow(
@@ -104,7 +110,7 @@ def plot_general_vs_domain(
     rate = stats.activation_rate.mean(0)  # [moe_layer expert]
     spec = stats.domain_specificity()  # [moe_layer expert]
     layers = torch.tensor(stats.moe_layers).unsqueeze(1).expand_as(rate)
-    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    fig = new_figure((6.5, 4.5))
     ax = fig.subplots()
     points = ax.scatter(
         rate.reshape(-1).numpy(), spec.reshape(-1).numpy(), c=layers.reshape(-1).numpy(),

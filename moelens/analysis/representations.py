@@ -24,11 +24,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 
 from moelens.errors import InvalidInputError
+from moelens.lazy import pandas as pd
 from moelens.names import moe_name
 from moelens.results import Result, new_figure
 

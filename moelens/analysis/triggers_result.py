@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 
 from moelens.errors import InvalidInputError
+from moelens.lazy import pandas as pd
 from moelens.results import Result, frame_from_json, frame_to_json
 
 from ._bootstrap import bootstrap_counts, percentile_ci

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import DataNotFoundError, InvalidInputError
 from .answers import last_boxed
 from .prompts import format_prompt, format_target
 
@@ -126,7 +127,7 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
 def load_jsonl(path: str | Path, limit: int | None = None) -> list[Record]:
     """The first ``limit`` records (all if None) of a JSONL file; blank lines are skipped."""
     if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0 or None, got {limit}.")
+        raise InvalidInputError(f"limit must be >= 0 or None, got {limit}.")
     records: list[Record] = []
     with Path(path).open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -137,20 +138,20 @@ def load_jsonl(path: str | Path, limit: int | None = None) -> list[Record]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno} is not valid JSON: {exc.msg}.") from exc
+                raise InvalidInputError(f"{path}:{lineno} is not valid JSON: {exc.msg}.") from exc
     return records
 
 
 def _load_from_hub(spec: DatasetSpec, split: str, limit: int | None, looked: str) -> list[Record]:
     if split not in spec.hub_splits:
-        raise ValueError(
+        raise InvalidInputError(
             f"{spec.name!r} has no split {split!r} on the hub ({spec.hub_id}: "
             f"{sorted(spec.hub_splits)}), and {looked}."
         )
     try:
         import datasets  # heavy and optional: only needed for the hub
     except ImportError as exc:
-        raise ImportError(
+        raise DataNotFoundError(
             f"{spec.name!r} split {split!r} was not found locally ({looked}); loading it from "
             f"the HF hub ({spec.hub_id}) needs the `datasets` package: `pip install datasets`, "
             f"or pass data_dir= (or set MOELENS_DATA_DIR) to a folder holding "
@@ -164,7 +165,7 @@ def _load_from_hub(spec: DatasetSpec, split: str, limit: int | None, looked: str
                     break
                 rows.append(row)
     except Exception as exc:  # network, auth, renamed repo: all mean "not available here"
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"could not load {spec.hub_id} ({spec.name!r}, split {split!r}) from the HF hub: "
             f"{type(exc).__name__}: {exc}. Offline? Pass data_dir= (or set MOELENS_DATA_DIR) to "
             f"a folder holding {spec.name}/{split}.jsonl; {looked}."
@@ -202,7 +203,7 @@ def load_records(
                 return load_jsonl(folder / f"{split}.jsonl", limit)
             if folder.is_dir():  # the dataset is here, the split is not: a typo, not "go online"
                 have = sorted(p.stem for p in folder.glob("*.jsonl"))
-                raise FileNotFoundError(f"{folder} has no {split}.jsonl; splits there: {have}.")
+                raise DataNotFoundError(f"{folder} has no {split}.jsonl; splits there: {have}.")
             looked = f"{folder} does not exist"
         return _load_from_hub(spec, split, limit, looked)
     path = Path(name_or_path)
@@ -212,9 +213,9 @@ def load_records(
         split = split or (DATASETS[path.name].default_split if path.name in DATASETS else None)
         if split is None or not (path / f"{split}.jsonl").is_file():
             have = sorted(p.stem for p in path.glob("*.jsonl"))
-            raise FileNotFoundError(f"pass split= one of {have} to read from folder {path}.")
+            raise DataNotFoundError(f"pass split= one of {have} to read from folder {path}.")
         return load_jsonl(path / f"{split}.jsonl", limit)
-    raise ValueError(
+    raise InvalidInputError(
         f"{name!r} is neither a known dataset ({sorted(DATASETS)}) nor an existing file or folder."
     )
 

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
+
+from moelens.lazy import pandas as pd
 
 from ..errors import InvalidInputError
 from ..results import Result
@@ -35,7 +36,7 @@ from .scoring import (
     wilson_ci,
 )
 
-__all__ = ["EvalResult", "evaluate", "resolve_records", "spread"]
+__all__ = ["EvalResult", "evaluate", "resolve_records", "split_or_records", "spread"]
 
 Record = dict[str, Any]
 
@@ -293,3 +294,19 @@ def evaluate(
 def _as_dict(intervention: Any) -> dict:
     to_dict = getattr(intervention, "to_dict", None)
     return to_dict() if callable(to_dict) else {"repr": repr(intervention)}
+
+
+def split_or_records(task, source: Any, default_split: str, limit: int | None, data_dir) -> tuple[list[dict], str]:
+    """``(records, label)`` from data (a path or records) or, for a plain name such as
+    ``"train[:100]"``, from that split; the label names where they came from.
+
+    >>> records, label = split_or_records("sst2", [{"id": "a", "text": "fine .", "label": 1}], "validation", None, None)
+    >>> len(records), label
+    (1, '1 records')
+    """
+    if source is None or (isinstance(source, str) and "/" not in source and not source.endswith(".jsonl") and not Path(source).exists()):
+        split = source or default_split
+        return resolve_records(task, None, split, limit, data_dir), split
+    label = str(source) if isinstance(source, (str, Path)) else f"{len(source)} records"
+    return resolve_records(task, source, None, limit, data_dir), label
+

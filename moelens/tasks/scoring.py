@@ -91,8 +91,13 @@ def _device(model: Any) -> torch.device:
     return device if isinstance(device, torch.device) else next(model.parameters()).device
 
 
-def _pad(sequences: Sequence[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Right-padded ids and mask ``[batch pos]``."""
+def pad_rows(sequences: Sequence[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Right-padded ids and mask ``[batch pos]``.
+
+    >>> ids, mask = pad_rows([[5, 6], [7]], 0, torch.device("cpu"))
+    >>> ids.tolist(), mask.tolist()
+    ([[5, 6], [7, 0]], [[1, 1], [1, 0]])
+    """
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -102,7 +107,12 @@ def _pad(sequences: Sequence[list[int]], pad_id: int, device: torch.device) -> t
     return ids.to(device), mask.to(device)
 
 
-def _encode_prompts(tokenizer: Any, prompts: Sequence[str], max_length: int | None) -> list[list[int]]:
+def encode_prompts(tokenizer: Any, prompts: Sequence[str], max_length: int | None) -> list[list[int]]:
+    """Token ids of each prompt (with special tokens), keeping the last ``max_length`` ids.
+
+    >>> encode_prompts(lambda text, add_special_tokens: {"input_ids": [1, *map(ord, text)]}, ["ab"], 2)
+    [[97, 98]]
+    """
     encoded = [list(tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts]
     return [e[-max_length:] if max_length else e for e in encoded]  # keep the end: the question and "Answer:"
 
@@ -146,7 +156,7 @@ def choice_logprobs(
     cont_ids = [list(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in continuations]
     if any(not c for c in cont_ids):
         raise InvalidInputError(f"a continuation tokenizes to nothing: {[c for c, i in zip(continuations, cont_ids, strict=True) if not i]}.")
-    prompt_ids = _encode_prompts(tokenizer, prompts, max_length)
+    prompt_ids = encode_prompts(tokenizer, prompts, max_length)
     out = torch.empty(len(prompts), len(continuations))
     single = all(len(c) == 1 for c in cont_ids)
     # One item per forward row: a prompt (single-token continuations) or a (prompt, continuation) pair.
@@ -156,7 +166,7 @@ def choice_logprobs(
     for start in tqdm(range(0, len(items), batch_size), desc="scoring", unit="batch", disable=not progress):
         chunk = items[start : start + batch_size]
         seqs = [prompt_ids[i] + (cont_ids[j] if j is not None else []) for i, j in chunk]
-        ids, mask = _pad(seqs, pad, device)
+        ids, mask = pad_rows(seqs, pad, device)
         if single:  # the last prompt position predicts the continuation
             positions = torch.tensor([[len(s) - 1] for s in seqs])
         else:  # the positions predicting each continuation's tokens, right-padded with its last one
@@ -192,7 +202,7 @@ def greedy_generate(
     tokenizer = _tokenizer(model, tokenizer)
     logits_at = _logits_at(model, interventions)
     device, pad, eos = _device(model), tokenizer.pad_token_id or 0, tokenizer.eos_token_id
-    prompt_ids = _encode_prompts(tokenizer, prompts, max_length)
+    prompt_ids = encode_prompts(tokenizer, prompts, max_length)
     order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))  # similar lengths share a batch
     results: list[str] = [""] * len(prompts)
     for start in tqdm(range(0, len(prompts), batch_size), desc="generating", unit="batch", disable=not progress):
@@ -201,7 +211,7 @@ def greedy_generate(
         generated: list[list[int]] = [[] for _ in seqs]
         done = [False] * len(seqs)
         for _ in range(max_new_tokens):
-            ids, mask = _pad(seqs, pad, device)
+            ids, mask = pad_rows(seqs, pad, device)
             last = torch.tensor([[len(s) - 1] for s in seqs])  # [batch 1]
             next_ids = logits_at(ids, mask, last)[:, 0].argmax(-1).tolist()
             for i, token in enumerate(next_ids):

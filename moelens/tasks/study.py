@@ -34,13 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from moelens.lazy import pandas as pd
+
 from ..errors import InvalidInputError
 from ..interventions import Perturb, Scale
-from .evaluate import evaluate, resolve_records
+from .evaluate import evaluate
+from .evaluate import split_or_records as _records
 from .prompts import format_prompt, prompt_kind
 from .registry import get_task
 from .scoring import mcnemar_p, paired_bootstrap
@@ -115,15 +117,6 @@ def matched_random_sets(experts: Sequence[tuple[int, int]], n_experts: int, draw
             drawn += [(layer, e) for e in sorted(rng.sample(pool, len(chosen)))]
         out.append(drawn)
     return out
-
-
-def _records(task, source: Any, default_split: str, limit: int | None, data_dir) -> tuple[list[dict], str]:
-    """Records from data (path or records) or, for a plain name such as ``"train[:100]"``, a split."""
-    if source is None or (isinstance(source, str) and "/" not in source and not source.endswith(".jsonl") and not Path(source).exists()):
-        split = source or default_split
-        return resolve_records(task, None, split, limit, data_dir), split
-    label = str(source) if isinstance(source, (str, Path)) else f"{len(source)} records"
-    return resolve_records(task, source, None, limit, data_dir), label
 
 
 def _contrast(domain: str, limit: int, data_dir) -> dict[str, list[str]]:

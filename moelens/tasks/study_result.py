@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from torch import Tensor
+
+from moelens.lazy import pandas as pd
 
 from ..results import Result, frame_from_json, frame_to_json, new_figure
 
