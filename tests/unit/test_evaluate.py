@@ -9,7 +9,7 @@ import torch
 
 import moelens
 from moelens import Ablate, EvalResult, HookedMoE, Scale
-from moelens.zoo import evaluate as ev
+from zoo_training import evaluate as ev
 
 DATA = Path(__file__).parents[2] / ".." / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "sst2" / "validation.jsonl").is_file(), reason=f"no shared data at {DATA.resolve()}")

@@ -24,17 +24,17 @@ import time
 
 import torch
 
-from moelens.zoo import evaluate as ev
-from moelens.zoo.training import data as zd
-from moelens.zoo.training.card import render_card
-from moelens.zoo.training.metrics import evaluate_all
+from zoo_training import data as zd
+from zoo_training import evaluate as ev
+from zoo_training.card import render_card
+from zoo_training.metrics import evaluate_all
 
 ARCHS = ("mixtral", "qwen2moe", "olmoe")
 
 
 # -------------------------------------------------------------------------------------- args
 def parse_args(argv=None):
-    from moelens.zoo import train as entry
+    from zoo_training import train as entry
 
     p = argparse.ArgumentParser(description=entry.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", choices=ARCHS, required=True)

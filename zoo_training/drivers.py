@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from moelens import HookedMoE, driver_effects
-from moelens.zoo import evaluate as ev
-from moelens.zoo.training import data as zd
+from zoo_training import data as zd
+from zoo_training import evaluate as ev
 
 
 def task_prompts(n: int, arith_split: str) -> dict[str, list[str]]:

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from moelens.zoo import evaluate as ev
+from zoo_training import evaluate as ev
 
 DEAD_LOAD = 0.01  # an expert with less than this share of its layer's top-k slots counts as dead
 

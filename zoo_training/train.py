@@ -17,13 +17,13 @@ The pieces live in :mod:`moelens.zoo.training`: ``data`` (examples, tokenizer, p
 
 from __future__ import annotations
 
-from moelens.zoo.training.data import (
+from zoo_training.data import (
     DEFAULT_DATA,
     DEFAULT_TOKENIZER,
     arithmetic_problems,
     load_eval_sets,
 )
-from moelens.zoo.training.loop import build_model, main, parse_args
+from zoo_training.loop import build_model, main, parse_args
 
 __all__ = ["DEFAULT_DATA", "DEFAULT_TOKENIZER", "arithmetic_problems", "build_model", "load_eval_sets", "main",
            "parse_args"]
