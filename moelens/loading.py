@@ -62,7 +62,7 @@ def resolve_zoo(name: str) -> str:
     if isinstance(name, str) and name.startswith(ZOO_PREFIX) and not Path(name).exists():
         raise ModelLoadError(
             f"{name!r} is not an installed moelens zoo model; installed: {_zoo_names()}. Reinstall moelens, or "
-            f"train it with `python -m moelens.zoo.train` (see the zoo cards)."
+            f"train it with `python -m zoo_training.train` from a clone of the repository (see the zoo cards)."
         )
     return name
 
