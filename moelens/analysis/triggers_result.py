@@ -11,8 +11,7 @@ from torch import Tensor
 from moelens.errors import InvalidInputError
 from moelens.lazy import pandas as pd
 from moelens.results import Result, frame_from_json, frame_to_json
-
-from ._bootstrap import bootstrap_counts, percentile_ci
+from moelens.stats import bootstrap_counts, percentile_ci
 
 __all__ = ["EarlyLate", "TokenTriggers"]
 

@@ -20,7 +20,6 @@ to ``max_length`` and right-padded; continuations are tokenized without special 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
+from ..stats import bootstrap_ci, mcnemar_p, paired_bootstrap, wilson_ci  # re-exported: the old home
 
 __all__ = [
     "accuracy",
@@ -42,7 +42,6 @@ __all__ = [
     "wilson_ci",
 ]
 
-Z95 = 1.959963984540054
 
 
 # ---------------------------------------------------------------------- running the model
@@ -252,72 +251,3 @@ def weighted_f1(predictions: Sequence, golds: Sequence) -> float:
     if not golds:
         return float("nan")
     return float(f1_score(list(golds), list(predictions), average="weighted", zero_division=0))
-
-
-def wilson_ci(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (95% by default); ``(0, 1)`` for ``n = 0``."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def _resample(n: int, n_boot: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))  # [n_boot n] example indices
-
-
-def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (e.g. per-example correctness).
-
-    >>> bootstrap_ci([1.0] * 20)
-    (1.0, 1.0)
-    """
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        return (float("nan"), float("nan"))
-    means = x[_resample(x.size, n_boot, seed)].mean(1)
-    tail = (1 - level) / 2
-    return (float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail)))
-
-
-def paired_bootstrap(
-    treated: Sequence[float], control: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95
-) -> tuple[float, tuple[float, float], float]:
-    """Mean paired difference ``treated - control``, its percentile bootstrap CI, and a two-sided
-    bootstrap p-value for "no difference" (the share of resampled means on the other side of 0,
-    doubled; resampling the same examples for both keeps the pairing).
-
-    >>> delta, ci, p = paired_bootstrap([1, 1, 1, 1, 0] * 8, [0, 1, 1, 1, 0] * 8)
-    >>> delta, p < 0.05
-    (0.2, True)
-    """
-    a, b = np.asarray(treated, dtype=float), np.asarray(control, dtype=float)
-    if a.shape != b.shape:
-        raise InvalidInputError(f"paired samples must have the same length; got {a.shape} and {b.shape}.")
-    diff = a - b
-    delta = float(diff.mean()) if diff.size else float("nan")
-    if diff.size == 0 or not diff.any():
-        return delta, (delta, delta), 1.0
-    means = diff[_resample(diff.size, n_boot, seed)].mean(1)
-    tail = (1 - level) / 2
-    ci = (float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail)))
-    p = 2 * min(float((means <= 0).mean()), float((means >= 0).mean()))
-    return delta, ci, min(1.0, max(p, 1 / n_boot))
-
-
-def mcnemar_p(treated_correct: Sequence[bool], control_correct: Sequence[bool]) -> float:
-    """Exact McNemar test: two-sided binomial test on the discordant pairs (1.0 when there are none).
-
-    >>> round(mcnemar_p([1] * 10 + [0] * 0, [0] * 10), 4)  # 10 wins, 0 losses
-    0.002
-    """
-    a, b = np.asarray(treated_correct, dtype=bool), np.asarray(control_correct, dtype=bool)
-    wins, losses = int((a & ~b).sum()), int((~a & b).sum())
-    if wins + losses == 0:
-        return 1.0
-    from scipy.stats import binomtest
-
-    return float(binomtest(wins, wins + losses, 0.5).pvalue)

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from moelens.analysis._bootstrap import bootstrap_counts, percentile_ci
 from moelens.errors import InvalidInputError
 from moelens.lazy import pandas as pd
+from moelens.stats import bootstrap_counts, percentile_ci
 
 if TYPE_CHECKING:
     from .result import DriverEffects
