@@ -91,31 +91,31 @@ def _intercept(steps: list[LayerStep], shape: tuple[int, int]) -> None:
         lh = step.layer_hooks
         if lh.resid_pre.active:
             args, kwargs = step.layer.inputs
-            new = lh._pre(False)(None, args, kwargs)
+            new = lh.edit_resid_pre(args, kwargs)
             if new is not None:
                 step.layer.inputs = new
         moe = step.moe_hooks
         if moe is not None and any(point.active for point in moe.points.values()):
             moe.shape = shape
-            if moe._active("hook_in"):
+            if moe.active("hook_in"):
                 args, kwargs = step.block.inputs
-                new = moe._block_pre(None, args)
+                new = moe.edit_input(args)
                 if new is not None:
                     step.block.inputs = (new, kwargs)
-            if moe._active(*_ROUTING):
+            if moe.active(*_ROUTING):
                 router_input = step.router.input
                 output = step.router.output
-                new = moe._router_post(step.router._module, (router_input,), output)
+                new = moe.edit_routing(step.router._module, router_input, output)
                 if new is not None:
                     step.router.output = new
-            if moe._active("hook_out"):
+            if moe.active("hook_out"):
                 output = step.block.output
-                new = moe._block_post(None, (), output)
+                new = moe.edit_output(output)
                 if new is not None:
                     step.block.output = new
         if lh.resid_post.active:
             output = step.layer.output
-            new = lh._post(None, (), output)
+            new = lh.edit_resid_post(output)
             if new is not None:
                 step.layer.output = new
 
