@@ -138,7 +138,7 @@ def run_stats(model, data: dict[str, list[str]], out: Path, progress: bool = Tru
     domain_experts.to_csv(out / "domain_experts.csv", index=False)
     general.to_csv(out / "general_experts.csv", index=False)
     write_section(
-        out, 20, "Domain experts",
+        out, "Domain experts",
         el("p", "CWAS = A × (1 − H): activation rate A times one minus the normalised routing entropy H. Domain experts "
                 "rank by CWAS lift (CWAS in the domain minus its mean over the other domains). Our reconstruction of "
                 "arXiv 2601.10159.", cls="note")
@@ -147,7 +147,7 @@ def run_stats(model, data: dict[str, list[str]], out: Path, progress: bool = Tru
         + table_html(domain_experts, caption="Top 10 experts of each domain by CWAS lift (click a header to sort)"),
     )
     write_section(
-        out, 30, "General experts",
+        out, "General experts",
         el("p", "High activation rate in every domain, low domain specificity: ", general_expert_sentence(stats), ".")
         + figure_html(plot_general_vs_domain(stats), "general vs domain")
         + table_html(general, caption="Experts ranked by their lowest activation rate over the domains"),
@@ -166,7 +166,7 @@ def _token_view(model, data: dict[str, list[str]], out: Path, per_domain: int = 
     for domain, texts in data.items():
         for text in texts[:per_domain]:
             parts += [el("h3", domain), routing_tokens(model, text).fragment()]
-    write_section(out, 60, "Tokens by expert", "\n".join(parts))
+    write_section(out, "Tokens by expert", "\n".join(parts))
 
 
 def run_drivers(model, data: dict[str, list[str]], out: Path, exact: bool, progress: bool = True, per_domain: int = 8):
@@ -189,7 +189,7 @@ def run_drivers(model, data: dict[str, list[str]], out: Path, exact: bool, progr
         + figure_html(effects.plot_heatmap(), "driver heatmap") + figure_html(effects.plot_layer_totals(), "driver totals by layer")
         + table_html(top, caption="The 10 strongest drivers (mean KL in nats)")
     )
-    write_section(out, 40, "Driver experts", body)
+    write_section(out, "Driver experts", body)
     if (out / "routing_stats.safetensors").exists():
         _agreement_section(out, effects)
     return effects
@@ -213,7 +213,7 @@ def _agreement_section(out: Path, effects) -> None:
 
     rho, overlap, n = _agreement(RoutingStats.load(out / "routing_stats"), effects)
     write_section(
-        out, 50, "Domain experts vs driver experts",
+        out, "Domain experts vs driver experts",
         el("p", as_sentence(agreement_sentence(rho, overlap, n)), " The paper's claim is that the experts a domain "
                 "activates most are not always the ones that drive the output."),
     )
@@ -241,7 +241,7 @@ def _summary(out: Path, name: str, model, data: dict[str, list[str]], seconds: d
         findings.append(agreement_sentence(*_agreement(stats, effects)))
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
     write_section(
-        out, 10, "Summary",
+        out, "Summary",
         el("p", el("b", name), f": {cfg.architecture}, {cfg.n_layers} layers (MoE layers {list(cfg.moe_layers)}), "
                                f"{cfg.n_experts} experts, top-{cfg.top_k}, {cfg.scoring} routing.")
         + (el("p", "What we found:") + el("ul", *[el("li", as_sentence(f)) for f in findings]) if findings else "")

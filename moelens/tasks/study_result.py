@@ -167,5 +167,5 @@ def write_study(out: str | Path, study: StudyResult) -> Path:
     path = out / "study.csv"
     study.table.to_csv(path, index=False)  # the table alone, for spreadsheets
     study.plot(path=out / "study.png")
-    write_section(out, 70, "Re-weighting study", study_section(study))
+    write_section(out, "Re-weighting study", study_section(study))
     return path

@@ -73,3 +73,14 @@ def test_section_title_and_page_title_are_escaped(tmp_path):
     page = assemble(tmp_path, title="<script>t</script>").read_text(encoding="utf-8")
     assert "<h2>&lt;i&gt;x&lt;/i&gt;</h2>" in page and "<p>&lt;b&gt;</p>" in page
     assert "<title>&lt;script&gt;t&lt;/script&gt;</title>" in page and "<script>t" not in page
+
+
+def test_sections_are_placed_by_declaration_not_by_numbers(tmp_path):
+    from moelens.report import SECTIONS
+
+    for title in reversed(SECTIONS):  # written in the opposite order
+        write_section(tmp_path, title, el("p", title))
+    write_section(tmp_path, "Something new", el("p", "x"))  # not declared: after the declared ones
+    page = assemble(tmp_path).read_text(encoding="utf-8")
+    positions = [page.index(f"<h2>{title}</h2>") for title in (*SECTIONS, "Something new")]
+    assert positions == sorted(positions)
