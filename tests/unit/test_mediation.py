@@ -220,7 +220,7 @@ def test_bad_inputs_name_the_problem():
 
 
 def test_checkpoint_resumes_to_the_same_result(tmp_path, monkeypatch):
-    import moelens.analysis.mediation as mediation
+    import moelens.analysis.mediation.run as mediation
 
     model = _model("mixtral")
     clean, corrupt = _pair(9, 4, 5, 2)

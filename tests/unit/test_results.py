@@ -16,7 +16,7 @@ from moelens import HookedMoE, token_triggers
 from moelens.analysis.agreement import Agreement, compare_effects
 from moelens.analysis.attribution import Attribution
 from moelens.analysis.drivers import DriverEffects
-from moelens.analysis.mediation_result import Mediation
+from moelens.analysis.mediation import Mediation
 from moelens.analysis.representations import ExpertRepresentations
 from moelens.analysis.routing_stats import RoutingStats
 from moelens.analysis.triggers_result import EarlyLate, TokenTriggers

@@ -50,10 +50,10 @@ from moelens.metrics import kl_divergence
 from moelens.names import moe_name, resid_name
 from moelens.runner import SweepRunner
 
-from ._routing_patch import dense_gates, expert_contribution
-from .drivers.options import parse_layers, positive_int
-from .mediation_inputs import experts_list, pairs_digest, token_pairs
-from .mediation_result import Mediation
+from .._routing_patch import dense_gates, expert_contribution
+from ..drivers.options import parse_layers, positive_int
+from .inputs import experts_list, pairs_digest, token_pairs
+from .result import Mediation
 
 if TYPE_CHECKING:
     from moelens.model import HookedMoE
