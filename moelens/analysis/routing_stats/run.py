@@ -18,15 +18,15 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ..errors import InvalidInputError
-from ..inputs import check_max_length
-from ..metrics import topk_mask_from_indices
-from ..names import moe_name
-from ..runner import SweepRunner
-from .routing_stats import SUM_FIELDS, RoutingStats
+from ...errors import InvalidInputError
+from ...inputs import check_max_length
+from ...metrics import topk_mask_from_indices
+from ...names import moe_name
+from ...runner import SweepRunner
+from .result import SUM_FIELDS, RoutingStats
 
 if TYPE_CHECKING:
-    from ..backends.protocol import MoEBackend
+    from ...backends.protocol import MoEBackend
 
 __all__ = ["collect_routing_stats"]
 
