@@ -19,7 +19,7 @@ from moelens.analysis.drivers import DriverEffects
 from moelens.analysis.mediation import Mediation
 from moelens.analysis.representations import ExpertRepresentations
 from moelens.analysis.routing_stats import RoutingStats
-from moelens.analysis.triggers_result import EarlyLate, TokenTriggers
+from moelens.analysis.triggers import EarlyLate, TokenTriggers
 from moelens.metrics import topk_mask_from_indices
 from moelens.results import Result, same_state
 from moelens.tasks import EvalResult, StudyResult

@@ -37,8 +37,8 @@ from moelens.errors import InvalidInputError
 from moelens.lazy import pandas as pd
 from moelens.names import moe_name
 
-from .drivers.options import SweepInputs, positive_int
-from .triggers_result import EarlyLate, TokenTriggers
+from ..drivers.options import SweepInputs, positive_int
+from .result import EarlyLate, TokenTriggers
 
 if TYPE_CHECKING:
     from moelens.model import HookedMoE

@@ -32,8 +32,8 @@ from moelens.lazy import pandas as pd
 from moelens.names import moe_name
 from moelens.results import Result, new_figure
 
-from ._routing_patch import expert_contribution
-from .drivers.options import SweepInputs, positive_int
+from .._routing_patch import expert_contribution
+from ..drivers.options import SweepInputs, positive_int
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
