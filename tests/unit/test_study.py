@@ -15,8 +15,8 @@ from moelens.tasks.study import (
     check_disjoint,
     expert_interventions,
     matched_random_sets,
+    study_section,
 )
-from moelens.tasks.study_result import study_section
 
 DATA = Path(__file__).parents[2] / ".." / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "sst2" / "train.jsonl").is_file(), reason=f"no shared data at {DATA.resolve()}")

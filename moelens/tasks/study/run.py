@@ -39,14 +39,14 @@ from tqdm.auto import tqdm
 
 from moelens.lazy import pandas as pd
 
-from ..errors import InvalidInputError
-from ..interventions import Perturb, Scale
-from .evaluate import evaluate
-from .evaluate import split_or_records as _records
-from .prompts import format_prompt, prompt_kind
-from .registry import get_task
-from .scoring import mcnemar_p, paired_bootstrap
-from .study_result import COLUMNS, StudyResult
+from ...errors import InvalidInputError
+from ...interventions import Perturb, Scale
+from ..evaluate import evaluate
+from ..evaluate import split_or_records as _records
+from ..prompts import format_prompt, prompt_kind
+from ..registry import get_task
+from ..scoring import mcnemar_p, paired_bootstrap
+from .result import COLUMNS, StudyResult
 
 __all__ = ["check_disjoint", "expert_interventions", "matched_random_sets", "reweighting_study"]
 
@@ -120,7 +120,7 @@ def matched_random_sets(experts: Sequence[tuple[int, int]], n_experts: int, draw
 
 
 def _contrast(domain: str, limit: int, data_dir) -> dict[str, list[str]]:
-    from .data import load_records
+    from ..data import load_records
 
     texts = {}
     for other, (name, split) in _CONTRAST.items():
@@ -162,7 +162,7 @@ def _row(meta: dict, name: str, recipe: str, factor: float, n_experts: int, draw
 
 def _model_name(model: Any) -> str:
     """The zoo name for packaged models, else the HF ``name_or_path``, else the architecture."""
-    from ..zoo import ZOO_DIR, ZOO_PREFIX
+    from ...zoo import ZOO_DIR, ZOO_PREFIX
 
     path = str(getattr(getattr(model, "hf_model", None), "name_or_path", "") or "")
     if path and Path(path).parent == ZOO_DIR:
@@ -228,7 +228,7 @@ def reweighting_study(
     >>> sorted(set(study.table["expert_set"]))
     ['baseline', 'domain', 'driver', 'random (domain)', 'random (driver)']
     """
-    from ..analysis import collect_routing_stats, driver_effects
+    from ...analysis import collect_routing_stats, driver_effects
 
     spec = get_task(task)
     _check_backend(model, driver_method, tune_steps)
@@ -289,7 +289,7 @@ def reweighting_study(
                                  float(np.mean([r.f1 for r in draws])), base.correct, None, neg_random, seed))
     bar.close()
     if tune_steps > 0:
-        from .lora import tune_router
+        from ..lora import tune_router
 
         tuned = tune_router(model, spec, data=select, steps=tune_steps, rank=tune_rank, seed=seed, progress=progress)
         res = evaluate(tuned, spec, **run)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from moelens.lazy import pandas as pd
 
-from ..results import Result, frame_from_json, frame_to_json, new_figure
+from ...results import Result, frame_from_json, frame_to_json, new_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -104,7 +104,7 @@ class StudyResult(Result):
 
     @classmethod
     def _from_state(cls, tensors: dict[str, Tensor], meta: dict) -> StudyResult:
-        from .evaluate import EvalResult
+        from ..evaluate import EvalResult
 
         results = {}
         for i, item in enumerate(meta.get("results", [])):
@@ -138,7 +138,7 @@ def _fmt(value: Any) -> str:
 
 def study_section(result: StudyResult, figure: bool = True) -> str:
     """The study as an HTML report section (a note, the plot, the table), for ``moelens analyze --study``."""
-    from ..report import figure_html
+    from ...report import figure_html
 
     meta = result.meta
     cols = ["expert_set", "recipe", "factor", "accuracy", "f1", "delta", "delta_ci_low", "delta_ci_high",
@@ -160,7 +160,7 @@ def study_section(result: StudyResult, figure: bool = True) -> str:
 def write_study(out: str | Path, study: StudyResult) -> Path:
     """Save the study (``study.safetensors`` + ``study.json``, the table as ``study.csv``, ``study.png``)
     and its report section into ``out``; returns the CSV's path."""
-    from ..report import write_section
+    from ...report import write_section
 
     out = Path(out)
     study.save(out / "study")
