@@ -19,7 +19,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 # (tests/unit/test_metrics_reference.py checks them), which the checker would pre-empt.
 CHECKED_MODULES = [
     "moelens.cache",
-    "moelens.analysis.routing_stats",
+    "moelens.analysis.routing_stats.result",
     "moelens.analysis.drivers.result",
 ]
 install_import_hook(CHECKED_MODULES, "beartype.beartype")

@@ -6,8 +6,6 @@
 1
 """
 
-# so that moelens.viz.routing_tokens, moelens.patching and moelens.utils work right after `import moelens`
-from . import patching, utils, viz  # noqa: F401
 from .analysis import (
     Agreement,
     Attribution,
@@ -27,6 +25,7 @@ from .errors import (
     BackendError,
     CheckpointError,
     ConcurrentUseError,
+    DataNotFoundError,
     HookShapeError,
     InterventionError,
     InvalidInputError,
@@ -50,6 +49,7 @@ __all__ = [
     "ActivationCache",
     "CheckpointError",
     "ConcurrentUseError",
+    "DataNotFoundError",
     "NonFiniteError",
     "Agreement",
     "Attribution",
@@ -87,3 +87,17 @@ __all__ = [
     "token_triggers",
     "tune_router",
 ]
+
+
+_SUBMODULES = ("viz", "patching", "utils")
+
+
+def __getattr__(name: str):
+    # `moelens.viz` is imported on first use (PEP 562): it pulls in circuitsvis, which costs
+    # seconds, so `import moelens` stays cheap while `moelens.viz.routing_tokens(...)` still works;
+    # moelens.patching and moelens.utils likewise work right after `import moelens`.
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"moelens.{name}")
+    raise AttributeError(f"module 'moelens' has no attribute {name!r}")

@@ -34,7 +34,7 @@ def run_stats(model, data: dict[str, list[str]], out: Path, progress: bool = Tru
     domain_experts.to_csv(out / "domain_experts.csv", index=False)
     general.to_csv(out / "general_experts.csv", index=False)
     write_section(
-        out, 20, "Domain experts",
+        out, "Domain experts",
         el("p", "CWAS = A × (1 − H): activation rate A times one minus the normalised routing entropy H. Domain experts "
                 "rank by CWAS lift (CWAS in the domain minus its mean over the other domains). Our reconstruction of "
                 "arXiv 2601.10159.", cls="note")
@@ -44,7 +44,7 @@ def run_stats(model, data: dict[str, list[str]], out: Path, progress: bool = Tru
         + caveat_html(caveat_sentences({domain: len(texts) for domain, texts in data.items()})),
     )
     write_section(
-        out, 30, "General experts",
+        out, "General experts",
         el("p", "High activation rate in every domain, low domain specificity: ", general_expert_sentence(stats), ".")
         + figure_html(plot_general_vs_domain(stats, general=general), "general vs domain")
         + table_html(general, caption="Experts ranked by their lowest activation rate over the domains (the first five are "
@@ -64,7 +64,7 @@ def _token_view(model, data: dict[str, list[str]], out: Path, per_domain: int = 
     for domain, texts in data.items():
         for text in texts[:per_domain]:
             parts += [el("h3", domain), routing_tokens(model, text).fragment()]
-    write_section(out, 60, "Tokens by expert", "\n".join(parts))
+    write_section(out, "Tokens by expert", "\n".join(parts))
     _routing_maps(model, data, out)
 
 
@@ -77,7 +77,7 @@ def _routing_maps(model, data: dict[str, list[str]], out: Path, max_tokens: int 
                      "every cell that routed to that expert.", cls="note")]
     for domain, texts in data.items():
         parts += [el("h3", domain), routing_map(model, texts[0], max_tokens=max_tokens).fragment()]
-    write_section(out, 55, "Routing map", "\n".join(parts))
+    write_section(out, "Routing map", "\n".join(parts))
 
 
 _ESTIMATE = {
@@ -111,7 +111,7 @@ def run_drivers(model, data: dict[str, list[str]], out: Path, exact: bool, progr
         + table_html(top, caption=f"The 10 strongest drivers (mean KL in nats; {effects.estimator()})")
         + caveat_html(caveat_sentences({domain: min(len(t), per_domain) for domain, t in data.items()}))
     )
-    write_section(out, 40, "Driver experts", body)
+    write_section(out, "Driver experts", body)
     if (out / "routing_stats.safetensors").exists():
         _agreement_section(out, effects)
     return effects
@@ -135,7 +135,7 @@ def _agreement_section(out: Path, effects) -> None:
 
     rho, overlap, n = _agreement(RoutingStats.load(out / "routing_stats"), effects)
     write_section(
-        out, 50, "Domain experts vs driver experts",
+        out, "Domain experts vs driver experts",
         el("p", as_sentence(agreement_sentence(rho, overlap, n)), " The paper's claim is that the experts a domain "
                 "activates most are not always the ones that drive the output."),
     )
@@ -166,7 +166,7 @@ def summary(out: Path, name: str, model, data: dict[str, list[str]], seconds: di
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
     caveats = caveat_sentences({domain: len(texts) for domain, texts in data.items()})
     write_section(
-        out, 10, "Summary",
+        out, "Summary",
         el("p", el("b", name), f": {cfg.architecture}, {cfg.n_layers} layers (MoE layers {list(cfg.moe_layers)}), "
                                f"{cfg.n_experts} experts, top-{cfg.top_k}, {cfg.scoring} routing.")
         + (el("p", "What we found:") + el("ul", *[el("li", as_sentence(f)) for f in findings]) if findings else "")

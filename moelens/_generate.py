@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._interception import own_hook
 from ._tokens import TokenIds, need_tokenizer
+from ._torch_hooks import own_hook
 from .errors import InvalidInputError
 from .hook_points import CallContext
 

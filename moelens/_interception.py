@@ -10,7 +10,6 @@ propagate by themselves.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._torch_hooks import own_hook
 from .architectures.registry import resolve
 from .architectures.spec import ArchitectureSpec, RouterOutput
 from .errors import HookShapeError, ReadOnlyHookError
@@ -64,22 +64,32 @@ class LayerHooks:
         if self.resid_post.active:
             own_hook(stack, self.layer, self._post)
 
-    def _pre(self, stop: bool) -> Callable:
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
-            resid = _first_arg(args, kwargs, "hidden_states")
-            new = self.resid_pre(resid) if self.resid_pre.active else resid
-            if stop:
-                raise StopForward(new)
-            return None if new is resid else _replace_first_arg(args, kwargs, "hidden_states", new)
+    # The edits take tensors, never a module: the torch hooks below and the nnsight trace
+    # (moelens.backends._trace) both call them. None means "unchanged".
+    def edit_resid_pre(self, args: tuple, kwargs: dict, stop: bool = False) -> tuple[tuple, dict] | None:
+        """New ``(args, kwargs)`` of the decoder layer after ``hook_resid_pre``, or None."""
+        resid = _first_arg(args, kwargs, "hidden_states")
+        new = self.resid_pre(resid) if self.resid_pre.active else resid
+        if stop:
+            raise StopForward(new)
+        return None if new is resid else _replace_first_arg(args, kwargs, "hidden_states", new)
 
-        return hook
-
-    def _post(self, module: nn.Module, args: tuple, output: Any) -> Any:
+    def edit_resid_post(self, output: Any) -> Any:
+        """The decoder layer's new output after ``hook_resid_post``, or None."""
         resid = output[0] if isinstance(output, tuple) else output
         new = self.resid_post(resid)
         if new is resid:
             return None
         return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    def _pre(self, stop: bool) -> Callable:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+            return self.edit_resid_pre(args, kwargs, stop)
+
+        return hook
+
+    def _post(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        return self.edit_resid_post(output)
 
 
 class MoEHooks:
@@ -101,8 +111,11 @@ class MoEHooks:
         self.n_experts = n_experts
         self.shape: tuple[int, int] = (0, 0)  # (batch, pos) of the current call
 
-    def _active(self, *suffixes: str) -> bool:
+    def active(self, *suffixes: str) -> bool:
+        """Whether any of these hook points (``"hook_in"``, ...) has a hook or is cached."""
         return any(s in self.points and self.points[s].active for s in suffixes)
+
+    _active = active
 
     def install(self, stack: ExitStack) -> None:
         routing = ("hook_router_logits", "hook_router_scores", "hook_topk_indices", "hook_topk_weights")
@@ -127,6 +140,16 @@ class MoEHooks:
 
     # -- block input and output ---------------------------------------------------------------
     def _block_pre(self, module: nn.Module, args: tuple) -> Any:
+        return self.edit_input(args)
+
+    def _block_post(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        return self.edit_output(output)
+
+    def _router_post(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        return self.edit_routing(module, args[0], output)
+
+    def edit_input(self, args: tuple) -> tuple | None:
+        """The MoE block's new positional args after ``hook_in`` (records ``(batch, pos)``), or None."""
         hidden = args[0]
         self.shape = (hidden.shape[0], hidden.shape[1])
         point = self.points["hook_in"]
@@ -135,7 +158,8 @@ class MoEHooks:
         new = point(hidden)
         return None if new is hidden else (new, *args[1:])
 
-    def _block_post(self, module: nn.Module, args: tuple, output: Any) -> Any:
+    def edit_output(self, output: Any) -> Any:
+        """The MoE block's new output after ``hook_out``, or None."""
         hidden = output[0] if self.spec.moe_returns_tuple else output
         batch, pos = self.shape
         view = hidden.view(batch, pos, hidden.shape[-1])  # some blocks return [tokens d]
@@ -154,8 +178,9 @@ class MoEHooks:
         return new.reshape(output.shape).clone()
 
     # -- routing ------------------------------------------------------------------------------
-    def _router_post(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        found = self.spec.router_io.unpack(output, args[0], module)
+    def edit_routing(self, router: nn.Module, router_input: Tensor, output: Any) -> Any:
+        """The router's new output after the routing hook points (logits, scores, top-k), or None."""
+        found = self.spec.router_io.unpack(output, router_input, router)
         batch, pos = self.shape
         logits, weights, index = found
         k = index.shape[1]
@@ -163,7 +188,7 @@ class MoEHooks:
         logits, rerouted = self._edit_small(points["hook_router_logits"], logits, (batch, pos, logits.shape[-1]))
         routing = None
         if rerouted or points["hook_router_scores"].active:
-            routing = self.spec.routing.route(logits, module)
+            routing = self.spec.routing.route(logits, router)
         if points["hook_router_scores"].active:
             scores = routing.scores.view(batch, pos, -1)
             kept = scores.clone()
@@ -258,7 +283,7 @@ def build_hook_points(
 ) -> tuple[list[HookPoint], list[LayerHooks], list[MoEHooks], list]:
     """Every hook point of a model in forward order, with the interception of each layer, MoE block
     and stream point (:mod:`moelens._stream_hooks`: the model's first, then one per layer)."""
-    from ._stream_hooks import ModelStreamHooks, StreamHooks  # it imports own_hook from here
+    from ._stream_hooks import ModelStreamHooks, StreamHooks
 
     def point(layer: int | None, suffix: str) -> HookPoint:
         return HookPoint(hook_name(layer, suffix), layer, HOOK_TABLE[suffix])
@@ -295,37 +320,3 @@ def build_hook_points(
 def _same(a: Tensor, b: Tensor) -> bool:
     """``torch.equal`` that counts NaN == NaN (and keeps the bit-exact comparison otherwise)."""
     return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
-
-
-# Every torch hook moelens installs is in this set until removed, so reset_hooks() can find any
-# that an exception or a signal left behind.
-_INSTALLED: set = set()
-_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks")
-
-
-def own_hook(stack: ExitStack, module: nn.Module, fn: Any, pre: bool = False, **kwargs: Any) -> None:
-    """Register ``fn`` as a forward (``pre=True``: forward-pre) hook of ``module``, owned by ``stack``
-    before it exists: the removal (by identity of ``fn``) is on the stack first, so an exception or
-    an asynchronous KeyboardInterrupt landing at any statement cannot leave the hook behind."""
-    fn = functools.partial(fn)  # a new object per installation: removal by identity takes only this one
-    _INSTALLED.add(fn)
-    stack.callback(_remove_hook, module, fn)
-    (module.register_forward_pre_hook if pre else module.register_forward_hook)(fn, **kwargs)
-
-
-def _remove_hook(module: nn.Module, fn: Any) -> None:
-    for name in _HOOK_DICTS:
-        hooks = getattr(module, name)
-        for key in [key for key, hook in hooks.items() if hook is fn]:
-            del hooks[key]
-            for extra in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs"):
-                getattr(module, extra, {}).pop(key, None)
-    _INSTALLED.discard(fn)
-
-
-def remove_installed_hooks(root: nn.Module) -> None:
-    """Remove from every module under ``root`` each torch hook that :func:`own_hook` installed."""
-    for module in root.modules():
-        for name in _HOOK_DICTS:
-            for hook in [hook for hook in getattr(module, name).values() if hook in _INSTALLED]:
-                _remove_hook(module, hook)

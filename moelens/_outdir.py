@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 __all__ = ["STEP_OUTPUTS", "claim"]
 
-# What each step writes: report sections (by their order prefix) and files.
+# What each step writes: report sections (by their title in moelens.report.SECTIONS) and files.
 STEP_OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "stats": (("20-", "30-", "60-"), ("routing_stats.safetensors", "routing_stats.json", "routing_stats.csv",
-                                       "domain_experts.csv", "general_experts.csv")),
-    "drivers": (("40-", "42-", "45-", "47-", "50-"), ("driver_effects.safetensors", "driver_effects.json", "driver_effects.csv")),
-    "summary": (("10-",), ("run.json",)),
+    "stats": (("Domain experts", "General experts", "Routing map", "Tokens by expert"),
+              ("routing_stats.safetensors", "routing_stats.json", "routing_stats.csv", "domain_experts.csv", "general_experts.csv")),
+    "drivers": (("Driver experts", "Driver effects per layer (robust)", "Token triggers of driver experts",
+                 "Mediation through routing", "Domain experts vs driver experts"),
+                ("driver_effects.safetensors", "driver_effects.json", "driver_effects.csv")),
+    "summary": (("Summary",), ("run.json",)),
 }
 
 
@@ -48,6 +51,8 @@ def claim(out: Path, step: str, model_name: str, data: dict[str, Any]) -> list[s
     >>> claim(out, "stats", "m", {"a": ["other"]}), (out / "driver_effects.csv").exists()
     (['drivers'], False)
     """
+    from .report import section_slug
+
     manifest = out / "steps.json"
     try:
         steps = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
@@ -59,9 +64,10 @@ def claim(out: Path, step: str, model_name: str, data: dict[str, Any]) -> list[s
     if not manifest.is_file() and any((out / "sections").glob("*.html")):  # a folder from before steps.json
         stale = [name for name in STEP_OUTPUTS if name != step]
     for name in stale:
-        prefixes, files = STEP_OUTPUTS[name]
+        titles, files = STEP_OUTPUTS[name]
+        slugs = {section_slug(title) for title in titles}
         for section in (out / "sections").glob("*.html"):
-            if section.name.startswith(prefixes):
+            if re.sub(r"^\d+-", "", section.stem) in slugs:  # the fragment's name after its order prefix
                 section.unlink()
         for file in files:
             (out / file).unlink(missing_ok=True)

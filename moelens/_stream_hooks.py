@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ._interception import own_hook
+from ._torch_hooks import own_hook
 from .hook_points import HookPoint
 
 __all__ = ["ModelStreamHooks", "StreamHooks"]
@@ -33,7 +33,7 @@ def _join(tensor: Tensor, rest: tuple, was_tuple: bool) -> Any:
     return (tensor, *rest) if was_tuple else tensor
 
 
-def _replace_output(point: HookPoint, output: Any, batch_pos: tuple[int, int]) -> Any:
+def replace_output(point: HookPoint, output: Any, batch_pos: tuple[int, int]) -> Any:
     """Run a module's output through ``point`` as ``[batch pos d_model]``; the module's own output form
     (tuple or not, ``[tokens d]`` or ``[batch pos d]``) is kept when a hook returns a new tensor."""
     hidden, rest = _split(output)
@@ -63,10 +63,10 @@ class StreamHooks:
 
     def _attn_post(self, module: nn.Module, args: tuple, output: Any) -> Any:
         hidden, _ = _split(output)
-        return _replace_output(self.points["hook_attn_out"], output, tuple(hidden.shape[:2]))
+        return replace_output(self.points["hook_attn_out"], output, tuple(hidden.shape[:2]))
 
     def _mlp_post(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        return _replace_output(self.points["hook_mlp_out"], output, tuple(args[0].shape[:2]))
+        return replace_output(self.points["hook_mlp_out"], output, tuple(args[0].shape[:2]))
 
     def _mid_pre(self, module: nn.Module, args: tuple) -> None:
         resid = args[0]
@@ -98,7 +98,7 @@ class ModelStreamHooks:
             own_hook(stack, self.final_norm, self._norm_post)
 
     def _embed_post(self, module: nn.Module, args: tuple, output: Tensor) -> Any:
-        return _replace_output(self.points["hook_embed"], output, tuple(output.shape[:2]))
+        return replace_output(self.points["hook_embed"], output, tuple(output.shape[:2]))
 
     def _norm_post(self, module: nn.Module, args: tuple, output: Tensor) -> Any:
-        return _replace_output(self.points["ln_final.hook_normalized"], output, tuple(output.shape[:2]))
+        return replace_output(self.points["ln_final.hook_normalized"], output, tuple(output.shape[:2]))

@@ -125,7 +125,7 @@ def check_study_args(task: str, select_on: str | None, evaluate_on: str | None, 
     from ._checks import check_count
     from .tasks.evaluate import resolve_records
     from .tasks.registry import get_task
-    from .tasks.study import RECIPES
+    from .tasks.study.recipes import RECIPES
 
     spec = get_task(task)
     for factor in factors or ():

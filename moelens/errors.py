@@ -23,6 +23,7 @@ __all__ = [
     "CheckpointError",
     "ConcurrentUseError",
     "NonFiniteError",
+    "DataNotFoundError",
 ]
 
 
@@ -137,6 +138,16 @@ class ResultFileError(MoelensError, FileNotFoundError, ValueError):
     Traceback (most recent call last):
     ...
     moelens.errors.ResultFileError: RoutingStats needs both no/such/stats.safetensors and no/such/stats.json (written by save()).
+    """
+
+
+class DataNotFoundError(MoelensError, FileNotFoundError):
+    """An evaluation data set (or one of its splits) that is neither in a local folder nor loadable
+    from the HF hub here (no ``datasets`` package, offline). A local folder that lacks the split
+    asked for is a typo, an :class:`InvalidInputError` naming the splits there.
+
+    >>> isinstance(DataNotFoundError("sst2 split 'test' was not found locally"), FileNotFoundError)
+    True
     """
 
 

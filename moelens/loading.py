@@ -24,7 +24,7 @@ def load_hf(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = _resolve_zoo(name_or_path)
+    path = resolve_zoo(name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **hf_kwargs)
     except OSError as error:
@@ -44,25 +44,32 @@ def load_hf(
     return model, tokenizer
 
 
-def _resolve_zoo(name: str) -> str:
-    """A zoo name ``moelens/<name>`` maps to its packaged folder; it never goes to the hub."""
-    from .zoo import ZOO_PREFIX
-    from .zoo import resolve as resolve_zoo
+def resolve_zoo(name: str) -> str:
+    """A zoo name ``moelens/<name>`` maps to its packaged folder (it never goes to the hub); any other
+    name is returned as it is.
 
-    path = resolve_zoo(name)
+    >>> resolve_zoo("mistralai/Mixtral-8x7B-v0.1")
+    'mistralai/Mixtral-8x7B-v0.1'
+    >>> resolve_zoo("moelens/mixtral-tiny").endswith("mixtral-tiny")
+    True
+    """
+    from .zoo import ZOO_PREFIX
+    from .zoo import resolve as zoo_resolve
+
+    path = zoo_resolve(name)
     if path is not None:
         return str(path)
     if isinstance(name, str) and name.startswith(ZOO_PREFIX) and not Path(name).exists():
         raise ModelLoadError(
             f"{name!r} is not an installed moelens zoo model; installed: {_zoo_names()}. Reinstall moelens, or "
-            f"train it with `python -m moelens.zoo.train` (see the zoo cards)."
+            f"train it with `python -m zoo_training.train` from a clone of the repository (see the zoo cards)."
         )
     return name
 
 
 def _zoo_names() -> str:
     from .zoo import ZOO_MODELS, ZOO_PREFIX
-    from .zoo import resolve as resolve_zoo
+    from .zoo import resolve as zoo_resolve
 
-    installed = [ZOO_PREFIX + short for short in ZOO_MODELS if resolve_zoo(ZOO_PREFIX + short) is not None]
+    installed = [ZOO_PREFIX + short for short in ZOO_MODELS if zoo_resolve(ZOO_PREFIX + short) is not None]
     return ", ".join(installed) or "none"

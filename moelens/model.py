@@ -12,12 +12,13 @@ from torch import Tensor, nn
 
 from ._finite import check_output, edit_points
 from ._generate import Generation
-from ._interception import StopForward, build_hook_points, own_hook, remove_installed_hooks
+from ._interception import StopForward, build_hook_points
 from ._intervention_methods import InterventionMethods
 from ._kernels import warn_if_kernels_hide_hooks
 from ._loss import check_return_type, shaped_output
 from ._primitives import AnalysisPrimitives
 from ._tokens import TokenMethods
+from ._torch_hooks import own_hook, remove_installed_hooks
 from ._validate import check_device
 from .architectures import ArchitectureSpec, find_moe_layers, resolve, spec_for_model
 from .cache import ActivationCache, metric_gradients, no_op_hook

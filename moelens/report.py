@@ -12,8 +12,8 @@ escaped.
 
 >>> import tempfile, pathlib
 >>> out = pathlib.Path(tempfile.mkdtemp())
->>> write_section(out, 10, "Summary", el("p", "hello <world>"))
-PosixPath('...sections/10-summary.html')
+>>> write_section(out, "Summary", el("p", "hello <world>"))
+PosixPath('...sections/00-summary.html')
 >>> "hello &lt;world&gt;" in assemble(out).read_text()
 True
 """
@@ -24,30 +24,59 @@ import base64
 import io
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-from matplotlib.figure import Figure
+from moelens.lazy import pandas as pd
 
 from .viz.html import Markup, el, table
 from .viz.render import standalone_page
 
-__all__ = ["Markup", "assemble", "el", "figure_html", "table_html", "write_section"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["SECTIONS", "Markup", "assemble", "el", "figure_html", "section_slug", "table_html", "write_section"]
 
 
-def _slug(title: str) -> str:
+def section_slug(title: str) -> str:
+    """The name a section's fragment file and anchor carry (after its ``NN-`` order prefix).
+
+    >>> section_slug("Domain experts vs driver experts")
+    'domain-experts-vs-driver-experts'
+    """
     return re.sub(r"[^a-z0-9]+", "-", str(title).lower()).strip("-") or "section"
 
 
-def write_section(out_dir: str | Path, order: int, title: str, body: str) -> Path:
-    """Write one section fragment; ``order`` sorts sections in the report.
+# The report's sections, in the order they appear: declaring a section here is all it takes to
+# place it (no hand-numbered order); a title not listed goes after these.
+SECTIONS = (
+    "Summary",
+    "Domain experts",
+    "General experts",
+    "Driver experts",
+    "Driver effects per layer (robust)",
+    "Token triggers of driver experts",
+    "Mediation through routing",
+    "Domain experts vs driver experts",
+    "Routing map",
+    "Tokens by expert",
+    "Re-weighting study",
+)
+
+
+def write_section(out_dir: str | Path, title: str, body: str, *old: str) -> Path:
+    """Write one section fragment, placed by the position of ``title`` in :data:`SECTIONS`.
 
     ``title`` is text (escaped); ``body`` is HTML: build it with :func:`moelens.viz.el` and the
-    helpers here, which escape every string that is not :class:`~moelens.viz.Markup`.
+    helpers here, which escape every string that is not :class:`~moelens.viz.Markup`. (The old
+    call ``write_section(out, order, title, body)`` still works; the number is ignored.)
     """
+    if isinstance(title, int) and old:  # the old signature, (out_dir, order, title, body)
+        title, body = body, old[0]
+    order = SECTIONS.index(title) if title in SECTIONS else len(SECTIONS)
     folder = Path(out_dir) / "sections"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{order:02d}-{_slug(title)}.html"
-    path.write_text(str(el("section", el("h2", title), Markup("\n" + str(body) + "\n"), id=_slug(title))) + "\n", encoding="utf-8")
+    path = folder / f"{order:02d}-{section_slug(title)}.html"
+    path.write_text(str(el("section", el("h2", title), Markup("\n" + str(body) + "\n"), id=section_slug(title))) + "\n", encoding="utf-8")
     return path
 
 

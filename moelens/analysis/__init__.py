@@ -2,11 +2,10 @@
 
 from .agreement import Agreement, compare_effects
 from .attribution import Attribution, token_attribution
-from .collect import collect_routing_stats
 from .drivers import DriverEffects, driver_effects
 from .mediation import Mediation, logit_diff, routing_mediation
 from .representations import ExpertRepresentations, expert_representations
-from .routing_stats import RoutingStats
+from .routing_stats import RoutingStats, collect_routing_stats
 from .triggers import EarlyLate, TokenTriggers, token_triggers
 
 __all__ = [

@@ -15,19 +15,24 @@ sample of the data before trusting it on all of it.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from moelens.errors import InvalidInputError
+from moelens.results import Result
 
-from .drivers import DriverEffects
+from .drivers.result import DriverEffects
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["Agreement", "compare_effects"]
 
 
-@dataclass(frozen=True)
-class Agreement:
+@dataclass(frozen=True, repr=False)
+class Agreement(Result):
     """Agreement of two driver-effect tables over their common (layer, expert) pairs.
 
     ``spearman`` / ``kendall`` (tau-b): rank correlations of the effects (NaN if one side is
@@ -53,8 +58,37 @@ class Agreement:
     ratio: float
     common_top: tuple[tuple[int, int], ...]
 
+    FORMAT, VERSION = "moelens.Agreement", 1
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per statistic: ``statistic, value``."""
+        import pandas as pd
+
+        names = ("spearman", "kendall", "top_overlap", "jaccard", "pearson_log", "ratio")
+        return pd.DataFrame({"statistic": names, "value": [float(getattr(self, n)) for n in names]})
+
+    def _draw(self, ax) -> None:
+        """The rank correlations and overlaps (in [-1, 1]) as bars."""
+        frame = self.to_frame().iloc[:5]
+        ax.bar(range(len(frame)), frame["value"].fillna(0.0), color="tab:blue")
+        ax.set_xticks(range(len(frame)), frame["statistic"], rotation=30, ha="right")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_title(f"agreement over {self.n_pairs} (layer, expert) pairs (top-{self.top_n})", fontsize=10)
+
+    def _state(self) -> tuple[dict, dict]:
+        return {}, self.to_dict()
+
+    @classmethod
+    def _from_state(cls, tensors: dict, meta: dict) -> Agreement:
+        values = {f.name: meta[f.name] for f in fields(cls)}
+        return cls(**{**values, "common_top": tuple(tuple(pair) for pair in values["common_top"])})
+
+    def __repr__(self) -> str:
+        return f"Agreement({self})"
 
     def __str__(self) -> str:
         return (

@@ -130,6 +130,6 @@ def write_sections(model: HookedMoE, data: dict[str, list[str]], out: str | Path
     from moelens.report import write_section
 
     texts = [t for domain_texts in data.values() for t in domain_texts[:per_domain]]
-    write_section(out, 42, "Driver effects per layer (robust)", driver_layers_html(effects))
-    write_section(out, 45, "Token triggers of driver experts", triggers_html(model, texts, effects))
-    write_section(out, 47, "Mediation through routing", mediation_html(model, data))
+    write_section(out, "Driver effects per layer (robust)", driver_layers_html(effects))
+    write_section(out, "Token triggers of driver experts", triggers_html(model, texts, effects))
+    write_section(out, "Mediation through routing", mediation_html(model, data))

@@ -17,26 +17,32 @@ to ``path`` when one is given.
 3
 """
 
+from __future__ import annotations
+
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
-from moelens.analysis._io import save_figure
-from moelens.analysis.routing_stats import RoutingStats
 from moelens.errors import InvalidInputError
+from moelens.results import new_figure, save_figure
 
-__all__ = ["plot_cwas_heatmap", "plot_general_vs_domain"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from moelens.analysis.routing_stats import RoutingStats
+
+__all__ = ["heatmap_values", "plot_cwas_heatmap", "plot_general_vs_domain"]
 
 _METRICS = ("cwas", "lift", "activation_rate", "entropy")
 
 
 
 
-def _metric(stats: RoutingStats, metric: str) -> torch.Tensor:
+def heatmap_values(stats: RoutingStats, metric: str) -> torch.Tensor:
+    """``metric`` (cwas, lift, activation_rate, entropy) as ``[domain moe_layer expert]``."""
     if metric not in _METRICS:
         raise InvalidInputError(f"metric must be one of {list(_METRICS)}, got {metric!r}.")
     if metric == "cwas":
@@ -52,12 +58,13 @@ def plot_cwas_heatmap(
     path: str | Path | None = None,
     metric: str = "cwas",
 ) -> Figure:
-    """Heatmap of ``metric`` (default CWAS) over MoE layer (rows) x expert (columns).
+    """Heatmap of ``metric`` (default CWAS) over MoE layer (rows) x expert (columns); the same
+    figure as ``stats.plot(path=path, domain=domain, metric=metric)`` (kept as an alias).
 
     One panel for ``domain``, or one per domain (stacked, shared colour scale) when None.
     ``metric`` is one of cwas, lift (diverging colours around 0), activation_rate, entropy.
     """
-    values = _metric(stats, metric)
+    values = heatmap_values(stats, metric)
     domains = list(stats.domains) if domain is None else [domain]
     for d in domains:
         if d not in stats.domains:
@@ -75,7 +82,7 @@ def plot_cwas_heatmap(
     n_layers, n_experts = panels.shape[1:]
     width = min(max(6.0, 0.18 * n_experts + 2.0), 22.0)
     height = min(max(2.0, 0.22 * n_layers + 1.0), 12.0)
-    fig = Figure(figsize=(width, height * len(domains)), layout="constrained")
+    fig = new_figure((width, height * len(domains)))
     axes = fig.subplots(len(domains), 1, squeeze=False)[:, 0]
     for ax, d, panel in zip(axes, domains, panels, strict=True):
         image = ax.imshow(
@@ -108,8 +115,9 @@ def _label_slots(ax, marks: list[tuple[float, float, str]], gap: float = 0.11) -
 def plot_general_vs_domain(
     stats: RoutingStats, path: str | Path | None = None, annotate: int = 5, general=None
 ) -> Figure:
-    """Scatter of every (layer, expert): mean activation rate over domains (x) against domain
-    specificity (y), coloured by layer (one colour per MoE layer, integer ticks).
+    """(Alias of ``stats.plot(view="general_vs_domain")``.) Scatter of every (layer, expert): mean
+    activation rate over domains (x) against domain specificity (y), coloured by layer (one colour
+    per MoE layer, integer ticks).
 
     General experts sit bottom-right (often used, everywhere); domain experts top. The
     ``annotate`` best general experts are circled and labelled ``L{layer}E{expert}`` in a column
@@ -118,13 +126,14 @@ def plot_general_vs_domain(
     so a table of that frame next to the figure shows the same experts. A dashed line marks the
     uniform-routing rate ``top_k / n_experts``.
     """
+    import matplotlib
     from matplotlib.colors import BoundaryNorm
 
     rate = stats.activation_rate.mean(0)  # [moe_layer expert]
     spec = stats.domain_specificity()  # [moe_layer expert]
     n_layers = len(stats.moe_layers)
     layer_index = torch.arange(n_layers).unsqueeze(1).expand_as(rate)  # colour by position among the MoE layers
-    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    fig = new_figure((7.0, 4.5))
     ax = fig.subplots()
     cmap = matplotlib.colormaps["viridis"].resampled(max(n_layers, 1))
     norm = BoundaryNorm(np.arange(n_layers + 1) - 0.5, max(n_layers, 1))

@@ -1,6 +1,6 @@
 """How much the early-tokens verdict depends on choices the analyst makes: which tokens count
 (special tokens, prompt-template tokens) and how the drivers were chosen (one protocol per column
-of experts). One :meth:`~moelens.analysis.triggers_result.TokenTriggers.early_vs_late` per cell."""
+of experts). One :meth:`~moelens.analysis.triggers.TokenTriggers.early_vs_late` per cell."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .._interception import LayerHooks, MoEHooks
-from .._stream_hooks import ModelStreamHooks, StreamHooks, _replace_output
+from .._stream_hooks import ModelStreamHooks, StreamHooks, replace_output
 from ..hook_points import CallContext, HookPoint, HookRegistry
 from ..names import HOOK_TABLE, hook_name, moe_name
 
@@ -158,7 +158,7 @@ def _edit_output(envoy: Any, point: HookPoint, shape: tuple[int, int], output: A
     if not point.active:
         return output
     output = envoy.output if output is None else output
-    new = _replace_output(point, output, shape)
+    new = replace_output(point, output, shape)
     if new is not None:
         envoy.output = output = new
     return output
@@ -169,7 +169,7 @@ def _intercept(steps: list[LayerStep], shape: tuple[int, int]) -> None:
         lh, st = step.layer_hooks, step.stream
         if lh.resid_pre.active:
             args, kwargs = step.layer.inputs
-            new = lh._pre(False)(None, args, kwargs)
+            new = lh.edit_resid_pre(args, kwargs)
             if new is not None:
                 step.layer.inputs = new
         _edit_output(step.attention, st.points["hook_attn_out"], shape)
@@ -184,28 +184,28 @@ def _intercept(steps: list[LayerStep], shape: tuple[int, int]) -> None:
         _edit_output(step.mlp, st.points["hook_mlp_out"], shape, block_output)
         if lh.resid_post.active:
             output = step.layer.output
-            new = lh._post(None, (), output)
+            new = lh.edit_resid_post(output)
             if new is not None:
                 step.layer.output = new
 
 
 def _intercept_moe(step: LayerStep, moe: MoEHooks) -> Any:
     """The MoE block's hook points in forward order; returns the block's output when it was read."""
-    if moe._active("hook_in"):
+    if moe.active("hook_in"):
         args, kwargs = step.mlp.inputs
-        new = moe._block_pre(None, args)
+        new = moe.edit_input(args)
         if new is not None:
             step.mlp.inputs = (new, kwargs)
-    shared = moe._active("hook_shared_out") and step.shared is not None
+    shared = moe.active("hook_shared_out") and step.shared is not None
     if shared and moe.spec.shared_first:
         step.shared.output = moe._shared_post(None, (), step.shared.output)
-    if moe._active(*_ROUTING):
+    if moe.active(*_ROUTING):
         router_input = step.router.input
         output = step.router.output
-        new = moe._router_post(step.router._module, (router_input,), output)
+        new = moe.edit_routing(step.router._module, router_input, output)
         if new is not None:
             step.router.output = new
-    if moe._active("hook_expert_out"):
+    if moe.active("hook_expert_out"):
         args, kwargs = step.experts.inputs
         output = step.experts.output
         # the per-slot rerun calls the experts envoy: nnsight runs it ad hoc, outside the trace's order
@@ -214,9 +214,9 @@ def _intercept_moe(step: LayerStep, moe: MoEHooks) -> Any:
             step.experts.output = new
     if shared and not moe.spec.shared_first:
         step.shared.output = moe._shared_post(None, (), step.shared.output)
-    if moe._active("hook_out"):
+    if moe.active("hook_out"):
         output = step.mlp.output
-        new = moe._block_post(None, (), output)
+        new = moe.edit_output(output)
         if new is not None:
             step.mlp.output = output = new
         return output

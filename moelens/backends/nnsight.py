@@ -154,9 +154,9 @@ class NNsightMoE(NNsightCalls):
         infer it, e.g. a folder without tokenizer files).
         """
         nnsight = _nnsight()
-        from ..loading import _resolve_zoo
+        from ..loading import resolve_zoo
 
-        path = _resolve_zoo(name_or_path)
+        path = resolve_zoo(name_or_path)
         if remote is True:
             check_remote_ready(path)
         if tokenizer is None:

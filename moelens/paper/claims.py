@@ -5,7 +5,7 @@ computed from them (``"holds"``, ``"does not hold"``, ``"undecided"``); nothing 
    lift on the held-out half B, against random sets of as many experts (permutation p-value).
 2. **Drivers in middle layers**: the exact driver effect's middle-layer share minus the share a
    flat profile gives at this depth, bootstrap CI over inputs.
-3. **Early tokens trigger drivers**: :meth:`~moelens.analysis.triggers_result.TokenTriggers.early_vs_late`
+3. **Early tokens trigger drivers**: :meth:`~moelens.analysis.triggers.TokenTriggers.early_vs_late`
    against frequency-matched controls, on held-out texts, under two driver-selection protocols
    and three token sets (:func:`~moelens.analysis.triggers_sensitivity.early_late_sensitivity`).
 4. **Re-weighting gains**: :func:`~moelens.reweighting_study` with selection / development /
@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..analysis._bootstrap import bootstrap_counts, percentile_ci
-from ..analysis.triggers_result import _two_sided_p
+from ..stats import bootstrap_counts, bootstrap_p, percentile_ci
 
 __all__ = ["Sizes", "domain_claim", "driver_layer_claim", "early_token_claim", "reweighting_claim"]
 
@@ -106,7 +105,7 @@ def driver_layer_claim(model: Any, prompts: list[str], sizes: Sizes, seed: int) 
     uniform = effects.middle_share_uniform()
     excess = share - uniform
     lo, hi = percentile_ci(excess[1:])
-    p = _two_sided_p(excess[1:])
+    p = bootstrap_p(excess[1:])
     layer_share = (totals[0] / totals[0].sum()).tolist()
     row = {"middle_share": float(share[0]), "uniform_share": uniform, "excess": float(excess[0]), "lo": lo, "hi": hi, "p": p,
            "n_layers": n, "middle_layers": f"{effects.moe_layers[lo_l]}..{effects.moe_layers[hi_l - 1]}",

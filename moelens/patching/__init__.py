@@ -183,7 +183,7 @@ def routing_patching(
 
 
 def _per_row_mean(model: Any, inputs: Any, metric: Metric, name: str) -> float:
-    from moelens.analysis.mediation_inputs import token_pairs
+    from moelens.analysis.mediation.inputs import token_pairs
 
     rows = [a for a, _ in token_pairs(model, inputs, inputs)]
     return sum(_scalar(metric(model(row[None].to(model.device))), name) for row in rows) / len(rows)

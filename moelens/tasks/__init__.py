@@ -40,8 +40,7 @@ from .scoring import (
     weighted_f1,
     wilson_ci,
 )
-from .study import reweighting_study
-from .study_result import StudyResult, study_section, write_study
+from .study import StudyResult, reweighting_study, study_section, write_study
 
 __all__ = [
     "DATASETS",

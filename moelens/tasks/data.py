@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInputError
+from ..errors import DataNotFoundError, InvalidInputError
 from .answers import last_boxed
 from .prompts import format_prompt, format_target
 
@@ -152,14 +152,14 @@ def load_jsonl(path: str | Path, limit: int | None = None) -> list[Record]:
 
 def _load_from_hub(spec: DatasetSpec, split: str, limit: int | None, looked: str) -> list[Record]:
     if split not in spec.hub_splits:
-        raise ValueError(
+        raise InvalidInputError(
             f"{spec.name!r} has no split {split!r} on the hub ({spec.hub_id}: "
             f"{sorted(spec.hub_splits)}), and {looked}."
         )
     try:
         import datasets  # heavy and optional: only needed for the hub
     except ImportError as exc:
-        raise ImportError(
+        raise DataNotFoundError(
             f"{spec.name!r} split {split!r} was not found locally ({looked}); loading it from "
             f"the HF hub ({spec.hub_id}) needs the `datasets` package: `pip install datasets`, "
             f"or pass data_dir= (or set MOELENS_DATA_DIR) to a folder holding "
@@ -173,7 +173,7 @@ def _load_from_hub(spec: DatasetSpec, split: str, limit: int | None, looked: str
                     break
                 rows.append(row)
     except Exception as exc:  # network, auth, renamed repo: all mean "not available here"
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"could not load {spec.hub_id} ({spec.name!r}, split {split!r}) from the HF hub: "
             f"{type(exc).__name__}: {exc}. Offline? Pass data_dir= (or set MOELENS_DATA_DIR) to "
             f"a folder holding {spec.name}/{split}.jsonl; {looked}."

@@ -11,7 +11,6 @@ any interventions, through any backend (:class:`~moelens.HookedMoE`, ``NNsightMo
 
 from __future__ import annotations
 
-import html
 import json
 import random
 from collections.abc import Sequence
@@ -20,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 
+from moelens.lazy import pandas as pd
+
 from .._checks import check_count
 from ..errors import InvalidInputError, ResultFileError
+from ..results import Result
 from .baselines import balanced_accuracy, majority_rate
 from .prompts import few_shot_prompt, format_prompt
 from .registry import Task, get_task, task_records
@@ -37,13 +38,13 @@ from .scoring import (
     wilson_ci,
 )
 
-__all__ = ["EvalResult", "evaluate", "resolve_records", "spread"]
+__all__ = ["EvalResult", "evaluate", "resolve_records", "split_or_records", "spread"]
 
 Record = dict[str, Any]
 
 
-@dataclass
-class EvalResult:
+@dataclass(repr=False)
+class EvalResult(Result):
     """A task's score: accuracy, weighted F1 (NaN for free answers), 95% Wilson and bootstrap CIs,
     and per example: id, gold, prediction, correctness, choice scores ``[n n_choices]`` (choice
     tasks) or the generated text (free answers), and a group (MMLU subject).
@@ -63,6 +64,8 @@ class EvalResult:
     outputs: list[str] | None = None  # generated texts
     groups: list[str] | None = None
     interventions: list[dict] = field(default_factory=list)
+
+    FORMAT, VERSION = "moelens.EvalResult", 1
 
     @property
     def n(self) -> int:
@@ -126,32 +129,49 @@ class EvalResult:
         return {"task": self.task, "n": self.n, "accuracy": self.accuracy, "f1": self.f1, "ci_low": lo, "ci_high": hi,
                 "majority_rate": self.majority_rate, "balanced_accuracy": self.balanced_accuracy}
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``path`` (JSON; scores as nested lists). Returns the path."""
-        path = Path(path).with_suffix(".json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "task": self.task, "ids": self.ids, "golds": self.golds, "predictions": self.predictions,
-            "correct": self.correct.tolist(), "scores": None if self.scores is None else self.scores.tolist(),
-            "outputs": self.outputs, "groups": self.groups, "interventions": self.interventions,
-        }
-        path.write_text(json.dumps(payload), encoding="utf-8")
-        return path
+    def _draw(self, ax) -> None:
+        """Accuracy with its 95% Wilson interval: one bar, or one per group (MMLU subject)."""
+        frame = self.by_group() if self.groups is not None else pd.DataFrame(
+            [{"group": self.task, "accuracy": self.accuracy, "ci_low": self.ci[0], "ci_high": self.ci[1]}])
+        err = np.vstack([frame["accuracy"] - frame["ci_low"], frame["ci_high"] - frame["accuracy"]])
+        ax.bar(range(len(frame)), frame["accuracy"], yerr=err, capsize=3, color="tab:blue")
+        ax.set_xticks(range(len(frame)), frame["group"], rotation=60 if len(frame) > 4 else 0, ha="right" if len(frame) > 4 else "center", fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{self.task}: n={self.n}, accuracy {self.accuracy:.3f}", fontsize=10)
+
+    def _state(self) -> tuple[dict[str, Tensor], dict]:
+        tensors = {"correct": torch.as_tensor(np.asarray(self.correct, dtype=bool))}
+        if self.scores is not None:
+            tensors["scores"] = self.scores
+        meta = {"task": self.task, "ids": self.ids, "golds": self.golds, "predictions": self.predictions,
+                "outputs": self.outputs, "groups": self.groups, "interventions": self.interventions}
+        return tensors, meta
+
+    @classmethod
+    def _from_state(cls, tensors: dict[str, Tensor], meta: dict) -> EvalResult:
+        return cls(meta["task"], meta["ids"], meta["golds"], meta["predictions"], tensors["correct"].numpy().astype(bool),
+                   tensors.get("scores"), meta["outputs"], meta["groups"], meta["interventions"])
 
     @classmethod
     def load(cls, path: str | Path) -> EvalResult:
-        """Read a result written by :meth:`save`."""
-        file = Path(path).with_suffix(".json")
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-            scores = None if data["scores"] is None else torch.tensor(data["scores"], dtype=torch.float32)
-            return cls(data["task"], data["ids"], data["golds"], data["predictions"], np.array(data["correct"], dtype=bool),
-                       scores, data["outputs"], data["groups"], data["interventions"])
-        except FileNotFoundError:
-            raise ResultFileError(f"EvalResult file {file} does not exist; pass the path given to EvalResult.save().") from None
-        except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise ResultFileError(f"{file} is not an EvalResult written by save() ({type(error).__name__}: "
-                                  f"{str(error)[:80]}); write it again with EvalResult.save().") from None
+        """Read what :meth:`save` wrote (also a JSON-only file of moelens <= 0.x's ``EvalResult.save``);
+        a missing or damaged file is a :class:`~moelens.errors.ResultFileError` naming it."""
+        legacy = Path(path).with_suffix(".json")
+        if legacy.is_file() and not Path(path).with_suffix(".safetensors").is_file():
+            try:
+                data = json.loads(legacy.read_text(encoding="utf-8"))
+                if isinstance(data, dict) and "format" not in data:
+                    scores = None if data["scores"] is None else torch.tensor(data["scores"], dtype=torch.float32)
+                    return cls(data["task"], data["ids"], data["golds"], data["predictions"], np.array(data["correct"], dtype=bool),
+                               scores, data["outputs"], data["groups"], data["interventions"])
+            except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                raise ResultFileError(f"{legacy} is not an EvalResult written by save() ({type(error).__name__}: "
+                                      f"{str(error)[:80]}); write it again with EvalResult.save().") from None
+        return super().load(path)
+
+    def _html_table(self) -> pd.DataFrame:
+        return pd.DataFrame([self.summary()])
 
     def __repr__(self) -> str:
         lo, hi = self.ci
@@ -159,12 +179,6 @@ class EvalResult:
         base = "" if np.isnan(self.majority_rate) else (
             f", majority={self.majority_rate:.3f}, balanced={self.balanced_accuracy:.3f}")
         return f"EvalResult({self.task}: n={self.n}, accuracy={self.accuracy:.3f} [{lo:.3f}, {hi:.3f}]{f1}{base})"
-
-    def _repr_html_(self) -> str:
-        s = self.summary()
-        cells = "".join(f"<td>{v:.3f}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>" for v in s.values())
-        head = "".join(f"<th>{k}</th>" for k in s)
-        return f"<table><tr>{head}</tr><tr>{cells}</tr></table>"
 
 
 def spread(records: Sequence[Record], limit: int | None) -> list[Record]:
@@ -340,3 +354,19 @@ def evaluate(
 def _as_dict(intervention: Any) -> dict:
     to_dict = getattr(intervention, "to_dict", None)
     return to_dict() if callable(to_dict) else {"repr": repr(intervention)}
+
+
+def split_or_records(task, source: Any, default_split: str, limit: int | None, data_dir) -> tuple[list[dict], str]:
+    """``(records, label)`` from data (a path or records) or, for a plain name such as
+    ``"train[:100]"``, from that split; the label names where they came from.
+
+    >>> records, label = split_or_records("sst2", [{"id": "a", "text": "fine .", "label": 1}], "validation", None, None)
+    >>> len(records), label
+    (1, '1 records')
+    """
+    if source is None or (isinstance(source, str) and "/" not in source and not source.endswith(".jsonl") and not Path(source).exists()):
+        split = source or default_split
+        return resolve_records(task, None, split, limit, data_dir), split
+    label = str(source) if isinstance(source, (str, Path)) else f"{len(source)} records"
+    return resolve_records(task, source, None, limit, data_dir), label
+

@@ -24,9 +24,10 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
 from ..model import HookedMoE
+from .evaluate import split_or_records
 from .prompts import format_prompt
 from .registry import Task, get_task
-from .scoring import _encode_prompts, _pad
+from .scoring import encode_prompts, pad_rows
 
 __all__ = ["TunedMoE", "router_parameter_names", "tune_router"]
 
@@ -127,7 +128,7 @@ class TunedMoE(HookedMoE):
 
 
 def _examples(model: HookedMoE, spec: Task, records: list[dict], max_length: int) -> list[tuple[list[int], list[int]]]:
-    prompts = _encode_prompts(model.tokenizer, [format_prompt(r) for r in records], max_length)
+    prompts = encode_prompts(model.tokenizer, [format_prompt(r) for r in records], max_length)
     targets = [list(model.tokenizer(spec.label_target(r), add_special_tokens=False)["input_ids"]) for r in records]
     return list(zip(prompts, targets, strict=True))
 
@@ -135,7 +136,7 @@ def _examples(model: HookedMoE, spec: Task, records: list[dict], max_length: int
 def _loss(model: HookedMoE, batch: list[tuple[list[int], list[int]]]) -> torch.Tensor:
     """Mean NLL per target token of the gold completions after their prompts."""
     seqs = [p + t for p, t in batch]
-    ids, mask = _pad(seqs, model.tokenizer.pad_token_id or 0, model.device)
+    ids, mask = pad_rows(seqs, model.tokenizer.pad_token_id or 0, model.device)
     logp = torch.log_softmax(model(ids, attention_mask=mask).float(), dim=-1)  # [batch pos d_vocab]
     total, count = logp.new_zeros(()), 0
     for row, (prompt, target) in enumerate(batch):
@@ -172,14 +173,12 @@ def tune_router(
     >>> len(tuned.adapter_parameters())  # lora_A and lora_B of 4 routers
     8
     """
-    from .study import _records
-
     if model.tokenizer is None:
         raise InvalidInputError("tune_router needs a model with a tokenizer (it trains on texts).")
     if steps < 1 or rank < 1 or batch_size < 1:
         raise InvalidInputError(f"steps={steps}, rank={rank} and batch_size={batch_size} must all be >= 1.")
     spec = get_task(task)
-    records, label = _records(spec, data, spec.select_split, limit, None)
+    records, label = split_or_records(spec, data, spec.select_split, limit, None)
     config = {"rank": rank, "alpha": alpha if alpha is not None else rank, "parameters": router_parameter_names(model, include_shared_gate),
               "task": spec.name, "data": label, "steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed}
     tuned = _with_adapter(model, config)

@@ -127,7 +127,7 @@ def get_task(task: str | Task) -> Task:
 
 def arithmetic_problems(rng: random.Random, n: int, heldout: bool) -> list[tuple[str, str]]:
     """The zoo's synthetic "What is a + b?" problems; a deterministic 10% of (op, a, b) triples is
-    held out (the same rule as ``moelens/zoo/train.py``, which trained on the rest).
+    held out (the same rule as ``zoo_training/train.py``, which trained on the rest).
 
     >>> arithmetic_problems(random.Random(0), 2, heldout=True)
     [('What is 8 - 1?', '7'), ('What is 64 - 27?', '37')]
@@ -138,7 +138,7 @@ def arithmetic_problems(rng: random.Random, n: int, heldout: bool) -> list[tuple
 def sample_arithmetic(rng: random.Random, n: int, accept: Callable[[int, int, str], bool]) -> list[tuple[str, str]]:
     """``n`` problems "What is a + b?" / "a - b" (operands < 10, 20 or 100, no negative results)
     drawn from ``rng`` in order, keeping those ``accept(a, b, op)`` admits: the one sampler of the
-    held-out rules here and of the zoo's training splits (``moelens.zoo.training.data``).
+    held-out rules here and of the zoo's training splits (``zoo_training.data``).
 
     >>> sample_arithmetic(random.Random(0), 2, lambda a, b, op: op == "+")
     [('What is 4 + 3?', '7'), ('What is 3 + 2?', '5')]

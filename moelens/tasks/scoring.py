@@ -20,7 +20,6 @@ to ``max_length`` and right-padded; continuations are tokenized without special 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
+from ..stats import bootstrap_ci, mcnemar_p, paired_bootstrap, wilson_ci  # re-exported: the old home
 
 __all__ = [
     "accuracy",
@@ -42,7 +42,6 @@ __all__ = [
     "wilson_ci",
 ]
 
-Z95 = 1.959963984540054
 
 
 # ---------------------------------------------------------------------- running the model
@@ -91,8 +90,13 @@ def _device(model: Any) -> torch.device:
     return device if isinstance(device, torch.device) else next(model.parameters()).device
 
 
-def _pad(sequences: Sequence[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Right-padded ids and mask ``[batch pos]``."""
+def pad_rows(sequences: Sequence[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Right-padded ids and mask ``[batch pos]``.
+
+    >>> ids, mask = pad_rows([[5, 6], [7]], 0, torch.device("cpu"))
+    >>> ids.tolist(), mask.tolist()
+    ([[5, 6], [7, 0]], [[1, 1], [1, 0]])
+    """
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -102,7 +106,12 @@ def _pad(sequences: Sequence[list[int]], pad_id: int, device: torch.device) -> t
     return ids.to(device), mask.to(device)
 
 
-def _encode_prompts(tokenizer: Any, prompts: Sequence[str], max_length: int | None) -> list[list[int]]:
+def encode_prompts(tokenizer: Any, prompts: Sequence[str], max_length: int | None) -> list[list[int]]:
+    """Token ids of each prompt (with special tokens), keeping the last ``max_length`` ids.
+
+    >>> encode_prompts(lambda text, add_special_tokens: {"input_ids": [1, *map(ord, text)]}, ["ab"], 2)
+    [[97, 98]]
+    """
     encoded = [list(tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts]
     return [e[-max_length:] if max_length else e for e in encoded]  # keep the end: the question and "Answer:"
 
@@ -146,7 +155,7 @@ def choice_logprobs(
     cont_ids = [list(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in continuations]
     if any(not c for c in cont_ids):
         raise InvalidInputError(f"a continuation tokenizes to nothing: {[c for c, i in zip(continuations, cont_ids, strict=True) if not i]}.")
-    prompt_ids = _encode_prompts(tokenizer, prompts, max_length)
+    prompt_ids = encode_prompts(tokenizer, prompts, max_length)
     out = torch.empty(len(prompts), len(continuations))
     single = all(len(c) == 1 for c in cont_ids)
     # One item per forward row: a prompt (single-token continuations) or a (prompt, continuation) pair.
@@ -156,7 +165,7 @@ def choice_logprobs(
     for start in tqdm(range(0, len(items), batch_size), desc="scoring", unit="batch", disable=not progress):
         chunk = items[start : start + batch_size]
         seqs = [prompt_ids[i] + (cont_ids[j] if j is not None else []) for i, j in chunk]
-        ids, mask = _pad(seqs, pad, device)
+        ids, mask = pad_rows(seqs, pad, device)
         if single:  # the last prompt position predicts the continuation
             positions = torch.tensor([[len(s) - 1] for s in seqs])
         else:  # the positions predicting each continuation's tokens, right-padded with its last one
@@ -192,7 +201,7 @@ def greedy_generate(
     tokenizer = _tokenizer(model, tokenizer)
     logits_at = _logits_at(model, interventions)
     device, pad, eos = _device(model), tokenizer.pad_token_id or 0, tokenizer.eos_token_id
-    prompt_ids = _encode_prompts(tokenizer, prompts, max_length)
+    prompt_ids = encode_prompts(tokenizer, prompts, max_length)
     order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))  # similar lengths share a batch
     results: list[str] = [""] * len(prompts)
     for start in tqdm(range(0, len(prompts), batch_size), desc="generating", unit="batch", disable=not progress):
@@ -201,7 +210,7 @@ def greedy_generate(
         generated: list[list[int]] = [[] for _ in seqs]
         done = [False] * len(seqs)
         for _ in range(max_new_tokens):
-            ids, mask = _pad(seqs, pad, device)
+            ids, mask = pad_rows(seqs, pad, device)
             last = torch.tensor([[len(s) - 1] for s in seqs])  # [batch 1]
             next_ids = logits_at(ids, mask, last)[:, 0].argmax(-1).tolist()
             for i, token in enumerate(next_ids):
@@ -242,72 +251,3 @@ def weighted_f1(predictions: Sequence, golds: Sequence) -> float:
     if not golds:
         return float("nan")
     return float(f1_score(list(golds), list(predictions), average="weighted", zero_division=0))
-
-
-def wilson_ci(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (95% by default); ``(0, 1)`` for ``n = 0``."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def _resample(n: int, n_boot: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))  # [n_boot n] example indices
-
-
-def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (e.g. per-example correctness).
-
-    >>> bootstrap_ci([1.0] * 20)
-    (1.0, 1.0)
-    """
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        return (float("nan"), float("nan"))
-    means = x[_resample(x.size, n_boot, seed)].mean(1)
-    tail = (1 - level) / 2
-    return (float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail)))
-
-
-def paired_bootstrap(
-    treated: Sequence[float], control: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95
-) -> tuple[float, tuple[float, float], float]:
-    """Mean paired difference ``treated - control``, its percentile bootstrap CI, and a two-sided
-    bootstrap p-value for "no difference" (the share of resampled means on the other side of 0,
-    doubled; resampling the same examples for both keeps the pairing).
-
-    >>> delta, ci, p = paired_bootstrap([1, 1, 1, 1, 0] * 8, [0, 1, 1, 1, 0] * 8)
-    >>> delta, p < 0.05
-    (0.2, True)
-    """
-    a, b = np.asarray(treated, dtype=float), np.asarray(control, dtype=float)
-    if a.shape != b.shape:
-        raise InvalidInputError(f"paired samples must have the same length; got {a.shape} and {b.shape}.")
-    diff = a - b
-    delta = float(diff.mean()) if diff.size else float("nan")
-    if diff.size == 0 or not diff.any():
-        return delta, (delta, delta), 1.0
-    means = diff[_resample(diff.size, n_boot, seed)].mean(1)
-    tail = (1 - level) / 2
-    ci = (float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail)))
-    p = 2 * min(float((means <= 0).mean()), float((means >= 0).mean()))
-    return delta, ci, min(1.0, max(p, 1 / n_boot))
-
-
-def mcnemar_p(treated_correct: Sequence[bool], control_correct: Sequence[bool]) -> float:
-    """Exact McNemar test: two-sided binomial test on the discordant pairs (1.0 when there are none).
-
-    >>> round(mcnemar_p([1] * 10 + [0] * 0, [0] * 10), 4)  # 10 wins, 0 losses
-    0.002
-    """
-    a, b = np.asarray(treated_correct, dtype=bool), np.asarray(control_correct, dtype=bool)
-    wins, losses = int((a & ~b).sum()), int((~a & b).sum())
-    if wins + losses == 0:
-        return 1.0
-    from scipy.stats import binomtest
-
-    return float(binomtest(wins, wins + losses, 0.5).pvalue)

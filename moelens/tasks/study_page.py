@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .study_result import StudyResult
+from .study import StudyResult
 
 __all__ = ["study_markdown"]
 
@@ -84,7 +84,7 @@ def study_markdown(study: StudyResult, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study", type=Path, help="study.csv written by `moelens study` (with study.json beside it)")
+    parser.add_argument("study", type=Path, help="study.csv written by `moelens study` (with study.json and study.safetensors beside it)")
     parser.add_argument("--command", required=True, help="the command that produced it, quoted on the page")
     parser.add_argument("--out", type=Path, default=Path("docs/study.md"))
     args = parser.parse_args(argv)

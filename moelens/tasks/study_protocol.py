@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
+
+from moelens.lazy import pandas as pd
 
 from .evaluate import evaluate
 from .multiplicity import adjust_pvalues

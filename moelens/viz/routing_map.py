@@ -26,7 +26,7 @@ import torch
 from ..errors import InvalidInputError
 from .html import Markup, el, script_json
 from .routing_map_assets import ROUTING_MAP_SCRIPT, ROUTING_MAP_STYLE
-from .tokens import _layer_list, readable_tokens, visible_token
+from .tokens import layer_list, readable_tokens, visible_token
 
 __all__ = ["RoutingMap", "routing_map"]
 
@@ -213,7 +213,7 @@ def routing_map(model, inputs, layers: int | Sequence[int] | None = None, top: i
     >>> bool((view.indices[0] == cache.topk_indices()[:, 0]).all()), view.tokens[0][:3]
     (True, ['<s>', 'The', ' cat'])
     """
-    chosen = _layer_list(model, layers)
+    chosen = layer_list(model, layers)
     k = int(model.cfg.top_k)
     if top is not None and (not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= k):
         raise InvalidInputError(f"top={top!r}: pick an int in [1, {k}] (ids shown per cell), or None for all {k}.")

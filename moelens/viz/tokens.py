@@ -84,7 +84,7 @@ def _shown(tokens: Sequence[str]) -> list[str]:
     return circuitsvis_text([visible_token(t) + ("\n" if t.endswith("\n") else "") for t in tokens])
 
 
-def _layer_list(model, layer: int | Sequence[int] | None) -> list[int]:
+def layer_list(model, layer: int | Sequence[int] | None) -> list[int]:
     moe_layers = list(model.cfg.moe_layers)
     chosen = moe_layers if layer is None else [layer] if isinstance(layer, int) else list(layer)
     bad = [x for x in chosen if x not in moe_layers]
@@ -124,7 +124,7 @@ def routing_tokens(model, text: str, layer: int | Sequence[int] | None = None) -
     >>> view.props["tokens"], len(view.props["activations"][0][0])  # escaped: circuitsvis uses innerHTML
     (['&lt;s&gt;', 'The', ' cat', ' s', 'at'], 8)
     """
-    layers = _layer_list(model, layer)
+    layers = layer_list(model, layer)
     tokens, dense, _ = _routing(model, text, layers)
     return View(
         "TextNeuronActivations",
@@ -160,7 +160,7 @@ def expert_tokens(model, texts: Sequence[str], layer: int, expert: int, value: s
         raise InvalidInputError("texts is empty; pass a list of at least one text.")
     if value not in ("weight", "score"):
         raise InvalidInputError(f"value={value!r}: use 'weight' (applied gate weight) or 'score' (router score).")
-    _layer_list(model, layer)
+    layer_list(model, layer)
     if not isinstance(expert, int) or not 0 <= expert < model.cfg.n_experts:
         raise InvalidInputError(f"expert={expert!r}: pick an int in [0, {model.cfg.n_experts}).")
     samples = []

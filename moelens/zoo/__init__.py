@@ -3,7 +3,7 @@
 Each model lives in ``moelens/zoo/<name>/`` as a standard HF directory (config.json,
 model.safetensors, tokenizer files, README.md training card, train_log.json), so it loads with
 ``AutoModelForCausalLM.from_pretrained(dir)`` / ``AutoTokenizer.from_pretrained(dir)`` offline.
-``resolve("moelens/<name>")`` maps the zoo name to that directory. ``python -m moelens.zoo.train``
+``resolve("moelens/<name>")`` maps the zoo name to that directory. ``python -m zoo_training.train`` (repository only)
 reproduces them (see each card for the exact command).
 """
 

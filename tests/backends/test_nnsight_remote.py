@@ -23,7 +23,7 @@ from nnsight.tracing.tracer import _saves
 from moelens.backends.nnsight import NNsightMoE
 from moelens.errors import BackendError
 from moelens.interventions import Ablate, Perturb
-from moelens.loading import _resolve_zoo
+from moelens.loading import resolve_zoo
 
 ZOO = "moelens/mixtral-tiny"
 SECRET = "ndif-test-key-do-not-print"
@@ -54,7 +54,7 @@ def ndif(monkeypatch):
     monkeypatch.setattr(RemoteBackend, "request", transport)
     monkeypatch.setattr(nnsight, "is_model_running", lambda *args, **kwargs: True)
     monkeypatch.setattr(CONFIG.API, "APIKEY", SECRET)
-    monkeypatch.setitem(nnsight_hf._ID_CACHE, _resolve_zoo(ZOO), ZOO)  # the hub would canonicalise the id
+    monkeypatch.setitem(nnsight_hf._ID_CACHE, resolve_zoo(ZOO), ZOO)  # the hub would canonicalise the id
     return sent
 
 

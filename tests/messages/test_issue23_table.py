@@ -266,7 +266,7 @@ def test_driver_gradient_methods_through_nnsight_are_refused():
 
 
 def test_a_resumed_progress_bar_counts_to_the_job_size(tmp_path, capsys, monkeypatch):
-    collect = sys.modules["moelens.analysis.collect"]
+    collect = sys.modules["moelens.analysis.routing_stats.run"]
     real, calls = collect._run_batch, []
 
     def interrupted(*args):

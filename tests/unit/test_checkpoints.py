@@ -77,10 +77,10 @@ def _flip_a_bit_in_tensor_data(path: Path) -> None:
     path.write_bytes(bytes(raw))
 
 
-def _edit_batches_done(path: Path) -> None:
+def _edit_steps_done(path: Path) -> None:
     with safe_open(str(path), framework="pt") as handle:
         meta = dict(handle.metadata())
-    meta["batches_done"] = json.dumps(int(meta["batches_done"]) + 1)
+    meta["steps_done"] = json.dumps(int(meta["steps_done"]) + 1)
     save_file(load_file(str(path)), str(path), metadata=meta)
 
 
@@ -89,7 +89,7 @@ DAMAGE = {
     "garbage": (lambda p: p.write_bytes(os.urandom(300)), "is damaged"),
     "empty": (lambda p: p.write_bytes(b""), "is damaged"),
     "flipped bit": (_flip_a_bit_in_tensor_data, "checksum"),
-    "edited batches_done": (_edit_batches_done, "checksum"),
+    "edited steps_done": (_edit_steps_done, "checksum"),
     "a folder": (lambda p: (p.unlink(), p.mkdir()), "is damaged"),
 }
 
@@ -178,7 +178,7 @@ def test_kill_9_and_resume_give_the_uninterrupted_result(tmp_path):
     child = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path)], cwd=root, capture_output=True, timeout=300)
     assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
     with safe_open(str(tmp_path / FILE), framework="pt") as handle:
-        assert json.loads(handle.metadata()["batches_done"]) == 2
+        assert json.loads(handle.metadata()["steps_done"]) == 2
     model = wrapped("mixtral")
     resumed = collect_routing_stats(model, data(), checkpoint=tmp_path, **QUIET)
     whole = collect_routing_stats(model, data(), **QUIET)

@@ -51,7 +51,7 @@ def test_layer_shares_with_a_bootstrap_interval():
     assert shares.median_share.tolist() == pytest.approx([1.5 / 2.5, 1.0 / 2.5])  # medians: layer 1 leads
     assert shares.top_input_share.tolist() == pytest.approx([4 / 7, 40 / 43])
     # one resample, recomputed by hand from the same resampling counts
-    from moelens.analysis._bootstrap import bootstrap_counts
+    from moelens.stats import bootstrap_counts
 
     counts = bootstrap_counts(4, 1, 11)[0]
     by_layer = (counts[:, None] * torch.tensor(PER_INPUT, dtype=torch.float64).sum(2)).sum(0)

@@ -226,7 +226,7 @@ def test_bad_inputs_name_the_problem():
 
 
 def test_checkpoint_resumes_to_the_same_result(tmp_path, monkeypatch):
-    import moelens.analysis.mediation as mediation
+    import moelens.analysis.mediation.run as mediation
 
     model = _model("mixtral")
     clean, corrupt = _pair(9, 4, 5, 2)
@@ -255,5 +255,7 @@ def test_checkpoint_resumes_to_the_same_result(tmp_path, monkeypatch):
     assert len(runs) == 1  # the first group came from the checkpoint
     assert torch.equal(resumed.per_pair_indirect, full.per_pair_indirect)
     assert torch.equal(resumed.per_pair_by_position.nan_to_num(-1), full.per_pair_by_position.nan_to_num(-1))
-    with pytest.raises(InvalidInputError, match="other arguments of routing_mediation"):
-        routing_mediation(model, clean, corrupt, checkpoint=tmp_path, metric=_metric, progress=False, max_tokens=5)
+    # the run is finished now: a call with other arguments supersedes it (recomputed, never mixed)
+    other = routing_mediation(model, clean, corrupt, checkpoint=tmp_path, metric=_metric, progress=False, max_tokens=5)
+    fresh = routing_mediation(model, clean, corrupt, metric=_metric, progress=False, max_tokens=5)
+    assert torch.equal(other.per_pair_indirect, fresh.per_pair_indirect)

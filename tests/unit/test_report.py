@@ -166,3 +166,14 @@ def test_scatter_labels_the_table_rows_without_overlap_and_an_integer_colorbar()
     bar = fig.axes[-1]
     ticks = [t.get_text() for t in bar.get_xticklabels()]
     assert ticks == [str(x) for x in stats.moe_layers]  # one integer tick per MoE layer, no 0.5 steps
+
+
+def test_sections_are_placed_by_declaration_not_by_numbers(tmp_path):
+    from moelens.report import SECTIONS
+
+    for title in reversed(SECTIONS):  # written in the opposite order
+        write_section(tmp_path, title, el("p", title))
+    write_section(tmp_path, "Something new", el("p", "x"))  # not declared: after the declared ones
+    page = assemble(tmp_path).read_text(encoding="utf-8")
+    positions = [page.index(f"<h2>{title}</h2>") for title in (*SECTIONS, "Something new")]
+    assert positions == sorted(positions)

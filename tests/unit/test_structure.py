@@ -37,13 +37,18 @@ def _top_level_imports(path: Path, modules: set[str]) -> set[str]:
         elif isinstance(node, (ast.If, ast.Try)):
             statements = node.body + getattr(node, "orelse", [])
         for statement in statements:
-            if isinstance(statement, ast.Import):
-                found |= {alias.name for alias in statement.names}
-            elif isinstance(statement, ast.ImportFrom):
-                target = _resolve(name, is_package, statement.level, statement.module)
-                found.add(target)
-                found |= {f"{target}.{alias.name}" for alias in statement.names if f"{target}.{alias.name}" in modules}
+            found |= _targets(statement, name, is_package, modules)
     return {module for module in found if module in modules and module != name}
+
+
+def _targets(statement: ast.AST, name: str, is_package: bool, modules: set[str]) -> set[str]:
+    """The modules one statement imports (nothing for other statements)."""
+    if isinstance(statement, ast.Import):
+        return {alias.name for alias in statement.names}
+    if isinstance(statement, ast.ImportFrom):
+        target = _resolve(name, is_package, statement.level, statement.module)
+        return {target} | {f"{target}.{alias.name}" for alias in statement.names if f"{target}.{alias.name}" in modules}
+    return set()
 
 
 def _graph() -> dict[str, set[str]]:
@@ -111,3 +116,66 @@ def test_no_module_is_over_the_size_limit():
     assert sizes and max(sizes.values()) > 100  # the walk found the package
     too_big = {name: n for name, n in sizes.items() if n > MAX_LINES}
     assert not too_big, f"modules over {MAX_LINES} lines (split them by job): {too_big}"
+
+
+# -- imports inside functions count too ------------------------------------------------------------
+
+
+def _all_imports(path: Path, modules: set[str]) -> set[str]:
+    """Every moelens module ``path`` imports, at module level or inside functions (a function-level
+    import still couples the two modules); only ``if TYPE_CHECKING:`` blocks are left out."""
+    name, is_package = _module_name(path), path.name == "__init__.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {id(sub) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                   for statement in node.body for sub in ast.walk(statement)}
+    found = set()
+    for statement in ast.walk(tree):
+        if id(statement) not in typing_only:
+            found |= _targets(statement, name, is_package, modules)
+    return {module for module in found if module in modules and module != name}
+
+
+def test_no_import_circle_counting_imports_inside_functions():
+    paths = list(PACKAGE.rglob("*.py"))
+    modules = {_module_name(path) for path in paths}
+    graph = {_module_name(path): _all_imports(path, modules) for path in paths}
+    assert "moelens.analysis.plots" in graph["moelens.analysis.routing_stats.result"]  # a function-level import is seen
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_no_private_name_is_imported_across_modules():
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                offenders += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {alias.name}" for alias in node.names
+                              if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert not offenders, offenders
+
+
+def test_every_raise_goes_through_moelens_errors():
+    """Errors raised on purpose are MoelensError subclasses (which also inherit the builtin a user
+    would catch); a bare re-raise, NotImplementedError of an abstract method and StopIteration are fine."""
+    import builtins
+
+    import moelens.errors as errors
+
+    allowed = {"NotImplementedError", "AttributeError", "StopIteration", "KeyboardInterrupt"}
+    ours = set(errors.__all__)
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and isinstance(node.exc.func, ast.Name):
+                name = node.exc.func.id
+                if hasattr(builtins, name) and name not in allowed and name not in ours:
+                    offenders.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {name}")
+    assert not offenders, offenders
+
+
+def test_import_moelens_loads_no_plotting_table_or_view_library():
+    import subprocess
+    import sys
+
+    code = "import sys, moelens; print(sorted(m for m in ('matplotlib', 'scipy', 'pandas', 'circuitsvis') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True).stdout.strip()
+    assert loaded == "[]", f"import moelens loaded {loaded}; import them inside the functions that draw or tabulate"

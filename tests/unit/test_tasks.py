@@ -81,7 +81,9 @@ def test_unknown_name_and_bad_json(tmp_path):
 
 def test_hub_without_datasets_says_how_to_fix(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
-    with pytest.raises(ImportError, match="pip install datasets") as info:
+    from moelens.errors import DataNotFoundError
+
+    with pytest.raises(DataNotFoundError, match="pip install datasets") as info:  # also a FileNotFoundError
         load_records("sst2", data_dir=tmp_path)
     assert "MOELENS_DATA_DIR" in str(info.value) and "stanfordnlp/sst2" in str(info.value)
 

@@ -130,7 +130,7 @@ def test_format_prompt_falls_back_to_the_domain():
 
 
 def test_arithmetic_split_matches_the_zoo_rule():
-    train = pytest.importorskip("moelens.zoo.train")
+    train = pytest.importorskip("zoo_training.train")
     if hasattr(train, "arithmetic_problems"):
         assert arithmetic_problems(random.Random(2), 300, True) == train.arithmetic_problems(random.Random(2), 300, True)
     test = task_records("arithmetic", "test")

@@ -9,8 +9,7 @@ import torch
 
 from moelens import InvalidInputError
 from moelens.analysis.drivers import DriverEffects
-from moelens.analysis.triggers import TokenTriggers, token_triggers
-from moelens.analysis.triggers_result import EarlyLate
+from moelens.analysis.triggers import EarlyLate, TokenTriggers, token_triggers
 
 from .planted import PLANTED_EXPERT, PLANTED_TOKEN, planted_model
 

@@ -14,8 +14,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from moelens.zoo import ZOO_MODELS, resolve
-from moelens.zoo import evaluate as ev
-from moelens.zoo.training import data as zd
+from zoo_training import data as zd
+from zoo_training import evaluate as ev
 
 SLICE = 64  # a whole first batch of the card's evaluation (32 rows for sentiment, 64 for arithmetic)
 

@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from moelens import zoo  # noqa: E402
-from moelens.zoo import evaluate as ev  # noqa: E402
-from moelens.zoo import train as zoo_train  # noqa: E402
+from zoo_training import evaluate as ev  # noqa: E402
+from zoo_training import train as zoo_train  # noqa: E402
 
 EXPECTED = {"mixtral-tiny": ("MixtralForCausalLM", "mixtral"),
             "qwen2moe-tiny": ("Qwen2MoeForCausalLM", "qwen2_moe"),
@@ -79,7 +79,7 @@ def test_init_from_continues_from_the_saved_model(tmp_path, data_dir):
 
 
 def test_dev_selection_score_prefers_sst2_above_the_arithmetic_floor():
-    from moelens.zoo.training.loop import dev_selection_score
+    from zoo_training.loop import dev_selection_score
 
     a = zoo_train.parse_args(["--arch", "olmoe", "--out", "x"])
     assert dev_selection_score(a, {"sst2_dev": 0.7, "arith_dev": 0.9}) == pytest.approx(1.6)
@@ -140,7 +140,7 @@ def test_zoo_model_loads_offline(name):
 
 
 def test_arithmetic_splits_are_disjoint_and_hold_out_what_they_say():
-    from moelens.zoo.training import data as zd
+    from zoo_training import data as zd
 
     problems = [(a, b, op) for op in "+-" for a in range(100) for b in range(100) if op == "+" or b <= a]
     roles = {p: zd.arith_role(*p, split="hash") for p in problems}
@@ -163,7 +163,7 @@ def test_arithmetic_splits_are_disjoint_and_hold_out_what_they_say():
 
 
 def test_encoded_loss_weights_of_prompt_answer_and_eos():
-    from moelens.zoo.training import data as zd
+    from zoo_training import data as zd
 
     class Tok:  # one token per character, BOS = 1, EOS = 2
         eos_token_id = 2
@@ -178,7 +178,7 @@ def test_encoded_loss_weights_of_prompt_answer_and_eos():
 
 
 def test_packer_rows_and_block_causal_mask():
-    from moelens.zoo.training import data as zd
+    from zoo_training import data as zd
 
     encoded = {"a": [([1, 5, 6, 2], [0.0, 1.0, 1.0, 1.0])], "b": [([1, 7, 8, 9, 10, 11, 2], [0.0] + [3.0] * 6)]}
     packer = zd.Packer(encoded, {"a": 0.5, "b": 0.5}, seq_len=12, seed=0, word_dropout={"b": (1.0, 2, 2)})

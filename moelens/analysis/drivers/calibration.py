@@ -10,9 +10,12 @@ of the exact effects), ``spearman`` (rank agreement over all (layer, expert) pai
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
+
+from .result import DriverEffects, calibration_note  # the latter kept importable here; it lives with the result that prints it
 
 if TYPE_CHECKING:
     from moelens.model import HookedMoE
@@ -24,13 +27,13 @@ __all__ = ["CALIBRATION_KEYS", "calibrate", "calibration_note"]
 CALIBRATION_KEYS = ("n_inputs", "ratio", "spearman", "top10_overlap")
 
 
-def calibrate(model: HookedMoE, data: SweepInputs, estimate: Tensor, n: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+def calibrate(model: HookedMoE, data: SweepInputs, estimate: Tensor, n: int, kwargs: dict[str, Any],
+              sweep: Callable[..., DriverEffects]) -> dict[str, Any]:
     """Exact sweep of ``n`` evenly spaced inputs of ``data`` against ``estimate [input moe_layer
-    expert]`` on the same inputs; ``kwargs`` are the sweep's own (push, positions, layers...)."""
+    expert]`` on the same inputs; ``kwargs`` are the sweep's own (push, positions, layers...);
+    ``sweep`` is :func:`~moelens.analysis.drivers.driver_effects` (passed in by its caller, which
+    this module does not import)."""
     from moelens.analysis.agreement import compare_effects
-
-    from .result import DriverEffects
-    from .sweep import driver_effects
 
     k = min(n, data.n)
     rows = [(i * data.n) // k for i in range(k)]
@@ -42,21 +45,8 @@ def calibrate(model: HookedMoE, data: SweepInputs, estimate: Tensor, n: int, kwa
     pushed = kwargs.get("perturb_positions")
     if isinstance(pushed, tuple) and pushed and all(isinstance(r, tuple) for r in pushed):
         kwargs = {**kwargs, "perturb_positions": [pushed[i] for i in rows]}
-    exact = driver_effects(model, subset, attention_mask=mask, method="exact", progress=False, calibrate=0, **kwargs)
+    exact = sweep(model, subset, attention_mask=mask, method="exact", progress=False, calibrate=0, **kwargs)
     approx = DriverEffects(estimate[rows].mean(0), exact.moe_layers, exact.n_experts, "estimate")
     agreement = compare_effects(approx, exact, n=min(10, exact.effect.numel()))
     return {"n_inputs": k, "ratio": agreement.ratio, "spearman": agreement.spearman, "top10_overlap": agreement.top_overlap}
-
-
-def calibration_note(settings: dict[str, Any]) -> str:
-    """``"calibrated on 8 inputs: sum 0.70x exact, Spearman 0.95"``, or ``""`` without calibration.
-
-    >>> calibration_note({"calibration": {"n_inputs": 8, "ratio": 0.7, "spearman": 0.951, "top10_overlap": 0.9}})
-    'calibrated on 8 inputs: sum 0.70x exact, Spearman 0.95, top-10 overlap 90%'
-    """
-    cal = settings.get("calibration")
-    if not cal:
-        return ""
-    return (f"calibrated on {cal['n_inputs']} inputs: sum {cal['ratio']:.2f}x exact, Spearman {cal['spearman']:.2f}, "
-            f"top-10 overlap {cal['top10_overlap']:.0%}")
 

@@ -9,21 +9,19 @@ import numpy as np
 from jaxtyping import Float
 from torch import Tensor
 
-from moelens.analysis._io import load_sidecar, save_figure, save_sidecar
 from moelens.errors import InvalidInputError
+from moelens.results import Result
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-__all__ = ["DriverEffects"]
-
-_FORMAT = "moelens.DriverEffects"
-_VERSION = 1
+__all__ = ["DriverEffects", "calibration_note"]
 
 
-@dataclass
-class DriverEffects:
+
+@dataclass(repr=False)
+class DriverEffects(Result):
     """Driver effect of every (MoE layer, expert): mean KL over inputs, in nats.
 
     ``effect [moe_layer expert]`` (float64, CPU); ``per_input [input moe_layer expert]`` when the
@@ -35,7 +33,13 @@ class DriverEffects:
     >>> effects = DriverEffects(torch.tensor([[0.1, 0.5], [0.3, 0.0]]), (0, 1), 2, "exact")
     >>> effects.top(2)[["layer", "expert"]].values.tolist()
     [[0, 1], [1, 0]]
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     torch.equal(DriverEffects.load(effects.save(f"{d}/drivers")).effect, effects.effect)
+    True
     """
+
+    FORMAT, VERSION = "moelens.DriverEffects", 1
 
     effect: Float[Tensor, "moe_layer expert"]
     moe_layers: tuple[int, ...]
@@ -187,18 +191,29 @@ class DriverEffects:
 
         return pool_effects(results)
 
-    # -- plots ----------------------------------------------------------------------------------
-    def plot_heatmap(self, path: str | Path | None = None, log: bool = False) -> "Figure":
-        """Layer (rows) x expert (columns) heatmap of the effect; ``log=True`` for a log colour
-        scale (effects often span orders of magnitude). Returns the Figure; writes it to ``path``."""
+    # -- plots (Result.plot) -----------------------------------------------------------------------
+    def _figure(self, view: str = "heatmap", log: bool = False) -> "Figure":
+        """``view="heatmap"``: layer x expert heatmap of the effect (``log=True``: log colour scale,
+        effects often span orders of magnitude); ``view="layer_totals"``: the summed effect per MoE
+        layer, the middle layers shaded and their share in the title (with a flat profile's share)."""
+        from moelens.results import new_figure
+
+        n_l, n_e = self.effect.shape
+        if view == "layer_totals":
+            fig = new_figure((max(5.0, 0.3 * n_l + 2.0), 3.5))
+            self._draw_layer_totals(fig.add_subplot())
+            return fig
+        if view != "heatmap":
+            raise InvalidInputError(f"view={view!r}: pass 'heatmap' or 'layer_totals'.")
+        fig = new_figure((min(max(6.0, 0.18 * n_e + 2.0), 22.0), min(max(2.5, 0.25 * n_l + 1.2), 12.0)))
+        self._draw(fig.add_subplot(), log=log)
+        return fig
+
+    def _draw(self, ax, log: bool = False) -> None:
         from matplotlib.colors import LogNorm
-        from matplotlib.figure import Figure
 
         values = self.effect.numpy()
-        n_l, n_e = values.shape
-        size = (min(max(6.0, 0.18 * n_e + 2.0), 22.0), min(max(2.5, 0.25 * n_l + 1.2), 12.0))
-        fig = Figure(figsize=size, layout="constrained")
-        ax = fig.subplots()
+        n_l = values.shape[0]
         norm = None
         if log:
             positive = values[values > 0]
@@ -211,18 +226,11 @@ class DriverEffects:
         ax.set_xlabel("expert")
         ax.set_ylabel("layer")
         ax.set_title(f"driver effect, KL (nats) — {self.estimator()}, {self._push()}", fontsize=8)
-        fig.colorbar(image, ax=ax, label="KL (nats)")
-        return save_figure(fig, path)
+        ax.figure.colorbar(image, ax=ax, label="KL (nats)")
 
-    def plot_layer_totals(self, path: str | Path | None = None) -> "Figure":
-        """Bar chart of the summed effect per MoE layer, the middle third shaded and its share in
-        the title. Returns the Figure; writes it to ``path``."""
-        from matplotlib.figure import Figure
-
+    def _draw_layer_totals(self, ax) -> None:
         totals = self.layer_totals()
         n = len(self.moe_layers)
-        fig = Figure(figsize=(max(5.0, 0.3 * n + 2.0), 3.5), layout="constrained")
-        ax = fig.subplots()
         ax.axvspan(n // 3 - 0.5, n - n // 3 - 0.5, color="grey", alpha=0.15, lw=0, label="middle third")
         ax.bar(range(n), totals["total"], color="tab:red")
         step = max(1, math.ceil(n / 24))
@@ -232,7 +240,14 @@ class DriverEffects:
         ax.set_title(f"driver effect per layer — middle layers hold {self.middle_share():.0%} "
                      f"(flat profile: {self.middle_share_uniform():.0%})")
         ax.legend(loc="upper right", frameon=False)
-        return save_figure(fig, path)
+
+    def plot_heatmap(self, path: str | Path | None = None, log: bool = False) -> "Figure":
+        """Alias of ``plot(path=path, log=log)``, kept for one release."""
+        return self.plot(path=path, log=log)
+
+    def plot_layer_totals(self, path: str | Path | None = None) -> "Figure":
+        """Alias of ``plot(path=path, view="layer_totals")``, kept for one release."""
+        return self.plot(path=path, view="layer_totals")
 
     def estimator(self) -> str:
         """What the numbers are, for labels: ``"exact KL"``, or the gradient method with its measured
@@ -241,8 +256,6 @@ class DriverEffects:
         >>> DriverEffects(torch.zeros(1, 2), (0,), 2, "first_order").estimator()
         'first-order estimate (uncalibrated)'
         """
-        from .calibration import calibration_note
-
         if self.method == "exact":
             return "exact KL"
         note = calibration_note(self.settings)
@@ -252,30 +265,18 @@ class DriverEffects:
         magnitude, sign = self.settings.get("magnitude"), self.settings.get("sign")
         return f"push {'+' if sign == 1 else '-'}{magnitude}" if magnitude is not None else "push"
 
-    # -- persistence ----------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write ``<path>.safetensors`` (tensors) and ``<path>.json`` (metadata); no pickle.
-
-        >>> import tempfile
-        >>> e = DriverEffects(torch.tensor([[0.1, 0.5]], dtype=torch.float64), (1,), 2, "exact", {"positions": "last"})
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     DriverEffects.load(e.save(f"{d}/drivers")).effect.tolist()
-        [[0.1, 0.5]]
-        """
+    # -- persistence (Result.save / Result.load) ----------------------------------------------------
+    def _state(self) -> tuple[dict[str, Tensor], dict]:
         tensors = {"effect": self.effect}
         if self.per_input is not None:
             tensors["per_input"] = self.per_input
         meta = {"moe_layers": list(self.moe_layers), "n_experts": self.n_experts, "method": self.method, "settings": self.settings}
-        return save_sidecar(path, tensors, meta, _FORMAT, _VERSION)
+        return tensors, meta
 
     @classmethod
-    def load(cls, path: str | Path) -> "DriverEffects":
-        """Read what :meth:`save` wrote (either file's path, or the common stem)."""
-        tensors, meta = load_sidecar(path, _FORMAT, _VERSION, "DriverEffects")
-        return cls(
-            tensors["effect"], tuple(meta["moe_layers"]), meta["n_experts"], meta["method"],
-            meta.get("settings", {}), tensors.get("per_input"),
-        )
+    def _from_state(cls, tensors: dict[str, Tensor], meta: dict) -> "DriverEffects":
+        return cls(tensors["effect"], tuple(meta["moe_layers"]), meta["n_experts"], meta["method"],
+                   meta.get("settings", {}), tensors.get("per_input"))
 
     def _repr_html_(self) -> str:  # notebooks: summary table and heatmap
         from moelens.viz.notebook import driver_effects_html
@@ -285,10 +286,21 @@ class DriverEffects:
     def __repr__(self) -> str:
         best = self.top(1)
         lead = f", top L{int(best.layer[0])}E{int(best.expert[0])}={best.effect[0]:.3g}" if len(best) else ""
-        from .calibration import calibration_note
-
         note = calibration_note(self.settings)
         return (
             f"DriverEffects({self.method}{f' [{note}]' if note else ''}, moe_layers={list(self.moe_layers)}, "
             f"n_experts={self.n_experts}, n_inputs={self.n_inputs}, {self._push()}{lead})"
         )
+
+
+def calibration_note(settings: dict[str, Any]) -> str:
+    """``"calibrated on 8 inputs: sum 0.70x exact, Spearman 0.95"``, or ``""`` without calibration.
+
+    >>> calibration_note({"calibration": {"n_inputs": 8, "ratio": 0.7, "spearman": 0.951, "top10_overlap": 0.9}})
+    'calibrated on 8 inputs: sum 0.70x exact, Spearman 0.95, top-10 overlap 90%'
+    """
+    cal = settings.get("calibration")
+    if not cal:
+        return ""
+    return (f"calibrated on {cal['n_inputs']} inputs: sum {cal['ratio']:.2f}x exact, Spearman {cal['spearman']:.2f}, "
+            f"top-10 overlap {cal['top10_overlap']:.0%}")

@@ -19,16 +19,18 @@ functions read ``per_input [input moe_layer expert]`` (run ``driver_effects(...,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 
-from moelens.analysis._bootstrap import bootstrap_counts, percentile_ci
 from moelens.errors import InvalidInputError
+from moelens.lazy import pandas as pd
+from moelens.stats import bootstrap_counts, percentile_ci
 
-from .result import DriverEffects
+if TYPE_CHECKING:
+    from .result import DriverEffects
 
 __all__ = ["input_shares", "layer_shares", "median_effect", "pool_effects", "robust_frame"]
 
@@ -90,7 +92,7 @@ def pool_effects(results: Sequence[DriverEffects]) -> DriverEffects:
             )
     per_input = torch.cat([_per_input(r) for r in results])
     settings = {**first.settings, "n_inputs": per_input.shape[0], "pooled": len(results)}
-    return DriverEffects(per_input.mean(0), first.moe_layers, first.n_experts, first.method, settings, per_input)
+    return type(first)(per_input.mean(0), first.moe_layers, first.n_experts, first.method, settings, per_input)
 
 
 def layer_shares(

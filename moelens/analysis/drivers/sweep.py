@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from moelens.analysis._io import Checkpoint, model_fingerprint, model_probe
 from moelens.errors import InvalidInputError
 from moelens.inputs import check_max_length
 from moelens.interventions import Perturb
+from moelens.runner import SweepRunner
 
 from .exact import exact_batch
 from .first_order import first_order_batch
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["driver_effects"]
 
 _CKPT_FORMAT = "moelens.driver_effects.checkpoint"
-_VERSION = 2  # 2: content hash, probe in Checkpoint
+_VERSION = 3  # 3: the model fingerprint digests the weights (no probe)
 
 
 def driver_effects(
@@ -150,44 +150,31 @@ def driver_effects(
     }
     n_experts = model.cfg.n_experts
     results = torch.zeros(data.n, len(options.layers), n_experts, dtype=torch.float64)
-    n_done, state, calibrated = 0, None, None
-    if checkpoint is not None:
-        fingerprint = {"format": _CKPT_FORMAT, "version": _VERSION, "method": options.method,
-                       "layers": list(options.layers), "inputs": data.digest, "model": model_fingerprint(model),
-                       **settings}
-        state = Checkpoint(Path(checkpoint) / "state.safetensors", fingerprint, "driver_effects",
-                           probe=model_probe(model, *data.batch(0, 1)))
-        found = state.resume()
-        if found is not None:
-            saved = found[0].get("per_input")
-            if saved is None or saved.ndim != 3 or saved.shape[0] > data.n or saved.shape[1:] != results.shape[1:]:
-                raise state._refuse("does not hold the per-input effects of this run")
-            n_done = saved.shape[0]
-            results[:n_done] = saved
-            calibrated = found[0].get("calibration")  # [n_inputs ratio spearman top10_overlap], a finished run's
-    from tqdm.auto import tqdm
-
-    n_layers = len(options.layers)
-    bar = tqdm(
-        total=math.ceil(data.n / batch_size) * n_layers, initial=math.ceil(n_done / batch_size) * n_layers,
-        disable=not progress, unit="layer", desc=f"driver effects ({options.method})", dynamic_ncols=True,
+    run = SweepRunner(
+        "driver_effects", math.ceil(data.n / batch_size), model=model, checkpoint=checkpoint,
+        fingerprint={"format": _CKPT_FORMAT, "version": _VERSION, "method": options.method,
+                     "layers": list(options.layers), "inputs": data.digest, **settings},
+        progress=progress, desc=f"driver effects ({options.method})", unit="layer", units_per_step=len(options.layers),
     )
-    try:
-        for start in range(n_done, data.n, batch_size):
-            stop = min(start + batch_size, data.n)
-            ids, mask = data.batch(start, stop)
-            bar.set_postfix_str(f"inputs {start}-{stop - 1} of {data.n}")
-            where = push_mask(model, pushed_at, ids, mask, start)
-            if options.method == "exact":
-                results[start:stop] = exact_batch(model, ids, mask, options, bar.update, where)
-            else:
-                sampled = options.targets == "sample"
-                generator = torch.Generator().manual_seed(seed * 1_000_003 + start) if sampled else None
-                results[start:stop] = first_order_batch(model, ids, mask, options, generator, bar.update, where)
-            if state is not None:
-                state.save({"per_input": results[:stop]}, complete=stop == data.n, n_done=stop)
-    finally:
-        bar.close()
+    saved, calibrated = run.resume(), None
+    if saved is not None:
+        done = saved.get("per_input")
+        if done is None or done.ndim != 3 or done.shape[0] != min(run.done * batch_size, data.n) or done.shape[1:] != results.shape[1:]:
+            raise run.refuse("does not hold the per-input effects of this run")
+        results[: done.shape[0]] = done
+        calibrated = saved.get("calibration")  # [n_inputs ratio spearman top10_overlap], a finished run's
+    for step in run:
+        start, stop = step * batch_size, min((step + 1) * batch_size, data.n)
+        ids, mask = data.batch(start, stop)
+        run.note(f"inputs {start}-{stop - 1} of {data.n}")
+        where = push_mask(model, pushed_at, ids, mask, start)
+        if options.method == "exact":
+            results[start:stop] = exact_batch(model, ids, mask, options, run.update, where)
+        else:
+            sampled = options.targets == "sample"
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + start) if sampled else None
+            results[start:stop] = first_order_batch(model, ids, mask, options, generator, run.update, where)
+        run.save({"per_input": results[:stop]}, step)
     per = results if per_input else None
     if gradient and calibrate:
         from .calibration import CALIBRATION_KEYS
@@ -200,8 +187,8 @@ def driver_effects(
         same = {"perturbation": push, "positions": options.positions, "perturb_positions": pushed_at, "layers": list(options.layers),
                 "batch_size": batch_size, "max_length": max_length, "skip_unchanged": options.skip_unchanged,
                 "max_tokens": options.max_tokens}
-        settings = {**settings, "calibration": measure(model, data, results, calibrate, same)}
-        if state is not None:  # a finished checkpoint answers with its calibration, without recomputing it
+        settings = {**settings, "calibration": measure(model, data, results, calibrate, same, driver_effects)}
+        if run.state is not None:  # a finished checkpoint answers with its calibration, without recomputing it
             values = torch.tensor([float(settings["calibration"][k]) for k in CALIBRATION_KEYS], dtype=torch.float64)
-            state.save({"per_input": results, "calibration": values}, complete=True, n_done=data.n)
+            run.save({"per_input": results, "calibration": values}, run.n_steps - 1)
     return DriverEffects(results.mean(0), options.layers, n_experts, options.method, settings, per)

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 
 import torch
 
-from ..tasks import scoring
-from ..tasks.prompts import (
+from moelens.tasks import scoring
+from moelens.tasks.prompts import (
     MMLU_LETTERS,
     SENTIMENT_LABEL_WORDS,
     format_math,
@@ -28,7 +28,7 @@ from ..tasks.prompts import (
     sentiment_prompt,
     sst5_to_binary,
 )
-from ..tasks.scoring import wilson_ci
+from moelens.tasks.scoring import wilson_ci
 
 __all__ = [
     "MMLU_LETTERS",

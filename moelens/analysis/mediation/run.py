@@ -44,14 +44,16 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from moelens.checkpoints import callable_identity
 from moelens.errors import InvalidInputError
 from moelens.metrics import kl_divergence
 from moelens.names import moe_name, resid_name
+from moelens.runner import SweepRunner
 
-from ._routing_patch import dense_gates, expert_contribution
-from .drivers.options import parse_layers, positive_int
-from .mediation_inputs import checkpoint_for, experts_list, token_pairs
-from .mediation_result import Mediation
+from .._routing_patch import dense_gates, expert_contribution
+from ..drivers.options import parse_layers, positive_int
+from .inputs import experts_list, pairs_digest, token_pairs
+from .result import Mediation
 
 if TYPE_CHECKING:
     from moelens.model import HookedMoE
@@ -77,6 +79,7 @@ def logit_diff(model: HookedMoE, answer: str | int, wrong: str | int) -> Metric:
         return logits[:, -1, a].float() - logits[:, -1, b].float()
 
     metric.__name__ = f"logit_diff({answer!r}, {wrong!r})"
+    metric.moelens_id = f"moelens.logit_diff({a}, {b})"  # a stable identity for checkpoints
     return metric
 
 
@@ -105,6 +108,10 @@ class _MetricFn:
             raise InvalidInputError(f"metric={metric!r}: pass a callable logits [batch pos d_vocab] -> [batch], or 'kl'.")
         self.reference: Tensor | None = None  # [pairs d_vocab] clean last-position logits (KL)
 
+    def identity(self, given: str | None) -> str:
+        """The metric's name in a checkpoint's fingerprint (a lambda or closure is refused)."""
+        return "kl" if self.fn is None and given is None else callable_identity(self.fn, given)
+
     def __call__(self, logits: Tensor, pairs: Tensor) -> Tensor:
         if self.fn is None:
             return kl_divergence(self.reference[pairs.to(logits.device)], logits[:, -1]).double().cpu()  # KL(P_clean || P_row)
@@ -130,6 +137,7 @@ def routing_mediation(
     max_tokens: int | None = None,
     progress: bool = True,
     checkpoint: str | Path | None = None,
+    metric_id: str | None = None,
 ) -> Mediation:
     """Total, indirect (per expert, per layer, per position), all-routing and direct effects.
 
@@ -141,7 +149,10 @@ def routing_mediation(
     the MoE layers and experts whose indirect effect is computed (default all; the others are NaN).
     ``positions=False`` skips ``by_position``. ``max_tokens``: tokens per stacked forward.
     ``checkpoint``: a folder; the per-pair effects are saved atomically after each group of pairs and
-    a call with the same pairs and arguments resumes there (same result as an uninterrupted run).
+    a call with the same model, pairs, metric and arguments resumes there (same result as an
+    uninterrupted run); the metric must then be ``"kl"``, :func:`logit_diff`, a named top-level
+    function, or be named by ``metric_id=`` (a lambda or closure is refused, since two of them look
+    alike). See :mod:`moelens.checkpoints` for what happens when anything differs.
     Definitions in the module docstring; everything runs under ``no_grad``.
 
     >>> from moelens import HookedMoE
@@ -171,40 +182,39 @@ def routing_mediation(
     groups: dict[int, list[int]] = {}
     for i, (a, _) in enumerate(pairs):
         groups.setdefault(len(a), []).append(i)
-    from tqdm.auto import tqdm
-
-    state, done = checkpoint_for(checkpoint, pairs, metric_fn.name, chosen, chosen_experts, positions, max_tokens, n_experts), 0
-    saved = state.resume() if state is not None else None
-    if saved is not None:
-        result, done = saved[0], saved[1]["chunks_done"]
     chunks = [(length, idx[s : s + max(1, max_tokens // length)]) for length, idx in sorted(groups.items())
               for s in range(0, len(idx), max(1, max_tokens // length))]
-    bar = tqdm(total=len(chunks) * (n_layers + 1), disable=not progress, desc="routing mediation", unit="layer", dynamic_ncols=True)
-    try:
-        with torch.no_grad():
-            for ci, (length, idx) in enumerate(chunks):
-                if ci < done:  # restored from the checkpoint
-                    bar.update(n_layers + 1)
-                    continue
-                device = model.device
-                ids_c = torch.stack([pairs[i][0] for i in idx]).to(device)
-                ids_x = torch.stack([pairs[i][1] for i in idx]).to(device)
-                group = _Group(model, ids_c, ids_x, metric_fn, chosen, chosen_experts, positions, max_tokens)
-                rows = torch.tensor(idx)
-                result["total"][rows] = group.total
-                result["all_routing"][rows] = group.all_routing()
-                bar.update()
-                for li, layer in enumerate(chosen):
-                    indirect, by_layer, by_position = group.layer(layer)
-                    result["indirect"][rows, li] = torch.where(torch.isnan(result["indirect"][rows, li]), float("nan"), indirect)
-                    result["by_layer"][rows, li] = by_layer
-                    if positions:
-                        result["by_position"][rows, li, :length] = by_position
-                    bar.update()
-                if state is not None:
-                    state.save(result, chunks_done=ci + 1)
-    finally:
-        bar.close()
+    fingerprint = None
+    if checkpoint is not None:
+        fingerprint = {"format": "moelens.routing_mediation.checkpoint", "version": 2, "pairs": pairs_digest(pairs),
+                       "metric": metric_fn.identity(metric_id), "layers": chosen, "experts": chosen_experts,
+                       "positions": bool(positions), "max_tokens": max_tokens}
+    run = SweepRunner("routing_mediation", len(chunks), model=model, checkpoint=checkpoint, fingerprint=fingerprint,
+                      progress=progress, desc="routing mediation", unit="layer", units_per_step=n_layers + 1)
+    saved = run.resume()
+    if saved is not None:
+        if set(saved) != set(result) or any(saved[k].shape != result[k].shape for k in result):
+            raise run.refuse("does not hold the effects of this run")
+        result = saved
+    with torch.no_grad():
+        for step in run:
+            length, idx = chunks[step]
+            device = model.device
+            ids_c = torch.stack([pairs[i][0] for i in idx]).to(device)
+            ids_x = torch.stack([pairs[i][1] for i in idx]).to(device)
+            group = _Group(model, ids_c, ids_x, metric_fn, chosen, chosen_experts, positions, max_tokens)
+            rows = torch.tensor(idx)
+            result["total"][rows] = group.total
+            result["all_routing"][rows] = group.all_routing()
+            run.update()
+            for li, layer in enumerate(chosen):
+                indirect, by_layer, by_position = group.layer(layer)
+                result["indirect"][rows, li] = torch.where(torch.isnan(result["indirect"][rows, li]), float("nan"), indirect)
+                result["by_layer"][rows, li] = by_layer
+                if positions:
+                    result["by_position"][rows, li, :length] = by_position
+                run.update()
+            run.save(result, step)
     settings = {
         "metric": metric_fn.name, "n_pairs": n, "experts": chosen_experts, "positions": bool(positions),
         "max_tokens": max_tokens,

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from moelens.zoo import evaluate as ev
+from zoo_training import evaluate as ev
 
 DEAD_LOAD = 0.01  # an expert with less than this share of its layer's top-k slots counts as dead
 
@@ -72,7 +72,7 @@ def rounded(t: torch.Tensor, nd: int = 4) -> list:
 
 
 def evaluate_all(model, tokenizer, evsets: dict) -> dict:
-    """All held-out metrics of the card (see :func:`moelens.zoo.training.data.load_eval_sets`)."""
+    """All held-out metrics of the card (see :func:`zoo_training.data.load_eval_sets`)."""
     model.eval()
     t0 = time.time()
     res: dict = {}

@@ -1,6 +1,6 @@
 """Driver experts of a zoo model (a script, not imported by the package) on held-out task prompts, per layer (issue #15's layer claim).
 
-    python -m moelens.zoo.training.drivers moelens/olmoe-deep --n 48
+    python -m zoo_training.drivers moelens/olmoe-deep --n 48
 
 For each task (SST-2 validation reviews, held-out arithmetic problems) it runs
 ``moelens.driver_effects(method="exact", positions="last")`` on the answer-predicting prompts and
@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from moelens import HookedMoE, driver_effects
-from moelens.zoo import evaluate as ev
-from moelens.zoo.training import data as zd
+from zoo_training import data as zd
+from zoo_training import evaluate as ev
 
 
 def task_prompts(n: int, arith_split: str) -> dict[str, list[str]]:
@@ -43,7 +43,7 @@ def main() -> None:
                       (f"`moelens.driver_effects(method=\"exact\", positions=\"last\")` on the first {a.n} "
                       "held-out prompts of each task (SST-2 validation reviews; held-out arithmetic problems), "
                       "effect = mean KL of the next-token distribution at the answer position when one expert's "
-                      f"router logit is pushed down. Produced by `python -m moelens.zoo.training.drivers {a.model} --n {a.n}`.\n")]
+                      f"router logit is pushed down. Produced by `python -m zoo_training.drivers {a.model} --n {a.n}`.\n")]
     for task, prompts in task_prompts(a.n, a.arith_split).items():
         t0 = time.time()
         eff = driver_effects(model, prompts, method="exact", positions="last", progress=False)

@@ -17,18 +17,17 @@ from typing import TYPE_CHECKING, Union
 import torch
 from safetensors.torch import save_file
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from .._tokens import attached_mask
-from ..errors import InvalidInputError
-from ..inputs import check_max_length
-from ..metrics import topk_mask_from_indices
-from ..names import moe_name
-from ._io import Checkpoint, model_fingerprint, model_probe
-from .routing_stats import SUM_FIELDS, RoutingStats
+from ..._tokens import attached_mask
+from ...errors import InvalidInputError
+from ...inputs import check_max_length
+from ...metrics import topk_mask_from_indices
+from ...names import moe_name
+from ...runner import SweepRunner
+from .result import SUM_FIELDS, RoutingStats
 
 if TYPE_CHECKING:
-    from ..backends.protocol import MoEBackend
+    from ...backends.protocol import MoEBackend
 
 __all__ = ["collect_routing_stats"]
 
@@ -79,23 +78,25 @@ def collect_routing_stats(
         raise InvalidInputError("domains is empty; pass {domain_name: texts, ...}.")
     batches = {name: list(_batches(model, name, data, batch_size, max_length)) for name, data in domains.items()}
     stats = RoutingStats.from_config(model.cfg, list(domains))
-    state = _checkpoint(checkpoint, model, batches, batch_size, max_length) if checkpoint is not None else None
-    done = _resume(state, stats, sum(len(b) for b in batches.values())) if state is not None else 0
+    todo = [(name, i, batch) for name in batches for i, batch in enumerate(batches[name])]
+    run = SweepRunner(
+        "collect_routing_stats", len(todo), model=model, checkpoint=checkpoint, file="routing_stats.partial.safetensors",
+        fingerprint=None if checkpoint is None else {
+            "inputs": _digest(batches), "domains": list(batches), "batch_size": batch_size, "max_length": max_length},
+        progress=progress, desc="routing stats",
+    )
+    _resume(run, stats)
     records_dir = Path(token_records) if token_records is not None else None
     if records_dir is not None:
         if records_dir.exists() and not records_dir.is_dir():
             raise InvalidInputError(f"token_records={str(records_dir)!r} is a file; pass a folder (created if missing) for the per-batch records.")
         records_dir.mkdir(parents=True, exist_ok=True)
-    todo = [(name, i, batch) for name in batches for i, batch in enumerate(batches[name])]
-    for step, (domain, _, (ids, mask, text_index)) in enumerate(  # resumed: the bar starts at `done` of len(todo)
-        tqdm(todo[done:], desc="routing stats", unit="batch", disable=not progress, initial=done, total=len(todo)), start=done
-    ):
+    for step in run:
+        domain, _, (ids, mask, text_index) = todo[step]
         selected = _run_batch(model, stats, domain, ids, mask)
         if records_dir is not None:
             _write_records(records_dir / f"{step:06d}.safetensors", stats.domains.index(domain), ids, mask, text_index, selected)
-        if state is not None:
-            sums = {name: getattr(stats, name) for name in SUM_FIELDS}
-            state.save(sums, complete=step + 1 == len(todo), batches_done=step + 1)
+        run.save({name: getattr(stats, name) for name in SUM_FIELDS}, step)
     return stats
 
 
@@ -168,10 +169,8 @@ def _write_records(path: Path, domain: int, ids: Tensor, mask: Tensor, text_inde
     os.replace(tmp, path)
 
 
-def _checkpoint(folder: str | Path, model: MoEBackend, batches: dict[str, list], batch_size: int, max_length: int | None) -> Checkpoint:
-    """The running sums and the number of finished batches, for these inputs and this model: the
-    fingerprint holds the token ids and masks, the model's shape, name and dtype; the probe checks
-    its weights on the first input."""
+def _digest(batches: dict[str, list]) -> str:
+    """SHA-256 over every domain's name and its batches' token ids and masks."""
     digest = hashlib.sha256()
     for name, items in batches.items():
         digest.update(name.encode() + b"\x00")
@@ -179,25 +178,15 @@ def _checkpoint(folder: str | Path, model: MoEBackend, batches: dict[str, list],
             digest.update(f"{tuple(ids.shape)}".encode())
             digest.update(ids.numpy().tobytes())
             digest.update(mask.numpy().tobytes())
-    fingerprint = {
-        "format": "moelens.routing_stats.checkpoint", "version": 2, "model": model_fingerprint(model),
-        "domains": list(batches), "inputs": digest.hexdigest(), "batch_size": batch_size, "max_length": max_length,
-    }
-    ids, mask, _ = next(iter(batches.values()))[0]
-    path = Path(folder) / "routing_stats.partial.safetensors"
-    return Checkpoint(path, fingerprint, "collect_routing_stats", probe=model_probe(model, ids, mask))
+    return digest.hexdigest()
 
 
-def _resume(state: Checkpoint, stats: RoutingStats, n_batches: int) -> int:
-    found = state.resume()
+def _resume(run: SweepRunner, stats: RoutingStats) -> None:
+    found = run.resume()
     if found is None:
-        return 0
-    tensors, extras = found
-    done = extras.get("batches_done")
+        return
     for name in SUM_FIELDS:
-        expected = getattr(stats, name)
-        got = tensors.get(name)
-        if got is None or got.shape != expected.shape or got.dtype != expected.dtype or not isinstance(done, int) or not 0 < done <= n_batches:
-            raise state._refuse(f"does not hold the sums of this run ({name}, batches_done={done!r})")
+        expected, got = getattr(stats, name), found.get(name)
+        if got is None or got.shape != expected.shape or got.dtype != expected.dtype:
+            raise run.refuse(f"does not hold the sums of this run ({name})")
         setattr(stats, name, got)
-    return done

@@ -33,23 +33,24 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .._checks import check_count, check_factors, check_number
-from ..errors import InvalidInputError
-from ..interventions import Perturb, Scale
-from .evaluate import resolve_records
-from .multiplicity import CORRECTIONS
-from .prompts import format_prompt, prompt_kind
-from .registry import get_task
-from .study_protocol import apply_correction, evaluate_stage
-from .study_result import COLUMNS, StudyResult
+from moelens.lazy import pandas as pd
+
+from ..._checks import check_count, check_factors, check_number
+from ...errors import InvalidInputError
+from ...interventions import Perturb, Scale
+from ..evaluate import split_or_records as _records
+from ..multiplicity import CORRECTIONS
+from ..prompts import format_prompt, prompt_kind
+from ..registry import get_task
+from ..study_protocol import apply_correction, evaluate_stage
+from .recipes import RECIPES
+from .result import COLUMNS, StudyResult
 
 __all__ = ["check_disjoint", "expert_interventions", "matched_random_sets", "reweighting_study"]
 
-RECIPES = ("scale-logits", "scale-weights", "perturb")
 # Contrast domains for domain-expert selection: the other paper domains, from splits no task evaluates on.
 _CONTRAST = {"sentiment": ("sst2", "train"), "mmlu": ("mmlu", "validation"), "math": ("gsm8k", "train")}
 
@@ -118,17 +119,8 @@ def matched_random_sets(experts: Sequence[tuple[int, int]], n_experts: int, draw
     return out
 
 
-def _records(task, source: Any, default_split: str, limit: int | None, data_dir) -> tuple[list[dict], str]:
-    """Records from data (path or records) or, for a plain name such as ``"train[:100]"``, a split."""
-    if source is None or (isinstance(source, str) and "/" not in source and not source.endswith(".jsonl") and not Path(source).exists()):
-        split = source or default_split
-        return resolve_records(task, None, split, limit, data_dir), split
-    label = str(source) if isinstance(source, (str, Path)) else f"{len(source)} records"
-    return resolve_records(task, source, None, limit, data_dir), label
-
-
 def _contrast(domain: str, limit: int, data_dir) -> dict[str, list[str]]:
-    from .data import load_records
+    from ..data import load_records
 
     texts = {}
     for other, (name, split) in _CONTRAST.items():
@@ -160,7 +152,7 @@ def _negative_share(model, prompts: Sequence[str], sets: Mapping[str, list[tuple
 
 def _model_name(model: Any) -> str:
     """The zoo name for packaged models, else the HF ``name_or_path``, else the architecture."""
-    from ..zoo import ZOO_DIR, ZOO_PREFIX
+    from ...zoo import ZOO_DIR, ZOO_PREFIX
 
     path = str(getattr(getattr(model, "hf_model", None), "name_or_path", "") or "")
     if path and Path(path).parent == ZOO_DIR:
@@ -252,7 +244,7 @@ def reweighting_study(
     >>> sorted(set(study.table["expert_set"]))
     ['baseline', 'domain', 'driver', 'random (domain)', 'random (driver)']
     """
-    from ..analysis import collect_routing_stats, driver_effects
+    from ...analysis import collect_routing_stats, driver_effects
 
     spec = get_task(task)
     factors = _check_study_settings(n_random, factors, n_experts, tune_steps, tune_rank, batch_size, push, select_limit, limit, seed)
@@ -302,7 +294,7 @@ def reweighting_study(
     conditions = [(recipe, factor) for recipe in recipes for factor in factors]
     tuned = None
     if tune_steps > 0:
-        from .lora import tune_router
+        from ..lora import tune_router
 
         tuned = tune_router(model, spec, data=select, steps=tune_steps, rank=tune_rank, seed=seed, progress=progress)
     stages = [("develop", evaluation)] + ([("confirm", confirmation)] if confirmation is not None else [])

@@ -30,15 +30,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 from torch import Tensor
 
 from moelens.errors import InvalidInputError
+from moelens.lazy import pandas as pd
 from moelens.names import moe_name
 
-from .drivers.options import SweepInputs, positive_int
-from .triggers_result import EarlyLate, TokenTriggers
+from ..drivers.options import SweepInputs, positive_int
+from .result import EarlyLate, TokenTriggers
 
 if TYPE_CHECKING:
     from moelens.model import HookedMoE

@@ -25,23 +25,21 @@ import torch
 from jaxtyping import Bool, Float, Shaped
 from torch import Tensor
 
-from moelens.analysis._io import load_sidecar, save_sidecar, sidecar_paths
 from moelens.errors import InvalidInputError, ResultFileError
 from moelens.metrics import RoutingSums, cwas, domain_specificity, routing_sums
+from moelens.results import Result, load_sidecar, sidecar_paths
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["SUM_FIELDS", "RoutingStats"]
 
-_FORMAT = "moelens.RoutingStats"
-_VERSION = 1
 SUM_FIELDS = ("n_tokens", "counts", "entropy_sums", "score_sums")  # what save(), merge() and checkpoints carry
 
 
 
 
-class RoutingStats:
+class RoutingStats(Result):
     """Running routing aggregates for ``domains x moe_layers x n_experts``.
 
     Stored tensors (CPU; exact integer counts, float64 sums):
@@ -58,6 +56,8 @@ class RoutingStats:
     >>> stats.cwas().shape  # [domain moe_layer expert]
     torch.Size([2, 2, 8])
     """
+
+    FORMAT, VERSION = "moelens.RoutingStats", 1
 
     def __init__(
         self,
@@ -311,23 +311,38 @@ class RoutingStats:
                 getattr(out, name).index_add_(0, idx, getattr(src, name))
         return out
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``<path>.safetensors`` (tensors) and ``<path>.json`` (metadata); no pickle.
+    # -- Result: plot, save, load ------------------------------------------------------------------
+    def _figure(self, view: str = "cwas", domain: str | None = None, metric: str = "cwas", annotate: int = 5):
+        """``view="cwas"``: heatmaps of ``metric`` (cwas, lift, activation_rate, entropy) per domain
+        (:func:`~moelens.analysis.plots.plot_cwas_heatmap`); ``view="general_vs_domain"``: the
+        scatter of :func:`~moelens.analysis.plots.plot_general_vs_domain`."""
+        from moelens.analysis.plots import plot_cwas_heatmap, plot_general_vs_domain
 
-        Returns the tensor file's path. ``path`` may or may not end in ``.safetensors``.
-        """
-        meta = {
-            "domains": list(self.domains),
-            "moe_layers": list(self.moe_layers),
-            "n_experts": self.n_experts,
-            "top_k": self.top_k,
-        }
-        return save_sidecar(path, {n: getattr(self, n) for n in SUM_FIELDS}, meta, _FORMAT, _VERSION)
+        if view == "general_vs_domain":
+            return plot_general_vs_domain(self, annotate=annotate)
+        if view != "cwas":
+            raise InvalidInputError(f"view={view!r}: pass 'cwas' or 'general_vs_domain'.")
+        return plot_cwas_heatmap(self, domain=domain, metric=metric)
+
+    def _draw(self, ax, domain: str | None = None, metric: str = "cwas") -> None:
+        """One heatmap (layer x expert) of ``metric`` for ``domain`` (default: the first domain)."""
+        from moelens.analysis.plots import heatmap_values
+
+        domain = self.domains[0] if domain is None else domain
+        values = heatmap_values(self, metric)[self.domains.index(domain)].numpy() if domain in self.domains else None
+        if values is None:
+            raise InvalidInputError(f"unknown domain {domain!r}; stats has {list(self.domains)}.")
+        image = ax.imshow(values, aspect="auto", interpolation="nearest")
+        ax.set_yticks(range(len(self.moe_layers)), [str(x) for x in self.moe_layers])
+        ax.set_xlabel("expert"), ax.set_ylabel("layer"), ax.set_title(f"{metric} — {domain}")
+        ax.figure.colorbar(image, ax=ax, label=metric)
+
+    def _state(self) -> tuple[dict[str, Tensor], dict]:
+        meta = {"domains": list(self.domains), "moe_layers": list(self.moe_layers), "n_experts": self.n_experts, "top_k": self.top_k}
+        return {n: getattr(self, n) for n in SUM_FIELDS}, meta
 
     @classmethod
-    def load(cls, path: str | Path) -> "RoutingStats":
-        """Read what :meth:`save` wrote (pass either file's path, or the common stem)."""
-        tensors, meta = load_sidecar(path, _FORMAT, _VERSION, "RoutingStats")
+    def _from_state(cls, tensors: dict[str, Tensor], meta: dict, path: str | Path = "the file") -> "RoutingStats":
         out = cls(meta["domains"], meta["moe_layers"], meta["n_experts"], meta["top_k"])
         for name in SUM_FIELDS:
             expected = getattr(out, name)
@@ -340,6 +355,12 @@ class RoutingStats:
                 )
             setattr(out, name, got)
         return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RoutingStats":
+        """Read what :meth:`save` wrote (pass either file's path, or the common stem)."""
+        tensors, meta = load_sidecar(path, cls.FORMAT, cls.VERSION, "RoutingStats")
+        return cls._from_state(tensors, meta, path)
 
     def _repr_html_(self) -> str:  # notebooks: summary table and heatmap
         from moelens.viz.notebook import routing_stats_html

@@ -21,32 +21,30 @@ quantity from :func:`moelens.analysis._routing_patch.expert_contribution` at wei
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from moelens.errors import InvalidInputError
+from moelens.lazy import pandas as pd
 from moelens.names import moe_name
+from moelens.results import Result, new_figure
 
-from ._io import load_sidecar, save_figure, save_sidecar
-from ._routing_patch import expert_contribution
-from .drivers.options import SweepInputs, positive_int
+from .._routing_patch import expert_contribution
+from ..drivers.options import SweepInputs, positive_int
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from moelens.model import HookedMoE
 
 __all__ = ["ExpertRepresentations", "expert_representations"]
 
-_FORMAT = "moelens.ExpertRepresentations"
-_VERSION = 1
 
 
-class ExpertRepresentations:
+class ExpertRepresentations(Result):
     """Mean unweighted output ``means [moe_layer expert d_model]`` (float64; NaN for an expert no
     token was routed to) and routed-token ``counts [domain moe_layer expert]``.
 
@@ -54,6 +52,8 @@ class ExpertRepresentations:
     >>> reps.to_frame(n_clusters=2).columns.tolist()
     ['layer', 'expert', 'count', 'dominant_domain', 'cluster', 'tsne_x', 'tsne_y']
     """
+
+    FORMAT, VERSION = "moelens.ExpertRepresentations", 1
 
     def __init__(self, means: Tensor, counts: Tensor, domains, moe_layers, settings=None):
         self.means = means.detach().cpu().double()
@@ -110,46 +110,47 @@ class ExpertRepresentations:
             "cluster": self.kmeans(min(n_clusters, int(self.used.sum())), seed), "tsne_x": xy[:, 0], "tsne_y": xy[:, 1],
         })
 
-    def plot(self, path: str | Path | None = None, n_clusters: int = 4, seed: int = 0) -> Figure:
+    def _figure(self, n_clusters: int = 4, seed: int = 0) -> Figure:
         """t-SNE of the experts, coloured by layer (left) and by dominant domain (right), each point
-        labelled with its K-means cluster. Returns the Figure; writes it to ``path``."""
+        labelled with its K-means cluster."""
         frame = self.to_frame(n_clusters, seed).dropna(subset=["tsne_x"])
-        fig = Figure(figsize=(10.0, 4.2), layout="constrained")
+        fig = new_figure((10.0, 4.2))
         left, right = fig.subplots(1, 2)
-        points = left.scatter(frame.tsne_x, frame.tsne_y, c=frame.layer, cmap="viridis", s=30)
-        fig.colorbar(points, ax=left, label="layer")
+        self._draw(left, frame=frame)
         for i, domain in enumerate(self.domains):
             part = frame[frame.dominant_domain == domain]
             right.scatter(part.tsne_x, part.tsne_y, s=30, color=f"C{i}", label=domain)
         right.legend(fontsize=8, frameon=False, title="dominant domain")
-        for ax in (left, right):
-            for row in frame.itertuples():
-                ax.annotate(str(row.cluster), (row.tsne_x, row.tsne_y), fontsize=6, xytext=(2, 2), textcoords="offset points")
-            ax.set_xticks([]), ax.set_yticks([])
-        left.set_title("expert mean outputs (t-SNE), by layer; labels: K-means cluster", fontsize=9)
+        _label_clusters(right, frame)
         right.set_title("by the domain that routes most tokens to the expert", fontsize=9)
-        return save_figure(fig, path)
+        return fig
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``<path>.safetensors`` and ``<path>.json``."""
-        meta = {"domains": self.domains, "moe_layers": list(self.moe_layers),
-                "settings": self.settings}
-        return save_sidecar(path, {"means": self.means, "counts": self.counts}, meta, _FORMAT, _VERSION)
+    def _draw(self, ax, n_clusters: int = 4, seed: int = 0, frame=None) -> None:
+        """The t-SNE of the experts coloured by layer, labelled with the K-means cluster."""
+        frame = self.to_frame(n_clusters, seed).dropna(subset=["tsne_x"]) if frame is None else frame
+        points = ax.scatter(frame.tsne_x, frame.tsne_y, c=frame.layer, cmap="viridis", s=30)
+        ax.figure.colorbar(points, ax=ax, label="layer")
+        _label_clusters(ax, frame)
+        ax.set_title("expert mean outputs (t-SNE), by layer; labels: K-means cluster", fontsize=9)
+
+    def _state(self) -> tuple[dict[str, Tensor], dict]:
+        meta = {"domains": self.domains, "moe_layers": list(self.moe_layers), "settings": self.settings}
+        return {"means": self.means, "counts": self.counts}, meta
 
     @classmethod
-    def load(cls, path: str | Path) -> ExpertRepresentations:
-        """Read what :meth:`save` wrote."""
-        tensors, meta = load_sidecar(path, _FORMAT, _VERSION, "ExpertRepresentations")
+    def _from_state(cls, tensors: dict[str, Tensor], meta: dict) -> ExpertRepresentations:
         return cls(tensors["means"], tensors["counts"], meta["domains"], meta["moe_layers"], meta.get("settings", {}))
-
-    def _repr_html_(self) -> str:
-        used = self.counts.sum(0)
-        return f"<p><code>{self!r}</code></p><p>routed tokens per layer: {used.sum(1).int().tolist()}</p>"
 
     def __repr__(self) -> str:
         n_l, n_e, d = self.means.shape
         return (f"ExpertRepresentations({n_l} MoE layers x {n_e} experts, d_model={d}, domains={self.domains}, "
                 f"{int(self.used.sum())} experts used)")
+
+
+def _label_clusters(ax, frame) -> None:
+    for row in frame.itertuples():
+        ax.annotate(str(row.cluster), (row.tsne_x, row.tsne_y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    ax.set_xticks([]), ax.set_yticks([])
 
 
 def expert_representations(

@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, fields
 
 import numpy as np
-import pandas as pd
 import torch
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from moelens.errors import InvalidInputError
+from moelens.lazy import pandas as pd
+from moelens.results import Result, frame_from_json, frame_to_json
+from moelens.stats import bootstrap_counts, bootstrap_p, percentile_ci
 
-from ._bootstrap import bootstrap_counts, percentile_ci
-from ._io import load_sidecar, save_figure, save_sidecar
-from .triggers_controls import matched_controls
+from ..triggers_controls import matched_controls
 
 __all__ = ["EarlyLate", "TokenTriggers"]
 
-_FORMAT = "moelens.TokenTriggers"
-_VERSION = 1
 _TABLE = ("text", "position", "rank", "n_kept", "token_id", "fired", "gate")
 
 
 @dataclass(frozen=True)
-class EarlyLate:
+class EarlyLate(Result):
     """Do the selected experts fire more on the first decile of a text's tokens than on the rest?
 
     Rates pool the selected experts: firings / (tokens x experts). ``diff = rate_first - rate_rest``
@@ -102,8 +98,31 @@ class EarlyLate:
         ]
         return pd.DataFrame(rows, columns=["statistic", "value", "lo", "hi"])
 
-    def _repr_html_(self) -> str:
-        return f"<p><code>{self!r}</code></p>" + self.summary().to_html(index=False, float_format="{:+.4f}".format, na_rep="")
+    FORMAT, VERSION = "moelens.EarlyLate", 1
+
+    def _draw(self, ax) -> None:
+        """First decile, rest and last decile: the firing rates, and the two differences with their CIs."""
+        labels = ["first - rest", "last - rest", "vs control"]
+        values = [self.diff, self.last_diff, self.diff_vs_control]
+        cis = [self.ci, self.last_ci, self.diff_vs_control_ci]
+        err = np.array([[v - lo for v, (lo, _) in zip(values, cis, strict=True)], [hi - v for v, (_, hi) in zip(values, cis, strict=True)]])
+        ax.bar(range(3), values, yerr=np.abs(err), color=["tab:green", "tab:orange", "tab:grey"], capsize=3)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(range(3), labels)
+        ax.set_ylabel("firing-rate difference")
+        ax.set_title(f"early vs late ({self.n_texts} texts, {self.level:.0%} CI)", fontsize=10)
+
+    def _state(self) -> tuple[dict[str, Tensor], dict]:
+        meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "per_expert"}
+        return {}, {**meta, "per_expert": frame_to_json(self.per_expert)}
+
+    @classmethod
+    def _from_state(cls, tensors: dict[str, Tensor], meta: dict) -> EarlyLate:
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in meta.items() if k not in ("format", "version", "tensors")}
+        return cls(**{**values, "per_expert": frame_from_json(meta["per_expert"])})
+
+    def _html_table(self) -> pd.DataFrame:
+        return self.summary()
 
     def __repr__(self) -> str:
         pct = f"{self.level:.0%}"
@@ -118,7 +137,7 @@ class EarlyLate:
         )
 
 
-class TokenTriggers:
+class TokenTriggers(Result):
     """Firing table of selected experts over the kept tokens of some texts (see
     :func:`moelens.token_triggers`).
 
@@ -135,6 +154,8 @@ class TokenTriggers:
     >>> trig.early_vs_late(n_boot=100).n_selected
     2
     """
+
+    FORMAT, VERSION = "moelens.TokenTriggers", 1
 
     def __init__(self, selection, moe_layers, n_experts, table, seg_fires, seg_tokens, vocab, settings=None):
         self.selection = [(int(a), int(b)) for a, b in selection]
@@ -177,7 +198,7 @@ class TokenTriggers:
         """Per selected expert, the ``n`` tokens with the highest firing rate among tokens seen at
         least ``min_count`` times (rare tokens cannot top the list): ``layer, expert, token_id,
         token, count, fires, rate, mean_gate`` (mean gate weight when fired)."""
-        from .._checks import check_count
+        from moelens._checks import check_count
 
         check_count("n", n, 1)
         check_count("min_count", min_count, 1)
@@ -267,17 +288,17 @@ class TokenTriggers:
             n_texts=self.n_texts, n_selected=int(selected.sum()), n_control=int(control.sum()), level=level,
             per_expert=per_expert.reset_index(drop=True),
             matched_diff=float(d_pool[0] - d_match[0]), matched_ci=percentile_ci(d_pool[1:] - d_match[1:], level),
-            n_matched=len(set(matched.tolist())), matched_p=_two_sided_p(d_pool[1:] - d_match[1:]),
+            n_matched=len(set(matched.tolist())), matched_p=bootstrap_p(d_pool[1:] - d_match[1:]),
         )
 
     # -- plots ------------------------------------------------------------------------------------
-    def plot(self, path: str | Path | None = None, bins: int = 10) -> Figure:
+    FIGSIZE = (6.5, 3.6)
+
+    def _draw(self, ax, bins: int = 10) -> None:
         """Firing rate by relative position bin: each selected expert (thin), their mean (thick);
-        first and last deciles shaded. Returns the Figure; writes it to ``path``."""
+        first and last deciles shaded."""
         frame = self.by_position(bins)
         frame = frame[frame.scale == "relative"]
-        fig = Figure(figsize=(6.5, 3.6), layout="constrained")
-        ax = fig.subplots()
         centres = (np.arange(bins) + 0.5) / bins
         for (layer, expert), group in frame.groupby(["layer", "expert"]):
             ax.plot(centres, group["rate"], lw=0.8, alpha=0.6, label=f"L{layer}E{expert}" if len(self.selection) <= 10 else None)
@@ -288,42 +309,23 @@ class TokenTriggers:
         ax.set_ylabel("firing rate (in top-k)")
         ax.set_title(f"token triggers of {len(self.selection)} experts over {self.n_texts} texts", fontsize=10)
         ax.legend(fontsize=7, frameon=False, ncol=2)
-        return save_figure(fig, path)
 
-    # -- persistence ------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write ``<path>.safetensors`` (tables) and ``<path>.json`` (selection, vocabulary, settings)."""
+    # -- persistence (Result.save / Result.load) ---------------------------------------------------
+    def _state(self) -> tuple[dict[str, Tensor], dict]:
         tensors = {**self.table, "seg_fires": self.seg_fires, "seg_tokens": self.seg_tokens}
         meta = {"selection": self.selection, "moe_layers": list(self.moe_layers),
                 "n_experts": self.n_experts, "vocab": {str(k): v for k, v in self.vocab.items()}, "settings": self.settings}
-        return save_sidecar(path, tensors, meta, _FORMAT, _VERSION)
+        return tensors, meta
 
     @classmethod
-    def load(cls, path: str | Path) -> TokenTriggers:
-        """Read what :meth:`save` wrote."""
-        tensors, meta = load_sidecar(path, _FORMAT, _VERSION, "TokenTriggers")
+    def _from_state(cls, tensors: dict[str, Tensor], meta: dict) -> TokenTriggers:
         table = {k: tensors[k] for k in _TABLE}
         return cls(meta["selection"], meta["moe_layers"], meta["n_experts"], table, tensors["seg_fires"],
                    tensors["seg_tokens"], meta["vocab"], meta.get("settings", {}))
 
-    def _repr_html_(self) -> str:
-        return f"<p><code>{self!r}</code></p>" + self.top_tokens(5, min_count=1).to_html(index=False, float_format="{:.3f}".format)
+    def _html_table(self) -> pd.DataFrame:
+        return self.top_tokens(5, min_count=1)
 
     def __repr__(self) -> str:
         shown = ", ".join(f"L{a}E{b}" for a, b in self.selection[:4]) + (", ..." if len(self.selection) > 4 else "")
         return f"TokenTriggers({len(self.selection)} experts [{shown}], {self.n_texts} texts, {self.n_tokens} tokens)"
-
-
-def _two_sided_p(samples: Tensor) -> float:
-    """Two-sided bootstrap p-value for "the statistic is 0": twice the smaller tail of the resampled
-    statistics on either side of 0, as ``(1 + count) / (1 + n)`` so that it is never 0 (at most 1;
-    NaN samples dropped).
-
-    >>> _two_sided_p(torch.ones(99))
-    0.02
-    """
-    finite = samples[torch.isfinite(samples)]
-    if len(finite) == 0:
-        return float("nan")
-    tail = min(int((finite <= 0).sum()), int((finite >= 0).sum()))
-    return min(1.0, 2 * (1 + tail) / (1 + len(finite)))

@@ -14,10 +14,17 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+from torch import Tensor
+
+from moelens.lazy import pandas as pd
+
+from ...results import Result, frame_from_json, frame_to_json, new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["StudyResult", "study_section", "write_study"]
 
@@ -29,25 +36,27 @@ COLUMNS = [
 ]
 
 
-@dataclass
-class StudyResult:
+@dataclass(repr=False)
+class StudyResult(Result):
     """``table``: one row per (expert set, recipe, factor) with accuracy, weighted F1, the paired
     delta vs the baseline with its 95% bootstrap CI, the McNemar p-value vs the baseline, the
     paired-bootstrap p-value vs the random experts of the same recipe and factor, and the share of
     the selected experts' router logits that are negative. ``meta``: how it was made; ``sets``:
-    the selected (layer, expert) pairs; ``results``: the :class:`EvalResult` of every condition
-    (not saved).
+    the selected (layer, expert) pairs; ``results``: the :class:`EvalResult` of every condition.
+    ``save``/``load`` keep all four (``<path>.safetensors`` + ``<path>.json``).
 
     Example::
 
         study = moelens.reweighting_study(model, "sst2", select_on="train", evaluate_on="validation")
-        study.table; study.plot("study.png"); study.save("study")   # study.csv + study.json
+        study.table; study.plot("study.png"); study.save("study")   # study.safetensors + study.json
     """
 
     table: pd.DataFrame
     meta: dict[str, Any]
     sets: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
+
+    FORMAT, VERSION = "moelens.StudyResult", 1
 
     def to_frame(self) -> pd.DataFrame:
         return self.table.copy()
@@ -76,58 +85,76 @@ class StudyResult:
         final = table[(table.get("stage", "develop") == self.final_stage) & table["beyond_random"].astype(bool)]
         return final.reset_index(drop=True)
 
-    def plot(self, path: str | Path | None = None):
-        """Delta vs baseline with its 95% CI, one bar per expert set and factor, a panel per recipe."""
-        from matplotlib.figure import Figure  # not pyplot: a notebook would show a pyplot figure twice
+    def _final_rows(self) -> pd.DataFrame:
+        """The rows the plot shows: those of the final stage (all rows of a study without stages)."""
+        return self.table[self.table["stage"] == self.final_stage] if "stage" in self.table else self.table
 
-        rows = self.table[self.table["recipe"].isin(sorted(set(self.table["recipe"]) - {"none"}))]
-        if "stage" in rows:
-            rows = rows[rows["stage"] == self.final_stage]
-        recipes = list(dict.fromkeys(rows["recipe"]))
-        fig = Figure(figsize=(4.2 * max(1, len(recipes)), 3.6))
-        axes = fig.subplots(1, max(1, len(recipes)), squeeze=False)
-        for ax, recipe in zip(axes[0], recipes, strict=False):
-            part = rows[rows["recipe"] == recipe].reset_index(drop=True)
-            labels = [f"{s}\n{_factor(f, recipe)}" for s, f in zip(part["expert_set"], part["factor"], strict=True)]
-            colors = ["#bbbbbb" if s.startswith("random") else "#4c72b0" if s == "domain" else "#dd8452"
-                      if s == "driver" else "#55a868" for s in part["expert_set"]]
-            err = np.vstack([part["delta"] - part["delta_ci_low"], part["delta_ci_high"] - part["delta"]])
-            ax.bar(range(len(part)), part["delta"] * 100, yerr=err * 100, color=colors, capsize=3)
-            ax.axhline(0, color="black", lw=0.8)
-            ax.set_xticks(range(len(part)), labels, rotation=60, ha="right", fontsize=7)
-            ax.set_title(recipe, fontsize=9)
-            ax.set_ylabel("accuracy change (points)")
+    def _recipes(self) -> list[str]:
+        return list(dict.fromkeys(r for r in self._final_rows()["recipe"] if r != "none"))
+
+    def _figure(self) -> Figure:
+        """Delta vs baseline with its 95% CI, one bar per expert set and factor, a panel per recipe
+        (the final stage's rows: :attr:`final_stage`)."""
+        recipes = self._recipes() or [None]
+        fig = new_figure((4.2 * len(recipes), 3.6))
+        for ax, recipe in zip(fig.subplots(1, len(recipes), squeeze=False)[0], recipes, strict=True):
+            self._draw(ax, recipe)
         fig.suptitle(f"{self.meta.get('model', '')} on {self.meta.get('task', '')}", fontsize=10)
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path, dpi=110, bbox_inches="tight")
         return fig
 
-    def save(self, path: str | Path) -> Path:
-        """``path.csv`` (the table) and ``path.json`` (meta and sets); returns the CSV path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.table.to_csv(path.with_suffix(".csv"), index=False)
+    def _draw(self, ax, recipe: str | None = None) -> None:
+        """One recipe's panel (default: the first recipe)."""
+        recipe = recipe if recipe is not None else next(iter(self._recipes()), None)
+        rows = self._final_rows()
+        part = rows[rows["recipe"] == recipe].reset_index(drop=True)
+        labels = [f"{s}\n{_factor(f, recipe)}" for s, f in zip(part["expert_set"], part["factor"], strict=True)]
+        colors = ["#bbbbbb" if s.startswith("random") else "#4c72b0" if s == "domain" else "#dd8452"
+                  if s == "driver" else "#55a868" for s in part["expert_set"]]
+        err = np.vstack([part["delta"] - part["delta_ci_low"], part["delta_ci_high"] - part["delta"]])
+        ax.bar(range(len(part)), part["delta"] * 100, yerr=err * 100, color=colors, capsize=3)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(range(len(part)), labels, rotation=60, ha="right", fontsize=7)
+        ax.set_title(str(recipe), fontsize=9)
+        ax.set_ylabel("accuracy change (points)")
+
+    # -- persistence (Result.save / Result.load): the table, meta, sets and every condition's result --
+    def _state(self) -> tuple[dict[str, Tensor], dict]:
+        tensors, results = {}, []
+        for i, (name, res) in enumerate(self.results.items()):
+            inner, meta = res._state()
+            tensors.update({f"results.{i}.{k}": v for k, v in inner.items()})
+            results.append({"name": name, "meta": meta, "tensors": sorted(inner)})
         sets = {k: [list(map(int, pair)) for pair in v] for k, v in self.sets.items()}
-        path.with_suffix(".json").write_text(json.dumps({"meta": self.meta, "sets": sets}, indent=2, default=str), encoding="utf-8")
-        return path.with_suffix(".csv")
+        meta = {"table": frame_to_json(self.table), "meta": json.loads(json.dumps(self.meta, default=str)),
+                "sets": sets, "results": results}
+        return tensors, meta
 
     @classmethod
     def load(cls, path: str | Path) -> StudyResult:
-        """Read a study written by :meth:`save`."""
+        """Read what :meth:`save` (or :func:`write_study`) wrote: either file's path, the common stem,
+        or the ``study.csv`` beside them."""
         path = Path(path)
-        extra = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-        sets = {k: [tuple(pair) for pair in v] for k, v in extra["sets"].items()}
-        return cls(pd.read_csv(path.with_suffix(".csv")), extra["meta"], sets)
+        return super().load(path.with_suffix("") if path.suffix == ".csv" else path)
+
+    @classmethod
+    def _from_state(cls, tensors: dict[str, Tensor], meta: dict) -> StudyResult:
+        from ..evaluate import EvalResult
+
+        results = {}
+        for i, item in enumerate(meta.get("results", [])):
+            inner = {k: tensors[f"results.{i}.{k}"] for k in item["tensors"]}
+            results[item["name"]] = EvalResult._from_state(inner, item["meta"])
+        sets = {k: [tuple(pair) for pair in v] for k, v in meta["sets"].items()}
+        return cls(frame_from_json(meta["table"]), meta["meta"], sets, results)
+
+    def _html_table(self) -> pd.DataFrame:
+        return self.table
 
     def __repr__(self) -> str:
         base = self.table[self.table["expert_set"] == "baseline"]
         acc = f"{float(base['accuracy'].iloc[0]):.3f}" if len(base) else "?"
         return (f"StudyResult({self.meta.get('model')} on {self.meta.get('task')}: baseline {acc}, "
                 f"{len(self.table)} rows; .table, .plot())")
-
-    def _repr_html_(self) -> str:
-        return study_section(self, figure=False)
 
 
 def _factor(factor: float, recipe: str) -> str:
@@ -144,7 +171,7 @@ def _fmt(value: Any) -> str:
 
 def study_section(result: StudyResult, figure: bool = True) -> str:
     """The study as an HTML report section (a note, the plot, the table), for ``moelens analyze --study``."""
-    from ..report import figure_html
+    from ...report import figure_html
 
     meta = result.meta
     cols = [c for c in ["stage", "expert_set", "recipe", "factor", "accuracy", "f1", "delta", "delta_ci_low", "delta_ci_high",
@@ -173,11 +200,14 @@ def study_section(result: StudyResult, figure: bool = True) -> str:
 
 
 def write_study(out: str | Path, study: StudyResult) -> Path:
-    """Save the study (``study.csv``, ``study.json``, ``study.png``) and its report section into ``out``."""
-    from ..report import write_section
+    """Save the study (``study.safetensors`` + ``study.json``, the table as ``study.csv``, ``study.png``)
+    and its report section into ``out``; returns the CSV's path."""
+    from ...report import write_section
 
     out = Path(out)
-    path = study.save(out / "study")
-    study.plot(out / "study.png")
-    write_section(out, 70, "Re-weighting study", study_section(study))
+    study.save(out / "study")
+    path = out / "study.csv"
+    study.table.to_csv(path, index=False)  # the table alone, for spreadsheets
+    study.plot(path=out / "study.png")
+    write_section(out, "Re-weighting study", study_section(study))
     return path

@@ -34,19 +34,16 @@ kernels group tokens differently).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from moelens.errors import InvalidInputError
+from moelens.lazy import pandas as pd
 from moelens.names import moe_name
-
-from ._io import load_sidecar, save_figure, save_sidecar
+from moelens.results import Result
 
 if TYPE_CHECKING:
     from moelens.model import HookedMoE
@@ -54,11 +51,9 @@ if TYPE_CHECKING:
 __all__ = ["Attribution", "token_attribution"]
 
 METHODS = ("gradient", "ablation", "integrated_gradients")
-_FORMAT = "moelens.Attribution"
-_VERSION = 1
 
 
-class Attribution:
+class Attribution(Result):
     """Per-token attribution ``scores [pos]`` (float64) of the router logit of ``expert`` at MoE
     layer ``layer`` and ``position``; ``target`` is that logit on the input.
 
@@ -66,6 +61,8 @@ class Attribution:
     >>> att.top(1)[["position", "token"]].values.tolist()
     [[1, 'b']]
     """
+
+    FORMAT, VERSION = "moelens.Attribution", 1
 
     def __init__(self, token_ids, tokens, scores, layer, expert, position, method, target, settings=None):
         self.token_ids = token_ids.detach().cpu().long()
@@ -84,40 +81,37 @@ class Attribution:
 
     def top(self, n: int = 5) -> pd.DataFrame:
         """The ``n`` tokens with the largest absolute attribution."""
-        from .._checks import check_count
+        from moelens._checks import check_count
 
         check_count("n", n, 1)
         frame = self.to_frame()
         return frame.reindex(frame.attribution.abs().sort_values(ascending=False, kind="stable").index).head(n).reset_index(drop=True)
 
-    def plot(self, path: str | Path | None = None) -> Figure:
+    def _figsize(self) -> tuple[float, float]:
+        return (min(max(5.0, 0.35 * len(self.tokens) + 1.5), 22.0), 3.2)
+
+    def _draw(self, ax) -> None:
         """Bar chart of the attribution per token (the target position marked)."""
         n = len(self.tokens)
-        fig = Figure(figsize=(min(max(5.0, 0.35 * n + 1.5), 22.0), 3.2), layout="constrained")
-        ax = fig.subplots()
         colours = ["tab:red" if s > 0 else "tab:blue" for s in self.scores.tolist()]
         ax.bar(range(n), self.scores.numpy(), color=colours)
         ax.axvline(self.position, color="grey", ls="--", lw=1)
         ax.set_xticks(range(n), [repr(t)[1:-1] for t in self.tokens], rotation=90, fontsize=7)
         ax.set_ylabel("attribution")
         ax.set_title(f"router logit of L{self.layer}E{self.expert} at position {self.position} ({self.method})", fontsize=10)
-        return save_figure(fig, path)
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``<path>.safetensors`` and ``<path>.json``."""
+    def _state(self) -> tuple[dict[str, Tensor], dict]:
         meta = {"tokens": self.tokens, "layer": self.layer, "expert": self.expert,
                 "position": self.position, "method": self.method, "target": self.target, "settings": self.settings}
-        return save_sidecar(path, {"token_ids": self.token_ids, "scores": self.scores}, meta, _FORMAT, _VERSION)
+        return {"token_ids": self.token_ids, "scores": self.scores}, meta
 
     @classmethod
-    def load(cls, path: str | Path) -> Attribution:
-        """Read what :meth:`save` wrote."""
-        tensors, m = load_sidecar(path, _FORMAT, _VERSION, "Attribution")
+    def _from_state(cls, tensors: dict[str, Tensor], m: dict) -> Attribution:
         return cls(tensors["token_ids"], m["tokens"], tensors["scores"], m["layer"], m["expert"], m["position"],
                    m["method"], m["target"], m.get("settings", {}))
 
-    def _repr_html_(self) -> str:
-        return f"<p><code>{self!r}</code></p>" + self.top(5).to_html(index=False, float_format="{:.4g}".format)
+    def _html_table(self) -> pd.DataFrame:
+        return self.top(5)
 
     def __repr__(self) -> str:
         best = self.top(1)

@@ -3,27 +3,25 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from jaxtyping import Float
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from moelens.errors import InvalidInputError
-from moelens.viz.findings import plural
+from moelens.results import Result, new_figure
 
-from ._io import load_sidecar, save_figure, save_sidecar
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
 
 __all__ = ["Mediation"]
 
-_FORMAT = "moelens.Mediation"
-_VERSION = 1
 _TENSORS = ("total", "all_routing", "indirect", "by_layer", "by_position")
 
 
-class Mediation:
+class Mediation(Result):
     """Effects of an input change on a metric, split by the routing they go through.
 
     Per pair (float64, CPU): ``total [pair]``, ``all_routing [pair]``, ``indirect [pair moe_layer
@@ -37,7 +35,13 @@ class Mediation:
     ...                 torch.tensor([[0.75]]), torch.tensor([[[0.5, 0.25]]]), (1,), 2)
     >>> med.direct, med.top(1)[["layer", "expert", "indirect"]].values.tolist()
     (0.25, [[1.0, 0.0, 0.5]])
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     Mediation.load(med.save(f"{d}/med")).per_pair_indirect.shape
+    torch.Size([1, 1, 2])
     """
+
+    FORMAT, VERSION = "moelens.Mediation", 1
 
     def __init__(self, total, all_routing, indirect, by_layer, by_position, moe_layers, n_experts, settings=None):
         self.per_pair_total = total.detach().cpu().double()
@@ -103,6 +107,8 @@ class Mediation:
         rank[order] = np.arange(1, n_l * n_e + 1)
         rank[np.isnan(values)] = np.nan
         total = self.total
+        import pandas as pd
+
         return pd.DataFrame({
             "layer": np.repeat(np.array(self.moe_layers, dtype=np.int64), n_e),
             "expert": np.tile(np.arange(n_e), n_l),
@@ -113,7 +119,7 @@ class Mediation:
 
     def top(self, n: int = 10) -> pd.DataFrame:
         """The ``n`` (layer, expert) pairs with the largest absolute indirect effect."""
-        from .._checks import check_count
+        from moelens._checks import check_count
 
         check_count("n", n, 1)
         frame = self.to_frame().dropna(subset=["rank"]).sort_values("rank")
@@ -121,60 +127,58 @@ class Mediation:
 
     def summary(self) -> pd.DataFrame:
         """``effect, value``: total, all_routing, direct, and each layer's ``by_layer``."""
+        import pandas as pd
+
         rows = [("total", self.total), ("all_routing", self.all_routing), ("direct", self.direct)]
         rows += [(f"layer {layer}", float(v)) for layer, v in zip(self.moe_layers, self.by_layer, strict=True)]
         return pd.DataFrame(rows, columns=["effect", "value"])
 
-    # -- plots ------------------------------------------------------------------------------------
-    def plot(self, path: str | Path | None = None) -> Figure:
+    # -- plots ----------------------------------------------------------------------------------------
+    def _figure(self) -> Figure:
         """Indirect effect per (layer, expert) and per (layer, position), diverging colours around
-        0; the title gives total, all-routing and direct effects. Returns the Figure."""
+        0; the title gives total, all-routing and direct effects."""
         n_l, n_e = self.indirect.shape
         n_pos = self.per_pair_by_position.shape[-1]
-        fig = Figure(figsize=(min(max(8.0, 0.25 * (n_e + n_pos) + 3.0), 22.0), min(max(2.6, 0.3 * n_l + 1.5), 10.0)), layout="constrained")
+        fig = new_figure((min(max(8.0, 0.25 * (n_e + n_pos) + 3.0), 22.0), min(max(2.6, 0.3 * n_l + 1.5), 10.0)))
         axes = fig.subplots(1, 2, width_ratios=[max(n_e, 4), max(n_pos, 4)])
-        for ax, values, xlabel, title in (
-            (axes[0], self.indirect.numpy(), "expert", "indirect effect per expert"),
-            (axes[1], self.by_position.numpy(), "position", "layer routing patched at one position"),
-        ):
-            finite = values[np.isfinite(values)]
-            bound = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
-            image = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
-            step = max(1, math.ceil(n_l / 24))
-            ax.set_yticks(range(0, n_l, step), [str(x) for x in self.moe_layers[::step]])
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel("layer")
-            ax.set_title(title, fontsize=9)
-            fig.colorbar(image, ax=ax, label="change of the metric")
+        self._draw(axes[0])
+        self._heatmap(axes[1], self.by_position.numpy(), "position", "layer routing patched at one position")
+        from moelens.viz.findings import plural  # moelens.viz loads circuitsvis: only when drawn
+
         metric = self.settings.get("metric", "metric")
         fig.suptitle(f"{metric}: total {self.total:.3g}, via all routing {self.all_routing:.3g}, direct {self.direct:.3g} ({plural(self.n_pairs, 'pair')})", fontsize=10)
-        return save_figure(fig, path)
+        return fig
 
-    # -- persistence ------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write ``<path>.safetensors`` and ``<path>.json``; :meth:`load` reads them back.
+    def _draw(self, ax) -> None:
+        self._heatmap(ax, self.indirect.numpy(), "expert", "indirect effect per expert")
 
-        >>> import tempfile, torch
-        >>> med = Mediation(torch.zeros(1), torch.zeros(1), torch.zeros(1, 1, 2), torch.zeros(1, 1), torch.zeros(1, 1, 3), (0,), 2)
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     Mediation.load(med.save(f"{d}/med")).per_pair_indirect.shape
-        torch.Size([1, 1, 2])
-        """
+    def _heatmap(self, ax, values: np.ndarray, xlabel: str, title: str) -> None:
+        n_l = values.shape[0]
+        finite = values[np.isfinite(values)]
+        bound = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
+        image = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
+        step = max(1, math.ceil(n_l / 24))
+        ax.set_yticks(range(0, n_l, step), [str(x) for x in self.moe_layers[::step]])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("layer")
+        ax.set_title(title, fontsize=9)
+        ax.figure.colorbar(image, ax=ax, label="change of the metric")
+
+    # -- persistence (Result.save / Result.load) ---------------------------------------------------
+    def _state(self) -> tuple[dict[str, Tensor], dict]:
         tensors = {name: getattr(self, f"per_pair_{name}") for name in _TENSORS}
-        meta = {"moe_layers": list(self.moe_layers), "n_experts": self.n_experts,
-                "settings": self.settings}
-        return save_sidecar(path, tensors, meta, _FORMAT, _VERSION)
+        return tensors, {"moe_layers": list(self.moe_layers), "n_experts": self.n_experts, "settings": self.settings}
 
     @classmethod
-    def load(cls, path: str | Path) -> Mediation:
-        """Read what :meth:`save` wrote (either file's path, or the common stem)."""
-        tensors, meta = load_sidecar(path, _FORMAT, _VERSION, "Mediation")
+    def _from_state(cls, tensors: dict[str, Tensor], meta: dict) -> Mediation:
         return cls(*(tensors[name] for name in _TENSORS), tuple(meta["moe_layers"]), meta["n_experts"], meta.get("settings", {}))
 
-    def _repr_html_(self) -> str:
-        return f"<p><code>{self!r}</code></p>" + self.top(5).to_html(index=False, float_format="{:.4g}".format)
+    def _html_table(self) -> pd.DataFrame:
+        return self.top(5)
 
     def __repr__(self) -> str:
+        from moelens.viz.findings import plural
+
         best = self.top(1)
         lead = f", top L{int(best.layer[0])}E{int(best.expert[0])}={best.indirect[0]:.3g}" if len(best) else ""
         return (

@@ -15,10 +15,10 @@ import zlib
 import torch
 
 from moelens.tasks.registry import sample_arithmetic
-from moelens.zoo import evaluate as ev
+from zoo_training import evaluate as ev
 
-DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[4] / "shared" / "data"
-DEFAULT_TOKENIZER = pathlib.Path(__file__).resolve().parents[1] / "tokenizer"
+DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_TOKENIZER = pathlib.Path(__file__).resolve().parents[1] / "moelens" / "zoo" / "tokenizer"
 MATH_HELDOUT_START = 4000  # MATH test items >= this index are held out for evaluation
 SPECIALS = ["<pad>", "<s>", "</s>"]  # ids 0, 1, 2
 ARITH_SPLITS = ("units", "hash")

@@ -24,17 +24,17 @@ import time
 
 import torch
 
-from moelens.zoo import evaluate as ev
-from moelens.zoo.training import data as zd
-from moelens.zoo.training.card import render_card
-from moelens.zoo.training.metrics import evaluate_all
+from zoo_training import data as zd
+from zoo_training import evaluate as ev
+from zoo_training.card import render_card
+from zoo_training.metrics import evaluate_all
 
 ARCHS = ("mixtral", "qwen2moe", "olmoe")
 
 
 # -------------------------------------------------------------------------------------- args
 def parse_args(argv=None):
-    from moelens.zoo import train as entry
+    from zoo_training import train as entry
 
     p = argparse.ArgumentParser(description=entry.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", choices=ARCHS, required=True)
@@ -312,7 +312,7 @@ def reproduce_command(a, steps) -> str:
     defaults = vars(parse_args(["--arch", a.arch, "--out", a.out]))
     flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {shlex.quote(str(v))}")
              for k, v in vars(a).items() if k not in skip and k != "arch" and v != defaults.get(k) and v is not False]
-    return " ".join([f"python -m moelens.zoo.train --arch {a.arch} --out {a.out} --steps {steps}", *flags]
+    return " ".join([f"python -m zoo_training.train --arch {a.arch} --out {a.out} --steps {steps}", *flags]
                     + (["--tiny"] if a.tiny else []))
 
 
@@ -347,7 +347,7 @@ def main(argv=None):
         return evaluate_saved(out, a, json.loads((out / "train_log.json").read_text()))
     out.mkdir(parents=True, exist_ok=True)
     data = pathlib.Path(a.data)
-    command = "python -m moelens.zoo.train " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
+    command = "python -m zoo_training.train " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     rng = random.Random(a.seed)
     t_start = time.time()
 

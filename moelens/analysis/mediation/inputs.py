@@ -1,9 +1,8 @@
-"""Inputs of :func:`moelens.analysis.mediation.routing_mediation`: pairs, experts, checkpoint."""
+"""Inputs of :func:`moelens.analysis.mediation.routing_mediation`: pairs, experts, their digest."""
 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
@@ -11,12 +10,10 @@ from torch import Tensor
 from moelens._tokens import attached_mask
 from moelens.errors import InvalidInputError
 
-from ._io import Checkpoint
-
 if TYPE_CHECKING:
     from moelens.model import HookedMoE
 
-__all__ = ["checkpoint_for", "experts_list", "token_pairs"]
+__all__ = ["experts_list", "pairs_digest", "token_pairs"]
 
 
 def _as_rows(model: HookedMoE, inputs: Any, name: str) -> tuple[list[Tensor], list[str] | None]:
@@ -72,15 +69,6 @@ def experts_list(model: HookedMoE, experts: Any) -> list[int]:
     return sorted(set(chosen))
 
 
-def checkpoint_for(folder, pairs, metric_name, layers, experts, positions, max_tokens, n_experts) -> Checkpoint | None:
-    """The checkpoint of a ``routing_mediation`` call (None without a folder): its fingerprint
-    names the pairs (a digest), the metric's name and every argument that shapes the result."""
-    if folder is None:
-        return None
-    digest = hashlib.sha256(b"".join(a.numpy().tobytes() + b"|" + b.numpy().tobytes() + b"#" for a, b in pairs)).hexdigest()
-    fingerprint = {
-        "format": "moelens.routing_mediation.checkpoint", "version": 1, "pairs": digest, "n_pairs": len(pairs),
-        "metric": metric_name, "layers": list(layers), "experts": list(experts), "positions": bool(positions),
-        "max_tokens": max_tokens, "n_experts": n_experts,
-    }
-    return Checkpoint(Path(folder) / "state.safetensors", fingerprint, "routing_mediation")
+def pairs_digest(pairs: list[tuple[Tensor, Tensor]]) -> str:
+    """SHA-256 over every pair's token ids (a checkpoint's ``pairs``)."""
+    return hashlib.sha256(b"".join(a.numpy().tobytes() + b"|" + b.numpy().tobytes() + b"#" for a, b in pairs)).hexdigest()
