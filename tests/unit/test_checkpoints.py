@@ -156,7 +156,7 @@ def test_concurrent_writers_use_their_own_temporary_files(tmp_path):
 
 _CHILD = """
 import os, signal, sys, torch
-torch.set_num_threads(1)
+torch.set_num_threads(int(sys.argv[2]))  # the parent's: the sums must match bit for bit
 from moelens import collect_routing_stats
 from moelens.analysis._io import Checkpoint
 from tests.models import wrapped
@@ -175,7 +175,7 @@ collect_routing_stats(wrapped("mixtral"), data(), checkpoint=sys.argv[1], progre
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 def test_kill_9_and_resume_give_the_uninterrupted_result(tmp_path):
     root = Path(__file__).resolve().parents[2]
-    child = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path)], cwd=root, capture_output=True, timeout=300)
+    child = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path), str(torch.get_num_threads())], cwd=root, capture_output=True, timeout=300)
     assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
     with safe_open(str(tmp_path / FILE), framework="pt") as handle:
         assert json.loads(handle.metadata()["steps_done"]) == 2
