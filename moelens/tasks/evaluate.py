@@ -295,7 +295,7 @@ def evaluate(
     spec = get_task(task)
     _check_settings(batch_size, shots, max_length, seed, shot_records)  # before any data or model work
     items = interventions if isinstance(interventions, (list, tuple)) else ([interventions] if interventions is not None else [])
-    for item in items:
+    for item in items if callable(getattr(model, "run_with_interventions", None)) else ():  # a bare HF model: refused later
         if not callable(getattr(item, "hooks", None)) and not (isinstance(item, tuple) and len(item) == 2):
             raise InvalidInputError(f"interventions item {item!r} is neither an intervention (Perturb, Scale, Ablate, Force, Patch) "
                                     "nor a (hook name, fn) pair.")
