@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._checks import listed
 from ._finite import check_output, edit_points
 from ._interception import StopForward, build_hook_points, own_hook, remove_installed_hooks
 from ._primitives import AnalysisPrimitives
@@ -191,7 +192,7 @@ class HookedMoE(AnalysisPrimitives, nn.Module):
         >>> grads["blocks.1.moe.hook_topk_weights"].shape  # [batch pos k]
         torch.Size([1, 2, 2])
         """
-        with self._registry.attached(expand(list(fwd_hooks), self), list(bwd_hooks)):
+        with self._registry.attached(expand(listed(fwd_hooks, "fwd_hooks"), self), listed(bwd_hooks, "bwd_hooks")):
             yield self
 
     # -- running ------------------------------------------------------------------------------
