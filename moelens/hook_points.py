@@ -110,8 +110,20 @@ class _CallState:
             self.lock.release()
 
 
+class LayerIndex(int):
+    """A layer index that TransformerLens code may also call: ``hook.layer == 3`` and ``hook.layer() == 3``.
+
+    >>> LayerIndex(3)() + LayerIndex(3)
+    6
+    """
+
+    def __call__(self) -> int:
+        return int(self)
+
+
 class HookPoint:
-    """One named activation. ``hook.name``, ``hook.layer`` and ``hook.spec`` describe it.
+    """One named activation. ``hook.name``, ``hook.layer`` (an int; ``hook.layer()`` as in
+    TransformerLens works too) and ``hook.spec`` describe it.
 
     >>> from moelens.names import HOOK_TABLE
     >>> hp = HookPoint("blocks.0.moe.hook_out", 0, HOOK_TABLE["hook_out"])
@@ -124,7 +136,7 @@ class HookPoint:
 
     def __init__(self, name: str, layer: int, spec: HookSpec):
         self.name = name
-        self.layer = layer
+        self.layer = LayerIndex(layer) if isinstance(layer, int) else layer
         self.spec = spec
         self.fns: list[HookFn] = []
         self.bwd_fns: list[HookFn] = []
