@@ -7,13 +7,13 @@ Bools are refused where a number is meant (``True`` is an int to Python, never a
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import InvalidInputError
 
-__all__ = ["check_count", "check_factors", "check_new_file", "check_number"]
+__all__ = ["check_count", "check_factors", "check_new_file", "check_number", "hook_pair", "listed"]
 
 
 def check_count(name: str, value: Any, minimum: int = 0, *, optional: bool = False, fix: str = "") -> None:
@@ -86,3 +86,43 @@ def check_new_file(path: Path, what: str) -> None:
     """
     if path.exists() and not path.is_dir():
         raise InvalidInputError(f"{what} {path} is a file, not a folder; pass a folder path (it is created if missing).")
+
+
+def listed(hooks: Any, what: str) -> list:
+    """``hooks`` as a list: one intervention or one ``(name, fn)`` pair stands for a list of one.
+
+    >>> listed(5, "fwd_hooks")
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: fwd_hooks=5 is not a list of (name or predicate, fn) pairs or interventions.
+    """
+    if callable(getattr(hooks, "hooks", None)):
+        return [hooks]
+    if isinstance(hooks, tuple) and len(hooks) == 2 and callable(hooks[1]) and not callable(getattr(hooks[0], "hooks", None)):
+        return [hooks]
+    if isinstance(hooks, (str, bytes)) or not isinstance(hooks, Iterable):
+        raise InvalidInputError(f"{what}={hooks!r} is not a list of (name or predicate, fn) pairs or interventions.")
+    return list(hooks)
+
+
+def hook_pair(pair: Any, direction: str) -> tuple[Any, Any]:
+    """A ``(name or predicate, fn)`` pair, or an error naming what was passed instead.
+
+    >>> hook_pair((None, print), "fwd")
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: hook target None for 'print': pass a hook name, a list of names, or a predicate (lambda name: True attaches to every hook point).
+    """
+    if callable(getattr(pair, "hooks", None)):
+        where = "fwd_hooks= or run_with_interventions()" if direction == "bwd" else "run_with_interventions() or intervene()"
+        raise InvalidInputError(f"{pair!r} is an intervention, not a ({direction} hook name, fn) pair; pass it to {where}.")
+    if not isinstance(pair, tuple) or len(pair) != 2:
+        raise InvalidInputError(f"{direction} hook {pair!r} is not a (name or predicate, fn) pair.")
+    target, fn = pair
+    if target is None:  # None would select every hook point, a surprise for a hook that edits
+        raise InvalidInputError(f"hook target None for {getattr(fn, '__qualname__', None) or fn!r}: pass a hook name, a list of "
+                                "names, or a predicate (lambda name: True attaches to every hook point).")
+    if not (isinstance(target, str) or callable(target) or (isinstance(target, (list, tuple, set)) and all(isinstance(t, str) for t in target))):
+        raise InvalidInputError(f"hook target {target!r} is not a hook name, a list of names, or a predicate; "
+                                "`model.hook_names` lists the names.")
+    return target, fn

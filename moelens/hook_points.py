@@ -27,6 +27,7 @@ from typing import Any, Literal, Union
 import torch
 from torch import Tensor
 
+from ._checks import hook_pair
 from ._finite import check_edit
 from .errors import (
     ConcurrentUseError,
@@ -109,8 +110,20 @@ class _CallState:
             self.lock.release()
 
 
+class LayerIndex(int):
+    """A layer index that TransformerLens code may also call: ``hook.layer == 3`` and ``hook.layer() == 3``.
+
+    >>> LayerIndex(3)() + LayerIndex(3)
+    6
+    """
+
+    def __call__(self) -> int:
+        return int(self)
+
+
 class HookPoint:
-    """One named activation. ``hook.name``, ``hook.layer`` and ``hook.spec`` describe it.
+    """One named activation. ``hook.name``, ``hook.layer`` (an int; ``hook.layer()`` as in
+    TransformerLens works too) and ``hook.spec`` describe it.
 
     >>> from moelens.names import HOOK_TABLE
     >>> hp = HookPoint("blocks.0.moe.hook_out", 0, HOOK_TABLE["hook_out"])
@@ -123,7 +136,7 @@ class HookPoint:
 
     def __init__(self, name: str, layer: int, spec: HookSpec):
         self.name = name
-        self.layer = layer
+        self.layer = LayerIndex(layer) if isinstance(layer, int) else layer
         self.spec = spec
         self.fns: list[HookFn] = []
         self.bwd_fns: list[HookFn] = []
@@ -334,7 +347,7 @@ class HookRegistry:
         try:
             for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
                 for pair in pairs:
-                    target, fn = _pair(pair, direction)
+                    target, fn = hook_pair(pair, direction)
                     if not callable(fn):
                         raise InvalidInputError(
                             f"hook for {target!r} is {fn!r}, not a function (tensor, hook) -> tensor | None."
@@ -353,23 +366,6 @@ class HookRegistry:
         for hp in self.points.values():
             hp.fns.clear()
             hp.bwd_fns.clear()
-
-
-def _pair(pair: Any, direction: str) -> tuple[Any, Any]:
-    """A ``(name or predicate, fn)`` pair, or an error naming what was passed instead."""
-    if callable(getattr(pair, "hooks", None)):
-        where = "fwd_hooks= or run_with_interventions()" if direction == "bwd" else "run_with_interventions() or intervene()"
-        raise InvalidInputError(f"{pair!r} is an intervention, not a ({direction} hook name, fn) pair; pass it to {where}.")
-    if not isinstance(pair, tuple) or len(pair) != 2:
-        raise InvalidInputError(f"{direction} hook {pair!r} is not a (name or predicate, fn) pair.")
-    target, fn = pair
-    if target is None:  # None would select every hook point, a surprise for a hook that edits
-        raise InvalidInputError(f"hook target None for {_fn_name(fn) if callable(fn) else fn!r}: pass a hook name, a list of "
-                                "names, or a predicate (lambda name: True attaches to every hook point).")
-    if not (isinstance(target, str) or callable(target) or (isinstance(target, (list, tuple, set)) and all(isinstance(t, str) for t in target))):
-        raise InvalidInputError(f"hook target {target!r} is not a hook name, a list of names, or a predicate; "
-                                "`model.hook_names` lists the names.")
-    return target, fn
 
 
 def expand(items: Any, model: Any) -> list[tuple]:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._checks import listed
 from ._finite import check_output, edit_points
 from ._generate import Generation
 from ._interception import StopForward, build_hook_points
@@ -196,7 +197,7 @@ class HookedMoE(TokenMethods, Generation, WeightMethods, InterventionMethods, An
         >>> grads["blocks.1.moe.hook_topk_weights"].shape  # [batch pos k]
         torch.Size([1, 2, 2])
         """
-        with self._registry.attached(expand(list(fwd_hooks), self), list(bwd_hooks)), ExitStack() as stack:
+        with self._registry.attached(expand(listed(fwd_hooks, "fwd_hooks"), self), listed(bwd_hooks, "bwd_hooks")), ExitStack() as stack:
             self._fire_on_direct_calls(stack)  # hf_model(...) / hf_model.generate(...) in the block fire them too
             yield self
 

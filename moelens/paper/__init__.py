@@ -81,10 +81,11 @@ def run_claims(models: list[str], sizes: Sizes, seed: int = 0) -> dict[str, Any]
     _adjust([row for run in runs for row in run["early"]])
     for run in runs:
         for row in run["domain"]:
-            row["verdict"] = ("holds" if row["p_adj"] < ALPHA else "does not hold" if row["below_median"] else "undecided")
+            row["verdict"] = ("holds" if row["p_adj"] < ALPHA else "does not hold" if row["held_out_lift"] < row["random_lo"]
+                              else "undecided")
         layer = run["layers"]
         layer["verdict"] = ("holds" if layer["lo"] > 0 and layer["p_adj"] < ALPHA
-                            else "does not hold" if layer["excess"] <= 0 else "undecided")
+                            else "does not hold" if layer["hi"] < 0 else "undecided")
         for row in run["early"]:
             row["verdict"] = ("holds" if row["verdict"] == "holds" and row["p_adj"] < ALPHA else row["verdict"]
                               if row["verdict"] != "holds" else "undecided")

@@ -11,9 +11,9 @@ computed from them (``"holds"``, ``"does not hold"``, ``"undecided"``); nothing 
 4. **Re-weighting gains**: :func:`~moelens.reweighting_study` with selection / development /
    confirmation splits and Holm correction; only the confirmation stage counts.
 
-Verdict rules (also printed on the page): a claim *holds* when its interval (or adjusted p-value)
-excludes the null in the claimed direction; *does not hold* when the estimate sits on the other
-side of the null (or its interval does); *undecided* otherwise.
+Verdict rules (also printed on the page): a measurement *holds* when its adjusted p-value is below
+0.05 and its interval excludes the null in the claimed direction; *does not hold* when its interval
+lies entirely on the other side of the null; *undecided* otherwise.
 """
 
 from __future__ import annotations
@@ -85,8 +85,7 @@ def domain_claim(model: Any, part_a: dict[str, list[str]], part_b: dict[str, lis
                        & {(int(r.layer), int(r.expert)) for r in top.itertuples()})
         lo, hi = (float(x) for x in torch.quantile(null, torch.tensor([0.025, 0.975], dtype=torch.float64)))
         rows.append({"domain": domain, "held_out_lift": observed, "random_mean": float(null.mean()), "random_lo": lo,
-                     "random_hi": hi, "reappear": f"{reappear}/{len(flat)}", "p": p,
-                     "below_median": observed <= float(null.median())})
+                     "random_hi": hi, "reappear": f"{reappear}/{len(flat)}", "p": p})
     return rows
 
 

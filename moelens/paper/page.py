@@ -44,8 +44,9 @@ def claims_markdown(result: dict[str, Any], command: str) -> str:
         + (", ".join(f"`{r['model']}`" for r in runs) or "none") + ".",
         "",
         "Verdict rules: a measurement *holds* when its Holm-adjusted p-value is below 0.05 and its interval "
-        "excludes the null in the claimed direction; *does not hold* when the estimate lies on the other side of "
-        "the null; *undecided* otherwise. A claim holds overall only when every measurement holds, and does not "
+        "excludes the null in the claimed direction; *does not hold* when its interval lies entirely on the other "
+        "side of the null (domain experts: held-out lift below the random sets' 95% range; early tokens: either "
+        "interval at or below 0; re-weighting: every x1.2 interval below 0); *undecided* otherwise. A claim holds overall only when every measurement holds, and does not "
         "hold only when every one does not. p-values are adjusted with Holm across every model (and domain, "
         "protocol, token set) of the same claim.",
         "",

@@ -238,7 +238,7 @@ def _shot_pool(spec: Task, shots: int, data_dir: str | Path | None) -> list[Reco
                                 "pass shot_records=[...], or shots=0.") from None
 
 
-def _check_settings(batch_size: Any, shots: Any, max_length: Any, seed: Any, shot_records: Any) -> None:
+def _check_settings(batch_size: Any, shots: Any, max_length: Any, seed: Any, shot_records: Any, spec: Task | None = None) -> None:
     check_count("batch_size", batch_size, 1)
     check_count("shots", shots, 0, fix="the number of few-shot examples per prompt")
     check_count("max_length", max_length, 1, optional=True, fix="prompts are cut to their first max_length tokens")
@@ -246,7 +246,7 @@ def _check_settings(batch_size: Any, shots: Any, max_length: Any, seed: Any, sho
     if shot_records is not None:
         from .records import check_records
 
-        check_records(shot_records, "shot_records")
+        check_records(shot_records, "shot_records", spec)
 
 
 def _prompts(spec: Task, records: Sequence[Record], shots: int, shot_records: Sequence[Record] | None, seed: int,
@@ -322,9 +322,9 @@ def evaluate(
     True
     """
     spec = get_task(task)
-    _check_settings(batch_size, shots, max_length, seed, shot_records)  # before any data or model work
+    _check_settings(batch_size, shots, max_length, seed, shot_records, spec)  # before any data or model work
     items = interventions if isinstance(interventions, (list, tuple)) else ([interventions] if interventions is not None else [])
-    for item in items:
+    for item in items if callable(getattr(model, "run_with_interventions", None)) else ():  # a bare HF model: refused later
         if not callable(getattr(item, "hooks", None)) and not (isinstance(item, tuple) and len(item) == 2):
             raise InvalidInputError(f"interventions item {item!r} is neither an intervention (Perturb, Scale, Ablate, Force, Patch) "
                                     "nor a (hook name, fn) pair.")

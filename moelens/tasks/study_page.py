@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .study import StudyResult
+from .study.result import StudyResult, factor_label
 
 __all__ = ["study_markdown"]
 
@@ -69,12 +69,13 @@ def study_markdown(study: StudyResult, command: str) -> str:
         out.append(f"Nothing: none of the {len(chosen)} selected-set rows of the {final} stage is beyond random after "
                    "correction.")
     else:
-        out += [f"- {r.expert_set} experts, {r.recipe} {r.factor:g}: {r.delta * 100:+.1f} points vs baseline "
-                f"[{r.delta_ci_low * 100:+.1f}, {r.delta_ci_high * 100:+.1f}], adjusted p vs random {r.p_vs_random_adj:.3f}"
-                for r in found.itertuples()]
+        out += [f"- {r.expert_set} experts, {r.recipe} {factor_label(r.factor, r.recipe)}: {'lowers' if r.delta < 0 else 'raises'} "
+                f"accuracy by {abs(r.delta) * 100:.1f} points vs baseline [{r.delta_ci_low * 100:+.1f}, {r.delta_ci_high * 100:+.1f}], "
+                f"adjusted p vs random {r.p_vs_random_adj:.3f}" for r in found.itertuples()]
     develop = table[(table["stage"] == "develop") & table["beyond_random"].astype(bool)]
     out += ["", f"Development stage: {len(develop)} row(s) beyond random after correction "
-            + ("(" + "; ".join(f"{r.expert_set} {r.recipe} {r.factor:g}" for r in develop.itertuples()) + ")" if len(develop) else "")
+            + ("(" + "; ".join(f"{r.expert_set} {r.recipe} {factor_label(r.factor, r.recipe)}, {r.delta * 100:+.1f} points"
+                             for r in develop.itertuples()) + ")" if len(develop) else "")
             + ". Only the confirmation stage counts as a finding.", ""]
     for stage in ("confirm", "develop"):
         if (table["stage"] == stage).any():

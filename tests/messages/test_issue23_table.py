@@ -221,6 +221,10 @@ def _bad_sidecar(tmp_path):
 RAW = [
     ("hook target 5", lambda m, t: m.run_with_hooks(IDS, [(5, lambda x, hook: None)]), InvalidInputError, "hook target 5"),
     ("names_filter=3", lambda m, t: m.run_with_cache(IDS, names_filter=3), InvalidInputError, "names_filter=3"),
+    ("names_filter of ints", lambda m, t: m.run_with_cache(IDS, names_filter=[1, 2]), InvalidInputError, "names_filter=[1, 2]"),
+    ("fwd_hooks=5", lambda m, t: m.run_with_hooks(IDS, 5), InvalidInputError, "fwd_hooks=5"),
+    ("fwd_hooks a bare name", lambda m, t: m.run_with_hooks(IDS, "blocks.0.hook_resid_pre"), InvalidInputError, "fwd_hooks='blocks.0.hook_resid_pre'"),
+    ("a hook triple", lambda m, t: m.run_with_hooks(IDS, bwd_hooks=[("blocks.0.hook_resid_pre", print, 3)]), InvalidInputError, "is not a (name or predicate, fn) pair"),
     ("Ablate in bwd_hooks", lambda m, t: m.run_with_hooks(IDS, bwd_hooks=[Ablate(0, 1)]), InvalidInputError, "Ablate(layers=0"),
     ("model call inside a hook", lambda m, t: m.run_with_hooks(IDS, [("blocks.0.moe.hook_out", lambda x, hook: m(IDS))]), InvalidInputError, "called the model"),
     ("from_dict bad dtype", lambda m, t: from_dict({"type": "Patch", "hook_name": "blocks.0.moe.hook_out", "value": {"tensor": [1.0], "dtype": "floaty"}}), InterventionError, "'floaty'"),

@@ -237,7 +237,6 @@ def test_strict_build(tmp_path):
     # The build executes the tutorials (mkdocs-jupyter); small limits, figures to a temporary folder.
     # The data folder, progress bars and import path are set by the build itself (gen_pages), as for
     # anyone who runs `mkdocs build`.
-    # The build sets the tutorials' quick size itself (gen_pages), as for anyone who runs `mkdocs build`.
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1", "MOELENS_TUTORIAL_OUT": str(tmp_path / "figures")}
     env.pop("MOELENS_DATA_DIR", None)
     env.pop("MOELENS_TUTORIAL_SMALL", None)

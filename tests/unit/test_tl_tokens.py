@@ -146,3 +146,11 @@ def test_driver_effects_and_mediation_accept_padded_to_tokens_output():
     from_texts = routing_mediation(model, clean, corrupt, layers=[0], experts=[0, 1], progress=False)
     assert torch.equal(from_ids.indirect[:, :2], from_texts.indirect[:, :2])  # the experts not asked for are NaN
     assert torch.equal(from_ids.per_pair_total, from_texts.per_pair_total)
+
+
+def test_hook_layer_reads_as_an_int_and_calls_as_in_transformer_lens():
+    model = HookedMoE.from_pretrained("moelens/mixtral-tiny")
+    seen = []
+    model.run_with_hooks("a b", fwd_hooks=[(lambda name: name.endswith("hook_resid_post"), lambda x, hook: seen.append((hook.layer, hook.layer())))])
+    assert seen == [(layer, layer) for layer in range(model.cfg.n_layers)]
+    assert all(type(called) is int for _, called in seen)

@@ -26,7 +26,7 @@ from ...results import Result, frame_from_json, frame_to_json, new_figure
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["StudyResult", "study_section", "write_study"]
+__all__ = ["StudyResult", "factor_label", "study_section", "write_study"]
 
 # Columns of the tidy table, in order.
 COLUMNS = [
@@ -107,7 +107,7 @@ class StudyResult(Result):
         recipe = recipe if recipe is not None else next(iter(self._recipes()), None)
         rows = self._final_rows()
         part = rows[rows["recipe"] == recipe].reset_index(drop=True)
-        labels = [f"{s}\n{_factor(f, recipe)}" for s, f in zip(part["expert_set"], part["factor"], strict=True)]
+        labels = [f"{s}\n{factor_label(f, recipe)}" for s, f in zip(part["expert_set"], part["factor"], strict=True)]
         colors = ["#bbbbbb" if s.startswith("random") else "#4c72b0" if s == "domain" else "#dd8452"
                   if s == "driver" else "#55a868" for s in part["expert_set"]]
         err = np.vstack([part["delta"] - part["delta_ci_low"], part["delta_ci_high"] - part["delta"]])
@@ -157,7 +157,7 @@ class StudyResult(Result):
                 f"{len(self.table)} rows; .table, .plot())")
 
 
-def _factor(factor: float, recipe: str) -> str:
+def factor_label(factor: float, recipe: str) -> str:
     if math.isnan(factor):  # baseline, LoRA
         return ""
     return f"push {factor:+g}" if recipe == "perturb" else f"x{factor:g}"
@@ -179,7 +179,7 @@ def study_section(result: StudyResult, figure: bool = True) -> str:
             if c in result.table]
     found = result.findings()
     survives = ("nothing is beyond random after correction" if found.empty else "beyond random after correction: " + "; ".join(
-        f"{r.expert_set} {r.recipe} {_factor(r.factor, r.recipe)} (delta {r.delta:+.3f}, adjusted p {r.p_vs_random_adj:.3f})"
+        f"{r.expert_set} {r.recipe} {factor_label(r.factor, r.recipe)} (delta {r.delta:+.3f}, adjusted p {r.p_vs_random_adj:.3f})"
         for r in found.itertuples()))
     head = "".join(f"<th>{c}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(row[c])}</td>" for c in cols) + "</tr>" for _, row in result.table.iterrows())

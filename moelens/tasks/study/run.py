@@ -251,7 +251,7 @@ def reweighting_study(
     _check_backend(model, driver_method, tune_steps)
     if on not in ("logits", "weights"):
         raise InvalidInputError(f"on={on!r} must be 'logits' or 'weights'.")
-    recipes = tuple(recipes) if recipes is not None else (f"scale-{on}",)
+    recipes = (recipes,) if isinstance(recipes, str) else tuple(recipes) if recipes is not None else (f"scale-{on}",)
     for recipe in recipes:
         expert_interventions([], recipe, 1.0)  # validates the name
     if driver_method not in ("exact", "first_order"):
