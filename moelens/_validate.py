@@ -145,7 +145,8 @@ def check_study_args(task: str, select_on: str | None, evaluate_on: str | None, 
             if not Path(source).exists():
                 raise InvalidInputError(f"{flag} {source}: no such file or folder; pass a JSONL path or a split name (train, validation[:200]).")
             resolve_records(spec, source)  # reads and checks every record now, not after the model loaded
-    from .tasks.study import _records, check_disjoint
+    from .tasks.evaluate import split_or_records
+    from .tasks.records import check_disjoint
 
-    select = _records(spec, select_on, spec.select_split, counts.get("select_limit"), None)[0]
-    check_disjoint(select, _records(spec, evaluate_on, spec.eval_split, counts.get("limit"), None)[0])
+    select = split_or_records(spec, select_on, spec.select_split, counts.get("select_limit"), None)[0]
+    check_disjoint(select, split_or_records(spec, evaluate_on, spec.eval_split, counts.get("limit"), None)[0])

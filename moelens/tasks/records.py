@@ -7,12 +7,13 @@ the task's gold field.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import InvalidInputError
 
-__all__ = ["check_records", "task_domain"]
+__all__ = ["check_disjoint", "check_records", "task_domain"]
 
 
 def task_domain(dataset: str) -> str | None:
@@ -87,3 +88,25 @@ def check_records(records: Sequence[Any], where: str, task: Any = None) -> None:
 def _kind(value: Any) -> str:
     name = type(value).__name__
     return "None" if value is None else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _normal_text(text: str) -> str:
+    return re.sub(r"\s+", " ", str(text)).strip().lower()
+
+
+def check_disjoint(select: Sequence[Mapping], evaluate_on: Sequence[Mapping], names: tuple[str, str] = ("selection", "evaluation")) -> None:
+    """Raise :class:`~moelens.InvalidInputError` if two record lists share an id or a text.
+
+    >>> check_disjoint([{"id": "a", "text": "x"}], [{"id": "b", "text": "X "}])
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: the selection and evaluation data share 1 text(s) (e.g. 'x'); ...
+    """
+    shared_ids = {str(r["id"]) for r in select} & {str(r["id"]) for r in evaluate_on}
+    if shared_ids:
+        raise InvalidInputError(f"the {names[0]} and {names[1]} data share {len(shared_ids)} id(s) (e.g. {min(shared_ids)!r}); "
+                                "use disjoint splits (select, develop and confirm on different records).")
+    shared = {_normal_text(r["text"]) for r in select} & {_normal_text(r["text"]) for r in evaluate_on}
+    if shared:
+        raise InvalidInputError(f"the {names[0]} and {names[1]} data share {len(shared)} text(s) (e.g. {min(shared)[:60]!r}); "
+                                "drop them from one side: reusing examples across stages inflates the effect.")

@@ -27,7 +27,6 @@ scaled by 1.2 goes *down*, so the table reports the share of negative logits of 
 from __future__ import annotations
 
 import random
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,6 +43,7 @@ from ...interventions import Perturb, Scale
 from ..evaluate import split_or_records as _records
 from ..multiplicity import CORRECTIONS
 from ..prompts import format_prompt, prompt_kind
+from ..records import check_disjoint
 from ..registry import get_task
 from ..study_protocol import apply_correction, evaluate_stage
 from .recipes import RECIPES
@@ -53,28 +53,6 @@ __all__ = ["check_disjoint", "expert_interventions", "matched_random_sets", "rew
 
 # Contrast domains for domain-expert selection: the other paper domains, from splits no task evaluates on.
 _CONTRAST = {"sentiment": ("sst2", "train"), "mmlu": ("mmlu", "validation"), "math": ("gsm8k", "train")}
-
-
-def _normal_text(text: str) -> str:
-    return re.sub(r"\s+", " ", str(text)).strip().lower()
-
-
-def check_disjoint(select: Sequence[Mapping], evaluate_on: Sequence[Mapping], names: tuple[str, str] = ("selection", "evaluation")) -> None:
-    """Raise :class:`~moelens.InvalidInputError` if two record lists share an id or a text.
-
-    >>> check_disjoint([{"id": "a", "text": "x"}], [{"id": "b", "text": "X "}])
-    Traceback (most recent call last):
-    ...
-    moelens.errors.InvalidInputError: the selection and evaluation data share 1 text(s) (e.g. 'x'); ...
-    """
-    shared_ids = {str(r["id"]) for r in select} & {str(r["id"]) for r in evaluate_on}
-    if shared_ids:
-        raise InvalidInputError(f"the {names[0]} and {names[1]} data share {len(shared_ids)} id(s) (e.g. {min(shared_ids)!r}); "
-                                "use disjoint splits (select, develop and confirm on different records).")
-    shared = {_normal_text(r["text"]) for r in select} & {_normal_text(r["text"]) for r in evaluate_on}
-    if shared:
-        raise InvalidInputError(f"the {names[0]} and {names[1]} data share {len(shared)} text(s) (e.g. {min(shared)[:60]!r}); "
-                                "drop them from one side: reusing examples across stages inflates the effect.")
 
 
 def expert_interventions(experts: Sequence[tuple[int, int]], recipe: str, factor: float, push: float = 1.0) -> list:
