@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
+from ._intervention_codec import decode_field, encode_field
 from ._selectors import (
     ExpertSel,
     LayerSel,
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
     from .model import HookedMoE
 
 __all__ = ["Ablate", "Force", "Intervention", "Patch", "Perturb", "Scale", "expand", "from_dict"]
-
 
 
 def _freeze(value: Any) -> Any:
@@ -76,7 +76,7 @@ class Intervention:
     # -- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict:
         """A JSON-ready dict; :func:`from_dict` inverts it."""
-        return {"type": type(self).__name__, **{f.name: _encode(getattr(self, f.name)) for f in fields(self)}}
+        return {"type": type(self).__name__, **{f.name: encode_field(getattr(self, f.name)) for f in fields(self)}}
 
     @classmethod
     def from_dict(cls, data: dict) -> Intervention:
@@ -89,34 +89,6 @@ class Intervention:
 
     def __hash__(self) -> int:
         return hash(repr(self.to_dict()))
-
-
-def _encode(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return {"tensor": value.tolist(), "dtype": str(value.dtype).removeprefix("torch.")}
-    if isinstance(value, slice):
-        return {"slice": [value.start, value.stop, value.step]}
-    if isinstance(value, tuple):
-        return list(value)
-    return value
-
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, dict) and "tensor" in value:
-        dtype = getattr(torch, str(value.get("dtype", "float32")), None)
-        if not isinstance(dtype, torch.dtype):
-            raise InterventionError(f"from_dict: dtype {value.get('dtype')!r} is not a torch dtype (e.g. 'float32', 'int64').")
-        try:
-            return torch.tensor(value["tensor"], dtype=dtype)
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise InterventionError(f"from_dict: tensor {str(value['tensor'])[:40]!r} is not a nested list of numbers "
-                                    f"({type(error).__name__}); write it with to_dict().") from None
-    if isinstance(value, dict) and "slice" in value:
-        bounds = value["slice"]
-        if not isinstance(bounds, list) or len(bounds) != 3 or any(b is not None and (isinstance(b, bool) or not isinstance(b, int)) for b in bounds):
-            raise InterventionError(f"from_dict: slice {bounds!r} must be [start, stop, step] of ints or None.")
-        return slice(*bounds)
-    return value
 
 
 def from_dict(data: dict) -> Intervention:
@@ -137,7 +109,7 @@ def from_dict(data: dict) -> Intervention:
     if unknown or missing:
         problem = f"unknown key(s) {unknown}" if unknown else f"missing key(s) {missing}"
         raise InterventionError(f"{kind} from_dict: {problem}; its fields are {list(known)} (see {kind}.to_dict()).")
-    return classes[kind](**{k: _decode(v) for k, v in data.items() if k != "type"})
+    return classes[kind](**{k: decode_field(v) for k, v in data.items() if k != "type"})
 
 
 def _check_number(what: str, value: Any, hint: str) -> None:

@@ -108,7 +108,7 @@ def test_analyses_use_the_public_model_api():
 
 # STYLE.md: small modules. The issue that split the core set "~400 lines"; 420 leaves room for a
 # docstring, not for a second job. Generated or data files are not Python and are not counted.
-MAX_LINES = 420
+MAX_LINES = 400  # the issue-22 structure check counts modules over 400 lines
 
 
 def test_no_module_is_over_the_size_limit():
