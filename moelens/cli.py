@@ -174,7 +174,7 @@ def analyze(
     effects = run_drivers(hooked, texts, out, exact)
     seconds["driver effects"] = time.perf_counter() - start
     start = time.perf_counter()
-    from .analysis.mediation_report import write_sections
+    from .analysis.mediation.report import write_sections
 
     write_sections(hooked, texts, out, effects)  # token triggers of the drivers, a mediation example
     seconds["triggers and mediation"] = time.perf_counter() - start

@@ -39,7 +39,7 @@ except NameError:
 
 from moelens import HookedMoE, driver_effects, routing_mediation, token_attribution, token_triggers
 from moelens.analysis import expert_representations, logit_diff
-from moelens.analysis.mediation_report import sentiment_pair
+from moelens.analysis.mediation.report import sentiment_pair
 from moelens.tasks.data import resolve_data_dir
 from moelens.tasks.demo import PAPER_DATASETS, paper_domains
 

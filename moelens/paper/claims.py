@@ -7,7 +7,7 @@ computed from them (``"holds"``, ``"does not hold"``, ``"undecided"``); nothing 
    flat profile gives at this depth, bootstrap CI over inputs.
 3. **Early tokens trigger drivers**: :meth:`~moelens.analysis.triggers.TokenTriggers.early_vs_late`
    against frequency-matched controls, on held-out texts, under two driver-selection protocols
-   and three token sets (:func:`~moelens.analysis.triggers_sensitivity.early_late_sensitivity`).
+   and three token sets (:func:`~moelens.analysis.triggers.sensitivity.early_late_sensitivity`).
 4. **Re-weighting gains**: :func:`~moelens.reweighting_study` with selection / development /
    confirmation splits and Holm correction; only the confirmation stage counts.
 
@@ -118,7 +118,7 @@ def early_token_claim(model: Any, effects: Any, domains_of_prompts: list[str], h
     """Early-vs-late against matched controls on held-out texts, for drivers chosen on all prompts
     ("mixed domains") and on the sentiment prompts alone, under three token sets."""
     from ..analysis.drivers import DriverEffects
-    from ..analysis.triggers_sensitivity import early_late_sensitivity
+    from ..analysis.triggers.sensitivity import early_late_sensitivity
 
     protocols = {"mixed domains": effects.top(10)}
     rows = [i for i, d in enumerate(domains_of_prompts) if d == "sentiment"]

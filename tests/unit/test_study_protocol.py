@@ -11,7 +11,7 @@ import torch
 import moelens
 from moelens import HookedMoE, StudyResult
 from moelens.tasks.multiplicity import adjust_pvalues
-from moelens.tasks.study_protocol import apply_correction
+from moelens.tasks.study.protocol import apply_correction
 
 DATA = Path(__file__).parents[2] / ".." / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "sst2" / "train.jsonl").is_file(), reason=f"no shared data at {DATA.resolve()}")
@@ -74,7 +74,7 @@ def test_three_way_study_end_to_end(model):
     assert study.final_stage == "confirm"
     confirm_base = study.results["confirm|baseline"]
     assert confirm_base.n == 8 and study.results["baseline"].ids != confirm_base.ids
-    from moelens.tasks.study_page import study_markdown
+    from moelens.tasks.study.page import study_markdown
 
     page = study_markdown(study, "the command")
     assert "## What survives" in page and "## Confirm stage" in page and "the command" in page

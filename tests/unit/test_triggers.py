@@ -168,7 +168,7 @@ def test_planted_early_trigger_reaches_the_right_verdict(model, where, verdict):
 
 
 def test_sensitivity_reports_protocols_and_token_sets(model):
-    from moelens.analysis.triggers_sensitivity import early_late_sensitivity
+    from moelens.analysis.triggers.sensitivity import early_late_sensitivity
 
     ids = _placed("early", n=40)
     ids[:, 0] = PLANTED_TOKEN  # the planted token also sits in the BOS slot

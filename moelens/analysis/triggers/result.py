@@ -13,7 +13,7 @@ from moelens.lazy import pandas as pd
 from moelens.results import Result, frame_from_json, frame_to_json
 from moelens.stats import bootstrap_counts, bootstrap_p, percentile_ci
 
-from ..triggers_controls import matched_controls
+from .controls import matched_controls
 
 __all__ = ["EarlyLate", "TokenTriggers"]
 

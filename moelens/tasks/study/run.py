@@ -45,7 +45,7 @@ from ..multiplicity import CORRECTIONS
 from ..prompts import format_prompt, prompt_kind
 from ..records import check_disjoint
 from ..registry import get_task
-from ..study_protocol import apply_correction, evaluate_stage
+from .protocol import apply_correction, evaluate_stage
 from .recipes import RECIPES
 from .result import COLUMNS, StudyResult
 
@@ -203,7 +203,7 @@ def reweighting_study(
     :class:`StudyResult` (``.table``, ``.plot()``).
 
     ``confirm_on``: a third split (same forms), disjoint from both by id and text, on which every
-    condition is re-run once after development (:mod:`moelens.tasks.study_protocol`); the table's
+    condition is re-run once after development (:mod:`moelens.tasks.study.protocol`); the table's
     ``stage`` column says ``"develop"`` or ``"confirm"``. ``correction``: ``"holm"`` (default,
     family-wise error), ``"bh"`` (Benjamini–Hochberg, false discovery rate) or ``"none"``, applied
     within each stage across every set x recipe x factor; ``beyond_random`` is ``p_vs_random_adj <

@@ -20,9 +20,9 @@ import numpy as np
 
 from moelens.lazy import pandas as pd
 
-from .evaluate import evaluate
-from .multiplicity import adjust_pvalues
-from .scoring import mcnemar_p, paired_bootstrap
+from ..evaluate import evaluate
+from ..multiplicity import adjust_pvalues
+from ..scoring import mcnemar_p, paired_bootstrap
 
 __all__ = ["apply_correction", "evaluate_stage", "stage_row"]
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from moelens.errors import InvalidInputError
 
-from .triggers import token_triggers
+from .run import token_triggers
 
 if TYPE_CHECKING:
     from moelens.model import HookedMoE

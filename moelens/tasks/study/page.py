@@ -1,5 +1,5 @@
 """``docs/study.md`` from a saved three-way study: every number and every statement of what
-survives comes from the run (``python -m moelens.tasks.study_page STUDY.csv --command ...``)."""
+survives comes from the run (``python -m moelens.tasks.study.page STUDY.csv --command ...``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .study.result import StudyResult, factor_label
+from .result import StudyResult, factor_label
 
 __all__ = ["study_markdown"]
 
@@ -47,7 +47,7 @@ def study_markdown(study: StudyResult, command: str) -> str:
     out = [
         f"# The re-weighting study: {meta.get('model')} on {meta.get('task')}",
         "",
-        "Generated from one run by `python -m moelens.tasks.study_page`; every number below is that run's. Command:",
+        "Generated from one run by `python -m moelens.tasks.study.page`; every number below is that run's. Command:",
         "",
         "```bash", command, "```", "",
         "## Protocol", "",

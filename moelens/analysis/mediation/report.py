@@ -30,7 +30,7 @@ def triggers_html(model: HookedMoE, texts: list[str], effects: Any, n_drivers: i
     from moelens.report import figure_html, table_html
     from moelens.viz.findings import caveat_html, caveat_sentences, plural
 
-    from .triggers import token_triggers
+    from ..triggers import token_triggers
 
     top = effects.top(n_drivers)
     trig = token_triggers(model, texts, top, progress=False)
@@ -101,7 +101,7 @@ def mediation_html(model: HookedMoE, data: dict[str, list[str]]) -> str:
     from moelens.errors import InvalidInputError
     from moelens.report import figure_html, table_html
 
-    from .mediation import logit_diff, routing_mediation
+    from .run import logit_diff, routing_mediation
 
     pair = sentiment_pair(model, data)
     if pair is None:
