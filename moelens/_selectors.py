@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 import torch
 from torch import Tensor
 
-from .errors import InterventionError
+from .errors import InterventionError, InvalidInputError
 from .inputs import last_token_positions
 
 if TYPE_CHECKING:
     from .model import HookedMoE
 
-__all__ = ["ExpertSel", "LayerSel", "PosSel", "check_positions", "check_selector", "expert_mask", "moe_layers", "position_mask"]
+__all__ = ["ExpertSel", "LayerSel", "PosSel", "check_positions", "check_selector", "expert_mask", "moe_layers", "position_mask",
+           "resolve_layers"]
 
 LayerSel = Union[int, Sequence[int], Literal["all"]]
 ExpertSel = Union[int, Sequence[int], Literal["all"], Tensor]
@@ -62,13 +63,38 @@ def check_positions(positions: Any) -> None:
     raise InterventionError(f"positions={positions!r}: pass an int, a list of ints, a slice, or None.")
 
 
-def moe_layers(model: "HookedMoE", layers: LayerSel, who: str) -> list[int]:
+def resolve_layers(model: "HookedMoE", layers: Any, who: str = "layers", error: type[Exception] = InvalidInputError) -> list[int]:
+    """The one parser of MoE-layer selectors (interventions, driver sweeps, mediation, views):
+    ``None`` or ``"all"`` (every MoE layer), an MoE layer index, or a non-empty list of distinct ones,
+    in the order given. Anything else raises ``error`` naming ``who``, the value and the valid layers.
+
+    >>> from moelens import HookedMoE
+    >>> from moelens.testing import tiny_model
+    >>> model = HookedMoE.from_hf(tiny_model("deepseek_v3"))  # layer 0 is dense
+    >>> resolve_layers(model, "all"), resolve_layers(model, 2)
+    ([1, 2], [2])
+    >>> resolve_layers(model, [0, 2])
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: layers=[0, 2]: layer 0 is not an MoE layer of this model; MoE layers are [1, 2].
+    """
     valid = list(model.cfg.moe_layers)
-    chosen = valid if layers == "all" else ([layers] if isinstance(layers, int) else list(layers))
-    for layer in chosen:
-        if layer not in valid:
-            raise InterventionError(f"{who}: layer {layer} is not an MoE layer of this model; MoE layers are {valid}.")
+    if layers is None or (isinstance(layers, str) and layers == "all"):
+        return valid
+    chosen = [layers] if _is_int(layers) else list(layers) if isinstance(layers, (list, tuple)) else None
+    if not chosen or not all(_is_int(layer) for layer in chosen):
+        raise error(f"{who}={layers!r}: pass None/'all', an MoE layer index, or a non-empty list of them; MoE layers are {valid}.")
+    bad = [layer for layer in chosen if layer not in valid]
+    if bad:
+        raise error(f"{who}={layers!r}: layer {bad[0]} is not an MoE layer of this model; MoE layers are {valid}.")
+    if len(set(chosen)) != len(chosen):
+        raise error(f"{who}={layers!r}: a layer is given twice; list each MoE layer once (MoE layers are {valid}).")
     return chosen
+
+
+def moe_layers(model: "HookedMoE", layers: LayerSel, who: str) -> list[int]:
+    """An intervention's layers (checked by :func:`check_selector` when it was built), resolved against ``model``."""
+    return resolve_layers(model, layers, f"{who} layers", InterventionError)
 
 
 def expert_mask(model: "HookedMoE", experts: ExpertSel, batch: int, who: str, device: torch.device) -> Tensor:

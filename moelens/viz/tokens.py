@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .._selectors import resolve_layers
 from ..errors import InvalidInputError
 from .html import circuitsvis_text, colour_legend
 from .render import View
@@ -85,12 +86,8 @@ def _shown(tokens: Sequence[str]) -> list[str]:
 
 
 def layer_list(model, layer: int | Sequence[int] | None) -> list[int]:
-    moe_layers = list(model.cfg.moe_layers)
-    chosen = moe_layers if layer is None else [layer] if isinstance(layer, int) else list(layer)
-    bad = [x for x in chosen if x not in moe_layers]
-    if bad or not chosen:
-        raise InvalidInputError(f"layer={layer!r}: not an MoE layer of this model; pick from {moe_layers}.")
-    return chosen
+    """The MoE layers a view shows: None (all), one, or a list (:func:`moelens._selectors.resolve_layers`)."""
+    return resolve_layers(model, layer, "layer")
 
 
 def _routing(model, text: str, layers: list[int]) -> tuple[list[str], torch.Tensor, torch.Tensor]:

@@ -348,7 +348,7 @@ def test_texts_give_the_same_result_as_their_token_ids():
     [
         ({"method": "exactly"}, r"method='exactly'.*'exact', 'first_order', 'router_gradient'"),
         ({"positions": "first"}, r"positions='first'.*'last', 'all'"),
-        ({"layers": [0, 5]}, r"\[5\] are not MoE layers; valid MoE layers are \[0, 1\]"),
+        ({"layers": [0, 5]}, r"layers=\[0, 5\]: layer 5 is not an MoE layer of this model; MoE layers are \[0, 1\]"),
         ({"layers": "some"}, r"layers='some'"),
         ({"targets": "best"}, r"targets='best'.*'top', 'sample'"),
         ({"perturbation": {"size": 1}}, r"unknown keys \['size'\]"),

@@ -219,7 +219,7 @@ def test_bad_inputs_name_the_problem():
         routing_mediation(model, torch.tensor([[4, 5, 6]]), torch.tensor([[4, 5, 7]]), metric=lambda x: x[:, -1], progress=False)
     with pytest.raises(InvalidInputError, match="out of range"):
         routing_mediation(model, torch.tensor([[4, 5]]), torch.tensor([[4, 6]]), experts=[9], progress=False)
-    with pytest.raises(InvalidInputError, match="not MoE layers"):
+    with pytest.raises(InvalidInputError, match="layer 7 is not an MoE layer"):
         routing_mediation(model, torch.tensor([[4, 5]]), torch.tensor([[4, 6]]), layers=[7], progress=False)
     with pytest.raises(InvalidInputError, match="token id 200"):
         logit_diff(model, 200, 3)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from moelens._selectors import resolve_layers
 from moelens.errors import InvalidInputError
 from moelens.inputs import prepare_inputs
 from moelens.interventions import Perturb
@@ -97,22 +98,8 @@ def choice(name: str, value: Any, valid: Sequence[str]) -> str:
 
 
 def parse_layers(model: "HookedMoE", layers: Any) -> tuple[int, ...]:
-    """MoE layer indices, sorted: None/'all', one index, or a list of them."""
-    valid = list(model.cfg.moe_layers)
-    if layers is None or layers == "all":
-        return tuple(valid)
-    chosen = [layers] if isinstance(layers, int) and not isinstance(layers, bool) else layers
-    if not isinstance(chosen, (list, tuple)) or not chosen or not all(
-        isinstance(x, int) and not isinstance(x, bool) for x in chosen
-    ):
-        raise InvalidInputError(f"layers={layers!r}: pass None/'all', an MoE layer index, or a list of them; MoE layers are {valid}.")
-    bad = [x for x in chosen if x not in valid]
-    if bad or len(set(chosen)) != len(chosen):
-        raise InvalidInputError(
-            f"layers={layers!r}: {bad or 'duplicates'} {'are not MoE layers' if bad else 'given twice'}; "
-            f"valid MoE layers are {valid}."
-        )
-    return tuple(sorted(chosen))
+    """MoE layer indices, sorted: None/'all', one index, or a list of them (:func:`moelens._selectors.resolve_layers`)."""
+    return tuple(sorted(resolve_layers(model, layers)))
 
 
 def positive_int(name: str, value: Any) -> int:
