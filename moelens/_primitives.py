@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ._selectors import resolve_layer
 from .errors import InvalidInputError
 from .hook_points import CallContext, HookFn
 from .inputs import check_last_axis, checked_mask
@@ -105,6 +106,4 @@ class AnalysisPrimitives:
         return self.spec.logits_from_head(self._lm_head(self.final_norm(resid)), self.hf_model.config)
 
     def _moe_layer(self, layer: Any) -> int:
-        if isinstance(layer, bool) or not isinstance(layer, int) or layer not in self._routers:
-            raise InvalidInputError(f"layer {layer!r} is not an MoE layer; MoE layers are {list(self.cfg.moe_layers)}.")
-        return layer
+        return resolve_layer(self, layer)

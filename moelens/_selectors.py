@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .model import HookedMoE
 
 __all__ = ["ExpertSel", "LayerSel", "PosSel", "check_positions", "check_selector", "expert_mask", "moe_layers", "position_mask",
-           "resolve_layers"]
+           "resolve_layer", "resolve_layers"]
 
 LayerSel = Union[int, Sequence[int], Literal["all"]]
 ExpertSel = Union[int, Sequence[int], Literal["all"], Tensor]
@@ -90,6 +90,21 @@ def resolve_layers(model: "HookedMoE", layers: Any, who: str = "layers", error: 
     if len(set(chosen)) != len(chosen):
         raise error(f"{who}={layers!r}: a layer is given twice; list each MoE layer once (MoE layers are {valid}).")
     return chosen
+
+
+def resolve_layer(model: "HookedMoE", layer: Any, who: str = "layer") -> int:
+    """One MoE layer index (not a list, not ``"all"``), checked as :func:`resolve_layers` checks each.
+
+    >>> from moelens import HookedMoE
+    >>> from moelens.testing import tiny_model
+    >>> resolve_layer(HookedMoE.from_hf(tiny_model("mixtral")), True)
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: layer=True: pass one MoE layer index (an int); MoE layers are [0, 1].
+    """
+    if not _is_int(layer):
+        raise InvalidInputError(f"{who}={layer!r}: pass one MoE layer index (an int); MoE layers are {list(model.cfg.moe_layers)}.")
+    return resolve_layers(model, layer, who)[0]
 
 
 def moe_layers(model: "HookedMoE", layers: LayerSel, who: str) -> list[int]:
