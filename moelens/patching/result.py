@@ -4,24 +4,21 @@ a heatmap and a file."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import pandas as pd
-from matplotlib.figure import Figure
 from torch import Tensor
 
-from moelens.analysis._io import load_sidecar, save_figure, save_sidecar
 from moelens.errors import InvalidInputError
+from moelens.lazy import pandas as pd
+from moelens.results import Result
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 __all__ = ["PatchingResult"]
 
-_FORMAT = "moelens.PatchingResult"
-_VERSION = 1
-
-
-class PatchingResult:
+class PatchingResult(Result):
     """The metric after each patch: ``values [layer pos]`` (activation patching) or ``[layer expert]``
     (routing patching), float64 on the CPU; ``layers`` labels the rows (model layer indices), ``column``
     names the other axis. ``settings`` holds what was patched, the metric's name and the unpatched
@@ -33,7 +30,14 @@ class PatchingResult:
     ...                         {"clean_metric": 3.0, "corrupted_metric": 0.0})
     >>> result.to_frame().shape, float(result.normalized()[1, 1])
     ((4, 3), 1.0)
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     PatchingResult.load(result.save(f"{d}/p")).layers
+    (0, 1)
     """
+
+    FORMAT: ClassVar[str] = "moelens.PatchingResult"
+    VERSION: ClassVar[int] = 1
 
     def __init__(self, values: Tensor, layers: tuple[int, ...], column: str, settings: dict[str, Any] | None = None):
         self.values = values.detach().cpu().double()
@@ -62,12 +66,14 @@ class PatchingResult:
             "value": self.values.reshape(-1).numpy(),
         })
 
-    def plot(self, path: str | Path | None = None) -> Figure:
-        """Heatmap of ``values`` (layer x pos or layer x expert), diverging colours around the corrupted
-        metric when it is known. Returns the Figure (written to ``path`` when given)."""
+    def _figsize(self) -> tuple[float, float]:
         n_rows, n_cols = self.values.shape
-        fig = Figure(figsize=(min(max(5.0, 0.3 * n_cols + 2.5), 20.0), min(max(2.5, 0.3 * n_rows + 1.5), 10.0)), layout="constrained")
-        ax = fig.subplots()
+        return min(max(5.0, 0.3 * n_cols + 2.5), 20.0), min(max(2.5, 0.3 * n_rows + 1.5), 10.0)
+
+    def _draw(self, ax: Axes, **options: Any) -> None:
+        """Heatmap of ``values`` (layer x pos or layer x expert), diverging colours around the corrupted
+        metric when it is known, with its colour bar."""
+        n_rows, _ = self.values.shape
         values = self.values.numpy()
         center = float(self.settings.get("corrupted_metric", 0.0))
         finite = values[np.isfinite(values)]
@@ -78,30 +84,18 @@ class PatchingResult:
         ax.set_xlabel(self.column)
         ax.set_ylabel("layer")
         ax.set_title(f"{self.settings.get('patched', 'patched')}: {self.settings.get('metric', 'metric')}", fontsize=9)
-        fig.colorbar(image, ax=ax)
-        return save_figure(fig, path)
+        ax.figure.colorbar(image, ax=ax)
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``<path>.safetensors`` and ``<path>.json``; :meth:`load` reads them back.
-
-        >>> import tempfile, torch
-        >>> result = PatchingResult(torch.zeros(2, 3), (0, 1), "expert", {"metric": "m"})
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     PatchingResult.load(result.save(f"{d}/p")).settings["metric"]
-        'm'
-        """
-        meta = {"layers": list(self.layers), "column": self.column, "settings": self.settings}
-        return save_sidecar(path, {"values": self.values}, meta, _FORMAT, _VERSION)
+    def _state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        return {"values": self.values}, {"layers": list(self.layers), "column": self.column, "settings": self.settings}
 
     @classmethod
-    def load(cls, path: str | Path) -> PatchingResult:
-        """Read what :meth:`save` wrote (either file's path, or the common stem)."""
-        tensors, meta = load_sidecar(path, _FORMAT, _VERSION, "PatchingResult")
+    def _from_state(cls, tensors: dict[str, Tensor], meta: dict[str, Any]) -> PatchingResult:
         return cls(tensors["values"], tuple(meta["layers"]), meta["column"], meta.get("settings", {}))
 
-    def _repr_html_(self) -> str:
-        top = self.to_frame().sort_values("value", ascending=False).head(5)
-        return f"<p><code>{self!r}</code></p>" + top.to_html(index=False, float_format="{:.4g}".format)
+    def _html_table(self) -> pd.DataFrame:
+        """The five cells with the largest metric."""
+        return self.to_frame().sort_values("value", ascending=False).head(5)
 
     def __repr__(self) -> str:
         n_rows, n_cols = self.values.shape

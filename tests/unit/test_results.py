@@ -15,12 +15,13 @@ import moelens
 from moelens import HookedMoE, token_triggers
 from moelens.analysis.agreement import Agreement, compare_effects
 from moelens.analysis.attribution import Attribution
-from moelens.analysis.drivers import DriverEffects
+from moelens.analysis.drivers import DriverEffects, PositionEffects
 from moelens.analysis.mediation import Mediation
 from moelens.analysis.representations import ExpertRepresentations
 from moelens.analysis.routing_stats import RoutingStats
 from moelens.analysis.triggers import EarlyLate, TokenTriggers
 from moelens.metrics import topk_mask_from_indices
+from moelens.patching import PatchingResult
 from moelens.results import Result, same_state
 from moelens.tasks import EvalResult, StudyResult
 from moelens.testing import tiny_model
@@ -78,6 +79,10 @@ MAKERS = {
     Agreement: lambda: compare_effects(_effects("exact", 0), _effects("first_order", 1), n=3),
     EvalResult: _eval,
     StudyResult: _study,
+    PositionEffects: lambda: PositionEffects(torch.rand(3, 2, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64),
+                                             ["0", "1", "2"], (0, 1), torch.tensor([4, 4, 3]), {"groups": {"0": "0"}}),
+    PatchingResult: lambda: PatchingResult(torch.tensor([[0.0, 1.0, 0.5], [2.0, 3.0, -1.0]]), (0, 1), "pos",
+                                           {"patched": "resid_pre", "metric": "logit_diff", "clean_metric": 3.0, "corrupted_metric": 0.0}),
 }
 
 

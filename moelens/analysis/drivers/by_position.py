@@ -9,16 +9,15 @@ KL is not additive over positions: the groups' effects need not sum to the all-p
 ``share`` compares groups with each other, not with that total.
 """
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from moelens.errors import InvalidInputError
+from moelens.results import Result
 
 from .options import SweepInputs
 from .positions import describe_push, parse_perturb_positions, push_mask
@@ -26,17 +25,14 @@ from .sweep import driver_effects
 
 if TYPE_CHECKING:
     import pandas as pd
-    from matplotlib.figure import Figure
+    from matplotlib.axes import Axes
 
     from moelens.model import HookedMoE
 
 __all__ = ["PositionEffects", "driver_effects_by_position"]
 
-_FORMAT = "moelens.PositionEffects"
-
-
-@dataclass
-class PositionEffects:
+@dataclass(repr=False, eq=False)
+class PositionEffects(Result):
     """Driver effects per group of pushed positions: ``effect [group moe_layer expert]`` (float64),
     ``n_inputs [group]`` (inputs with a token in the group), ``labels`` of the groups.
 
@@ -50,6 +46,10 @@ class PositionEffects:
     moe_layers: tuple[int, ...]
     n_inputs: Tensor
     settings: dict[str, Any] = field(default_factory=dict)
+
+    FORMAT: ClassVar[str] = "moelens.PositionEffects"
+    VERSION: ClassVar[int] = 1
+    FIGSIZE: ClassVar[tuple[float, float]] = (7.0, 3.5)
 
     def __post_init__(self) -> None:
         self.effect = self.effect.detach().cpu().double()
@@ -90,46 +90,33 @@ class PositionEffects:
             "expert": e.flatten().numpy(), "effect": self.effect.flatten().numpy(),
         })
 
-    def plot(self, ax: Any = None) -> "Figure":
+    def _draw(self, ax: "Axes", **options: Any) -> None:
         """Summed effect per group, one line per MoE layer."""
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(7, 3.5))
-        fig = ax.figure
         for li, layer in enumerate(self.moe_layers):
             ax.plot(range(len(self.labels)), self.totals()[:, li].numpy(), marker="o", label=f"layer {layer}")
         ax.set_xticks(range(len(self.labels)), self.labels, rotation=90 if len(self.labels) > 12 else 0)
         ax.set_xlabel("pushed positions")
         ax.set_ylabel("summed driver effect (nats)")
         ax.legend(fontsize=7)
-        return fig
 
-    def save(self, path: str | Path) -> Path:
-        """``path`` (.safetensors) with the effects; metadata as JSON inside."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        meta = {"format": _FORMAT, "labels": self.labels, "moe_layers": list(self.moe_layers), "settings": self.settings}
-        save_file({"effect": self.effect, "n_inputs": self.n_inputs.long()}, str(path), metadata={"meta": json.dumps(meta)})
-        return path
+    def _state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        return ({"effect": self.effect, "n_inputs": self.n_inputs.long()},
+                {"labels": self.labels, "moe_layers": list(self.moe_layers), "settings": self.settings})
 
     @classmethod
-    def load(cls, path: str | Path) -> "PositionEffects":
-        from safetensors import safe_open
+    def _from_state(cls, tensors: dict[str, Tensor], meta: dict[str, Any]) -> "PositionEffects":
+        return cls(tensors["effect"], list(meta["labels"]), tuple(meta["moe_layers"]), tensors["n_inputs"], meta["settings"])
 
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads(f.metadata()["meta"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-        if meta.get("format") != _FORMAT:
-            raise InvalidInputError(f"{path} is not a saved PositionEffects (format {meta.get('format')!r}).")
-        return cls(tensors["effect"], meta["labels"], tuple(meta["moe_layers"]), tensors["n_inputs"], meta["settings"])
+    def _html_table(self) -> "pd.DataFrame":
+        """Each group's share of the summed effect, one column per MoE layer."""
+        from moelens.lazy import pandas as pd
 
-    def _repr_html_(self) -> str:
         frames = [self.layer_profile(layer).assign(layer=layer) for layer in self.moe_layers]
-        import pandas as pd
+        return pd.concat(frames).pivot(index="group", columns="layer", values="share").reset_index()
 
-        return pd.concat(frames).pivot(index="group", columns="layer", values="share").to_html(float_format="%.3f")
+    def __repr__(self) -> str:
+        return (f"PositionEffects({len(self.labels)} position groups x MoE layers {list(self.moe_layers)}, "
+                f"{self.effect.shape[-1]} experts)")
 
 
 def driver_effects_by_position(
