@@ -182,7 +182,8 @@ def analyze(
         from .tasks import reweighting_study, write_study
 
         start = time.perf_counter()
-        write_study(out, reweighting_study(hooked, study, limit=limit, driver_method="exact" if exact else "first_order"))
+        write_study(out, reweighting_study(hooked, study, limit=limit, driver_method="exact" if exact else "first_order",
+                                           checkpoint=out / "checkpoints" / "study"))
         seconds["re-weighting study"] = time.perf_counter() - start
     summary(out, name, hooked, texts, seconds, stats_result, effects)
     typer.echo(f"report: {assemble(out)}")
@@ -248,7 +249,7 @@ def study_command(
     result = reweighting_study(hooked, task, select_on, evaluate_on, tuple(factor or (0.8, 1.2)), n_experts=n_experts, n_random=n_random,
                                recipes=recipe, select_limit=select_limit, limit=limit, tune_steps=tune_steps, seed=seed,
                                driver_method="exact" if exact else "first_order", model_name=name, confirm_on=confirm_on,
-                               correction=correction)
+                               correction=correction, checkpoint=out / "checkpoints" / "study")
     typer.echo(result.table.drop(columns=["model", "task"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     typer.echo(f"table: {write_study(out, result)}")
 

@@ -42,12 +42,13 @@ def stage_row(meta: dict, name: str, recipe: str, factor: float, n_experts: int,
 def evaluate_stage(
     model: Any, spec: Any, records: Sequence[dict], stage: str, sets: Mapping[str, list], randoms: Mapping[str, list],
     conditions: Sequence[tuple[str, float]], interventions: Any, neg: Mapping[str, float], meta: dict, seed: int,
-    batch_size: int, push: float, tick: Any, tuned: Any = None,
+    batch_size: int, push: float, run_eval: Any, tuned: Any = None,
 ) -> tuple[list[dict], dict[str, Any]]:
-    """Baseline, every (set, recipe, factor) and its random draws on ``records``: rows and results."""
+    """Baseline, every (set, recipe, factor) and its random draws on ``records``: rows and results.
+    ``run_eval(fn)`` runs each evaluation ``fn()`` (or returns it from the study's checkpoint)."""
     meta = {**meta, "stage": stage}
     run = {"data": records, "batch_size": batch_size, "progress": False}
-    base = evaluate(model, spec, **run)
+    base = run_eval(lambda: evaluate(model, spec, **run))
     tag = "" if stage == "develop" else f"{stage}|"  # develop keys as before the confirmation stage existed
     results: dict[str, Any] = {f"{tag}baseline": base}
     rows = [stage_row(meta, "baseline", "none", float("nan"), 0, 1, base.correct, base.f1, base.correct, None, float("nan"), seed)]
@@ -56,13 +57,13 @@ def evaluate_stage(
         for set_name, chosen in sets.items():
             draws = []
             for d, draw in enumerate(randoms[set_name]):
-                res = evaluate(model, spec, interventions=interventions(draw, recipe, factor, push), **run)
+                edits = interventions(draw, recipe, factor, push)
+                res = run_eval(lambda edits=edits: evaluate(model, spec, interventions=edits, **run))
                 results[f"{tag}random ({set_name})#{d}|{recipe}|{factor}"] = res
                 draws.append(res)
-                tick()
-            res = evaluate(model, spec, interventions=interventions(chosen, recipe, factor, push), **run)
+            edits = interventions(chosen, recipe, factor, push)
+            res = run_eval(lambda edits=edits: evaluate(model, spec, interventions=edits, **run))
             results[f"{tag}{set_name}|{recipe}|{factor}"] = res
-            tick()
             random_mean = np.mean([r.correct for r in draws], axis=0) if draws else None
             rows.append(stage_row(meta, set_name, recipe, shown, len(chosen), 1, res.correct, res.f1, base.correct, random_mean,
                                   neg[set_name], seed))
@@ -71,7 +72,7 @@ def evaluate_stage(
                 rows.append(stage_row(meta, f"random ({set_name})", recipe, shown, len(chosen), len(draws), random_mean,
                                       float(np.mean([r.f1 for r in draws])), base.correct, None, neg_random, seed))
     if tuned is not None:
-        res = evaluate(tuned, spec, **run)
+        res = run_eval(lambda: evaluate(tuned, spec, **run))
         results[f"{tag}tune the router"] = res
         rows.append(stage_row(meta, "tune the router", "lora", float("nan"), 0, 1, res.correct, res.f1, base.correct, None,
                               float("nan"), seed))

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from moelens.lazy import pandas as pd
 
@@ -45,6 +44,7 @@ from ..multiplicity import CORRECTIONS
 from ..prompts import format_prompt, prompt_kind
 from ..records import check_disjoint
 from ..registry import get_task
+from .checkpoint import StudyEvaluations, records_digest
 from .protocol import apply_correction, evaluate_stage
 from .recipes import RECIPES
 from .result import COLUMNS, StudyResult
@@ -189,6 +189,7 @@ def reweighting_study(
     seed: int = 0,
     model_name: str | None = None,
     data_dir: str | Path | None = None,
+    checkpoint: str | Path | None = None,
     progress: bool = True,
 ) -> StudyResult:
     """Does up-/down-weighting the domain or driver experts of a task change its accuracy more than
@@ -208,6 +209,11 @@ def reweighting_study(
     family-wise error), ``"bh"`` (Benjamini–Hochberg, false discovery rate) or ``"none"``, applied
     within each stage across every set x recipe x factor; ``beyond_random`` is ``p_vs_random_adj <
     alpha``. :meth:`StudyResult.findings` lists what survives.
+
+    ``checkpoint``: a folder; the statistics, the driver sweep and every evaluation are saved as they
+    finish, and a rerun of the same study (same model, records and arguments) resumes where an
+    interruption stopped it (:mod:`moelens.tasks.study.checkpoint`). The router LoRA of
+    ``tune_steps`` is retrained on a rerun (seeded, so the same).
 
     ``model``: any backend of :class:`~moelens.backends.protocol.MoEBackend`. Through
     ``NNsightMoE`` (forward traces only) the study takes ``driver_method="exact"`` and
@@ -251,9 +257,12 @@ def reweighting_study(
     prompts = [format_prompt(r) for r in select]
     domain = prompt_kind(select[0])
 
-    stats = collect_routing_stats(model, {domain: prompts, **_contrast(domain, len(prompts), data_dir)}, batch_size=batch_size, progress=progress)
+    folder = None if checkpoint is None else Path(checkpoint)
+    stats = collect_routing_stats(model, {domain: prompts, **_contrast(domain, len(prompts), data_dir)}, batch_size=batch_size,
+                                  progress=progress, checkpoint=None if folder is None else folder / "stats")
     domain_frame = stats.domain_experts(domain, top=n_experts)
-    effects = driver_effects(model, prompts, method=driver_method, progress=progress)
+    effects = driver_effects(model, prompts, method=driver_method, progress=progress,
+                             checkpoint=None if folder is None else folder / "drivers")
     sets = {
         "domain": [(int(r.layer), int(r.expert)) for r in domain_frame.itertuples()],
         "driver": [(int(r.layer), int(r.expert)) for r in effects.top(n_experts).itertuples()],
@@ -276,17 +285,25 @@ def reweighting_study(
 
         tuned = tune_router(model, spec, data=select, steps=tune_steps, rank=tune_rank, seed=seed, progress=progress)
     stages = [("develop", evaluation)] + ([("confirm", confirmation)] if confirmation is not None else [])
-    bar = tqdm(total=len(stages) * len(conditions) * len(sets) * (1 + n_random), desc="study", unit="eval", disable=not progress)
+    per_stage = 1 + len(conditions) * len(sets) * (1 + n_random) + (tuned is not None)
+    fingerprint = {"task": spec.name, "select": records_digest(select), "evaluate": records_digest(evaluation),
+                   "confirm": records_digest(confirmation), "contrast_domains": sorted(stats.domains), "n_experts": n_experts,
+                   "n_random": n_random, "factors": list(factors), "recipes": list(recipes), "push": push,
+                   "driver_method": driver_method, "tune_steps": tune_steps, "tune_rank": tune_rank, "batch_size": batch_size,
+                   "seed": seed, "sets": {k: [list(x) for x in v] for k, v in all_sets.items()}}
+    run_eval = StudyEvaluations(model, None if folder is None else folder / "evaluations", fingerprint, len(stages) * per_stage, progress)
     rows: list[dict] = []
     results: dict[str, Any] = {}
-    for stage, records in stages:
-        stage_rows, stage_results = evaluate_stage(
-            model, spec, records, stage, sets, randoms, conditions, expert_interventions, neg, meta, seed, batch_size, push,
-            bar.update, tuned,
-        )
-        rows += stage_rows
-        results.update(stage_results)
-    bar.close()
+    try:
+        for stage, records in stages:
+            stage_rows, stage_results = evaluate_stage(
+                model, spec, records, stage, sets, randoms, conditions, expert_interventions, neg, meta, seed, batch_size, push,
+                run_eval, tuned,
+            )
+            rows += stage_rows
+            results.update(stage_results)
+    finally:
+        run_eval.close()
     table = apply_correction(pd.DataFrame(rows), list(sets), correction, alpha)[COLUMNS]
     meta.update(select_on=select_label, evaluate_on=eval_label, n_select=len(select), n_eval=len(evaluation), n_experts=n_experts,
                 n_random=n_random, factors=list(factors), recipes=list(recipes), push=push, driver_method=driver_method,
