@@ -13,7 +13,9 @@ from typing import Any
 
 from .errors import InvalidInputError
 
-__all__ = ["check_count", "check_factors", "check_new_file", "check_number", "hook_pair", "listed"]
+__all__ = ["check_count", "check_device", "check_factors", "check_new_file", "check_number", "hook_pair", "listed"]
+
+_DEVICE_FIX = "pass 'cpu', or a device this machine has (torch.cuda.device_count() lists the GPUs)"
 
 
 def check_count(name: str, value: Any, minimum: int = 0, *, optional: bool = False, fix: str = "") -> None:
@@ -126,3 +128,37 @@ def hook_pair(pair: Any, direction: str) -> tuple[Any, Any]:
         raise InvalidInputError(f"hook target {target!r} is not a hook name, a list of names, or a predicate; "
                                 "`model.hook_names` lists the names.")
     return target, fn
+
+
+def check_device(device: object, name: str = "device") -> None:
+    """Refuse a device that is not a device, or not on this machine, before any work starts (torch
+    would fail later with an assertion, or deep inside a forward).
+
+    >>> check_device("tpu")
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: device='tpu' is not a torch device; pass 'cpu', or a device this machine has (torch.cuda.device_count() lists the GPUs).
+    """
+    import torch
+
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)  # also takes an int (a CUDA index)
+    except (RuntimeError, TypeError, ValueError):
+        raise InvalidInputError(f"{name}={device!r} is not a torch device; {_DEVICE_FIX}.") from None
+    kind = parsed.type
+    if kind in ("cpu", "meta"):
+        return
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InvalidInputError(f"{name}={device!r}: CUDA is not available on this machine (no GPU, or a CPU-only torch); {_DEVICE_FIX}.")
+        if parsed.index is not None and parsed.index >= count:
+            raise InvalidInputError(f"{name}={device!r}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}; {_DEVICE_FIX}.")
+        return
+    try:  # mps, xpu, ...: a zero-size tensor tells whether the backend is there (once per call)
+        torch.empty(0, device=parsed)
+    except Exception as error:
+        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        raise InvalidInputError(f"{name}={device!r} is not available on this machine ({reason}); {_DEVICE_FIX}.") from None

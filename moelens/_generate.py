@@ -128,6 +128,7 @@ class Generation:
             raise InvalidInputError(f"padding_side={padding_side!r}: generation appends after the last column, so batches are left-padded; pass None or 'left'.")
         if freq_penalty:
             raise InvalidInputError(f"freq_penalty={freq_penalty!r} is not offered; pass HF's repetition_penalty= (e.g. 1.2) instead.")
+        _check_sampling(temperature, top_k, top_p)
         if do_sample and temperature == 0:
             do_sample = False  # TransformerLens: temperature 0 is greedy
         if isinstance(input, (str, list, tuple)):
@@ -204,3 +205,13 @@ def _generated_mask(generated: Tensor, eos: int | list[int] | None) -> Tensor:
     stops = torch.isin(generated, torch.tensor(eos if isinstance(eos, list) else [eos], device=generated.device))
     seen = stops.long().cumsum(-1)
     return ((seen - stops.long()) == 0).long()
+
+
+def _check_sampling(temperature: Any, top_k: Any, top_p: Any) -> None:
+    """Sampling settings HF would refuse late (temperature < 0) or take silently (top_p > 1, top_k 0)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise InvalidInputError(f"temperature={temperature!r} must be a number >= 0 (0 means greedy).")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise InvalidInputError(f"top_k={top_k!r} must be an int >= 1, or None for no limit.")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise InvalidInputError(f"top_p={top_p!r} must be in (0, 1], or None for no nucleus cut.")

@@ -15,10 +15,15 @@ __all__ = ["RETURN_TYPES", "check_return_type", "lm_loss", "shaped_output"]
 RETURN_TYPES = ("logits", "loss", "both", None)
 
 
-def check_return_type(return_type: Any, start_at_layer: int | None = None, stop_at_layer: int | None = None) -> None:
-    """Refuse an unknown ``return_type``, and a loss where there are no logits or no token ids."""
+def check_return_type(return_type: Any, start_at_layer: int | None = None, stop_at_layer: int | None = None,
+                      loss_per_token: bool = False) -> None:
+    """Refuse an unknown ``return_type``, a loss where there are no logits or no token ids, and
+    ``loss_per_token=True`` without a loss (TransformerLens ignores it there; we say so instead)."""
     if return_type not in RETURN_TYPES:
         raise InvalidInputError(f"return_type={return_type!r}: pass 'logits', 'loss', 'both' or None.")
+    if loss_per_token and return_type not in ("loss", "both"):
+        raise InvalidInputError(f"loss_per_token=True shapes a loss, but return_type={return_type!r} returns none; "
+                                "pass return_type='loss' or 'both'.")
     if return_type in ("loss", "both") and stop_at_layer is not None:
         raise InvalidInputError(
             f"return_type={return_type!r} needs logits, but stop_at_layer={stop_at_layer} returns the residual stream."

@@ -6,43 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ._checks import check_device  # re-exported: the CLI and the model import it from here
 from .errors import InvalidInputError
-
-_DEVICE_FIX = "pass 'cpu', or a device this machine has (torch.cuda.device_count() lists the GPUs)"
-
-
-def check_device(device: object, name: str = "device") -> None:
-    """Refuse a device that is not a device, or not on this machine, before any work starts (torch
-    would fail later with an assertion, or deep inside a forward).
-
-    >>> check_device("tpu")
-    Traceback (most recent call last):
-    ...
-    moelens.errors.InvalidInputError: device='tpu' is not a torch device; pass 'cpu', or a device this machine has (torch.cuda.device_count() lists the GPUs).
-    """
-    import torch
-
-    if device is None:
-        return
-    try:
-        parsed = torch.device(device)  # also takes an int (a CUDA index)
-    except (RuntimeError, TypeError, ValueError):
-        raise InvalidInputError(f"{name}={device!r} is not a torch device; {_DEVICE_FIX}.") from None
-    kind = parsed.type
-    if kind in ("cpu", "meta"):
-        return
-    if kind == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise InvalidInputError(f"{name}={device!r}: CUDA is not available on this machine (no GPU, or a CPU-only torch); {_DEVICE_FIX}.")
-        if parsed.index is not None and parsed.index >= count:
-            raise InvalidInputError(f"{name}={device!r}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}; {_DEVICE_FIX}.")
-        return
-    try:  # mps, xpu, ...: a zero-size tensor tells whether the backend is there (once per call)
-        torch.empty(0, device=parsed)
-    except Exception as error:
-        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
-        raise InvalidInputError(f"{name}={device!r} is not available on this machine ({reason}); {_DEVICE_FIX}.") from None
 
 __all__ = ["check_device", "check_data_specs", "check_study_args", "check_model_name", "check_out_dir", "checked_domain_texts"]
 

@@ -87,6 +87,9 @@ class ActivationCache(ResidualHelpers, Mapping[str, Tensor]):
         >>> cache.to("cpu")["embed"].device.type
         'cpu'
         """
+        from ._checks import check_device
+
+        check_device(device)
         self._store = {name: tensor.to(device) for name, tensor in self._store.items()}
         self.attention_mask = self.attention_mask.to(device)
         return self

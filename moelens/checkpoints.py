@@ -161,8 +161,9 @@ class Checkpoint:
 
     def __init__(self, path: str | Path, fingerprint: dict[str, Any], what: str):
         self.path = Path(path)
-        if self.path.parent.exists() and not self.path.parent.is_dir():
-            raise CheckpointError(f"checkpoint={self.path.parent} is a file; pass a folder (it is created if missing).")
+        existing = next((folder for folder in self.path.parents if folder.exists()), None)  # the folder is made on save
+        if existing is not None and not existing.is_dir():
+            raise CheckpointError(f"checkpoint={existing} is a file; pass a folder (it is created if missing).")
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))  # as it reads back
         self.what = what  # the call that writes it, for messages
         self._written_readable = False

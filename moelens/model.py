@@ -219,7 +219,7 @@ class HookedMoE(TokenMethods, Generation, WeightMethods, InterventionMethods, An
         next-token cross-entropy over real tokens, equal to HF's ``labels=`` loss; ``[batch pos-1]``
         with ``loss_per_token=True``, 0 on padding), "both" (``(logits, loss)``) or None.
         """
-        check_return_type(return_type, start_at_layer, stop_at_layer)
+        check_return_type(return_type, start_at_layer, stop_at_layer, loss_per_token)
         start, stop = layer_range(self.cfg.n_layers, start_at_layer, stop_at_layer)
         model_inputs = self.to_inputs(inputs, attention_mask=attention_mask, start_at_layer=start)
         logits = self._run(model_inputs, start or 0, stop)
@@ -332,7 +332,7 @@ class HookedMoE(TokenMethods, Generation, WeightMethods, InterventionMethods, An
         torch.Size([1, 3, 4])
         """
         check_device(device)
-        check_return_type(return_type, start_at_layer, stop_at_layer)
+        check_return_type(return_type, start_at_layer, stop_at_layer, loss_per_token)
         store: dict[str, Tensor] = {}
 
         def save(tensor: Tensor, hook: HookPoint) -> None:

@@ -39,9 +39,10 @@ class NNsightCalls(TokenMethods):
             inputs, (), attention_mask=attention_mask, stop_at_layer=stop_at_layer, return_type=return_type, loss_per_token=loss_per_token
         )
 
-    def _checked_inputs(self, inputs: Any, attention_mask: Tensor | None, return_type: Any, stop_at_layer: int | None) -> Any:
+    def _checked_inputs(self, inputs: Any, attention_mask: Tensor | None, return_type: Any, stop_at_layer: int | None,
+                        loss_per_token: bool = False) -> Any:
         """Model inputs, after refusing a ``return_type`` this call cannot give."""
-        check_return_type(return_type, None, stop_at_layer)
+        check_return_type(return_type, None, stop_at_layer, loss_per_token)
         return self.to_inputs(inputs, attention_mask)
 
     @staticmethod

@@ -227,7 +227,7 @@ class NNsightMoE(NNsightCalls):
         with ``nnsight.register`` (moelens' own are), not in a notebook cell that closes over
         local objects.
         """
-        model_inputs = self._checked_inputs(inputs, attention_mask, return_type, stop_at_layer)
+        model_inputs = self._checked_inputs(inputs, attention_mask, return_type, stop_at_layer, loss_per_token)
         out, _ = self._run(model_inputs, fwd_hooks, None, (), None, stop_at_layer)
         return self._shaped(out, model_inputs, stop_at_layer, return_type, loss_per_token)
 
@@ -249,7 +249,7 @@ class NNsightMoE(NNsightCalls):
         moves each cached tensor as it is recorded (for a remote run it is the server that moves it).
         """
         names = [hp.name for hp in self._registry().select(names_filter)]
-        model_inputs = self._checked_inputs(inputs, attention_mask, return_type, stop_at_layer)
+        model_inputs = self._checked_inputs(inputs, attention_mask, return_type, stop_at_layer, loss_per_token)
         out, cache = self._run(model_inputs, fwd_hooks, None, names, device, stop_at_layer)
         return self._shaped(out, model_inputs, stop_at_layer, return_type, loss_per_token), cache
 

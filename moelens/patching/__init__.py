@@ -25,7 +25,7 @@ torch.Size([2, 3])
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -56,6 +56,12 @@ def _scalar(value: Any, name: str) -> float:
         return float(value)
     shown = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
     raise InvalidInputError(f"metric {name} must return a scalar or [batch] tensor; it returned {shown}.")
+
+
+def _check_metric(metric: Any) -> None:
+    if not callable(metric):
+        raise InvalidInputError(f"metric={metric!r} is not callable; pass a function of the logits, e.g. "
+                                "lambda logits: logits[:, -1, answer].mean().")
 
 
 def _metric_name(metric: Metric) -> str:
@@ -95,6 +101,10 @@ def activation_patching(
     >>> result.values.shape, result.column
     (torch.Size([2, 3]), 'pos')
     """
+    if not isinstance(clean_cache, Mapping):
+        raise InvalidInputError(f"clean_cache={str(clean_cache)[:40]!r} is a {type(clean_cache).__name__}; pass the cache of the "
+                                "clean run: `_, clean_cache = model.run_with_cache(clean)`.")
+    _check_metric(metric)
     suffix = get_act_name(activation, 0).rsplit(".", 1)[-1]
     if HOOK_TABLE[suffix].scope != "layer" or HOOK_TABLE[suffix].shape != "batch pos d_model":
         raise InvalidInputError(
@@ -171,6 +181,7 @@ def routing_patching(
     """
     from moelens.analysis.mediation import routing_mediation
 
+    _check_metric(metric)
     name = _metric_name(metric)
     # TransformerLens patches clean into corrupted; routing_mediation patches its second argument's
     # routing into its first: swap them.

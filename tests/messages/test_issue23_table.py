@@ -12,7 +12,7 @@ import torch
 
 import moelens
 from moelens import Ablate, Force, Patch, Perturb, Scale
-from moelens.errors import InterventionError, InvalidInputError, NonFiniteError, ResultFileError
+from moelens.errors import CheckpointError, InterventionError, InvalidInputError, NonFiniteError, ResultFileError
 from moelens.interventions import from_dict
 
 from ..models import wrapped
@@ -193,6 +193,9 @@ SEMANTICS = [
     ("driver perturbation with a layer", lambda m, t: moelens.driver_effects(m, IDS, perturbation=Perturb(0, 3), progress=False), InvalidInputError, "would be ignored"),
     ("special_ids out of vocab", lambda m, t: moelens.token_triggers(m, IDS, experts=[(0, 1)], special_ids=[99999]), InvalidInputError, "99999"),
     ("special_ids negative", lambda m, t: moelens.token_triggers(m, IDS, experts=[(0, 1)], special_ids=[-1]), InvalidInputError, "-1"),
+    ("loss_per_token without a loss", lambda m, t: m(IDS, loss_per_token=True), InvalidInputError, "loss_per_token=True"),
+    ("generate top_p=2", lambda m, t: m.generate(IDS, 2, do_sample=True, top_p=2.0), InvalidInputError, "top_p=2.0"),
+    ("generate top_k=0", lambda m, t: m.generate(IDS, 2, do_sample=True, top_k=0), InvalidInputError, "top_k=0"),
 ]
 
 
@@ -239,6 +242,15 @@ RAW = [
     ("token_values words", lambda m, t: moelens.viz.token_values(["a"], ["high"]), InvalidInputError, "high"),
     ("token_records is a file", lambda m, t: moelens.collect_routing_stats(m, {"a": IDS}, token_records=_write(t, "x.csv", "x"), progress=False), InvalidInputError, "x.csv"),
     ("from_hf tokenizer a name", lambda m, t: moelens.HookedMoE.from_hf(m.hf_model, tokenizer="gpt2"), InvalidInputError, "AutoTokenizer.from_pretrained('gpt2')"),
+    # the TransformerLens calls, patching and checkpoints (probed after the #21/#22 merges)
+    ("generate temperature -1", lambda m, t: m.generate(IDS, 2, do_sample=True, temperature=-1.0), InvalidInputError, "temperature=-1.0"),
+    ("cache.to('gpu9')", lambda m, t: m.run_with_cache(IDS)[1].to("gpu9"), InvalidInputError, "gpu9"),
+    ("activation_patching clean_cache a str", lambda m, t: moelens.patching.activation_patching(m, IDS, "abc", lambda lg: lg.sum()),
+     InvalidInputError, "clean_cache='abc'"),
+    ("activation_patching metric=5", lambda m, t: moelens.patching.activation_patching(m, IDS, m.run_with_cache(IDS)[1], 5),
+     InvalidInputError, "metric=5"),
+    ("checkpoint under a file", lambda m, t: moelens.collect_routing_stats(m, {"a": IDS}, checkpoint=f"{_write(t, 'f.txt', 'x')}/sub",
+                                                                           progress=False), CheckpointError, "f.txt"),
 ]
 
 
