@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds), for CI")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: stable timings on a shared box)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     if args.smoke:
         sizes = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_local_experts=8, vocab_size=512)
         batch, seq, repeats = 2, 32, args.repeats or 3
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     bare = medians["bare HF forward"]
     rows = [(name, f"{seconds * 1e3:.1f} ms", f"{seconds / bare:.3f}x") for name, seconds in medians.items()]
     shape = f"{sizes['num_hidden_layers']} layers, d_model {sizes['hidden_size']}, {sizes['num_local_experts']} experts, batch {batch} x seq {seq}"
-    print_table(f"hook overhead (Mixtral, {shape}; median of {repeats}, interleaved)", rows, ("variant", "time", "vs bare"))
+    print_table(f"hook overhead (Mixtral, {shape}; median of {repeats}, interleaved, {torch.get_num_threads()} thread(s))", rows, ("variant", "time", "vs bare"))
     return {name: seconds / bare for name, seconds in medians.items()}
 
 

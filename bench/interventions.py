@@ -23,7 +23,9 @@ from moelens.testing import tiny_model  # noqa: E402
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: stable timings on a shared box)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     if args.smoke:
         sizes = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_local_experts=8, vocab_size=512)
         seq, repeats = 16, 2

@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--child", nargs=4, metavar=("MODE", "N", "SEQ", "BATCH"), help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: stable timings on a shared box)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     if args.child:
         mode, n, seq, batch = args.child
         print(json.dumps(measure(mode, int(n), int(seq), int(batch))))
