@@ -127,7 +127,7 @@ def test_study_through_nnsight_equals_hookedmoe():
     kwargs = dict(select_on=select, evaluate_on=RECORDS[6:], n_experts=2, n_random=1, factors=(1.2,),
                   driver_method="exact", batch_size=8, progress=False, data_dir="/nonexistent")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # no contrast texts in the missing data folder: said once per domain
+        warnings.simplefilter("ignore")  # no contrast data in the missing data folder: said once, demo texts used
         ref = moelens.reweighting_study(hooked, "sst2", **kwargs)
         got = moelens.reweighting_study(nns, "sst2", **kwargs)
     assert got.sets == ref.sets

@@ -142,3 +142,16 @@ def test_study_plot_is_not_a_pyplot_figure(tmp_path):
     before = plt.get_fignums()
     fig = StudyResult(table, {"model": "m", "task": "sst2"}).plot(tmp_path / "study.png")
     assert plt.get_fignums() == before and (tmp_path / "study.png").stat().st_size > 0 and len(fig.axes) == 1
+
+
+def test_without_contrast_data_the_demo_texts_stand_in_said_once(tmp_path, monkeypatch):
+    from moelens.tasks.demo import demo_texts
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # where `datasets` is installed: no download from the hub either
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    from moelens.tasks.study.run import _contrast
+
+    with pytest.warns(UserWarning, match="packaged demo texts of mmlu, math") as record:
+        texts = _contrast("sentiment", 5, tmp_path)  # an empty data folder
+    assert len(record) == 1
+    assert texts == {"mmlu": demo_texts(5)["mmlu"], "math": demo_texts(5)["math"]}

@@ -12,6 +12,8 @@ from moelens import HookedMoE, reweighting_study
 from moelens.errors import CheckpointError
 from moelens.tasks.demo import demo_sentiment_records
 
+pytestmark = pytest.mark.filterwarnings("ignore:no local .* data")  # without ../shared the contrast is the demo texts
+
 REVIEWS = demo_sentiment_records()
 SETTINGS = dict(select_on=REVIEWS[:8], evaluate_on=REVIEWS[8:16], confirm_on=REVIEWS[16:24], n_experts=2, n_random=1,
                 factors=(1.2,), driver_method="first_order", progress=False)

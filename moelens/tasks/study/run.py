@@ -98,17 +98,24 @@ def matched_random_sets(experts: Sequence[tuple[int, int]], n_experts: int, draw
 
 
 def _contrast(domain: str, limit: int, data_dir) -> dict[str, list[str]]:
+    """The other domains' texts that CWAS lift contrasts against: their real evaluation sets, or, where
+    those are not found (a machine without the data), the demo texts that ship with moelens, said once."""
     from ..data import load_records
+    from ..demo import demo_texts
 
-    texts = {}
+    texts, missing = {}, []
     for other, (name, split) in _CONTRAST.items():
         if other == domain:
             continue
         try:
             texts[other] = [format_prompt(r) for r in load_records(name, split, limit=limit, data_dir=data_dir)]
-        except (FileNotFoundError, ImportError, ValueError) as error:
-            warnings.warn(f"no contrast texts for domain {other!r} ({error}); domain experts rank by CWAS without it.", stacklevel=3)
-    return texts
+        except (FileNotFoundError, ImportError, ValueError):
+            texts[other] = demo_texts(limit).get(other, [])
+            missing.append(f"{name} {split}")
+    if missing:
+        warnings.warn(f"no local {' or '.join(missing)} data (data_dir=, MOELENS_DATA_DIR or ../shared/data): domain experts are "
+                      f"contrasted with the packaged demo texts of {', '.join(o for o in texts if o != domain)} instead.", stacklevel=3)
+    return {other: t for other, t in texts.items() if t}
 
 
 def _negative_share(model, prompts: Sequence[str], sets: Mapping[str, list[tuple[int, int]]], batch_size: int) -> dict[str, float]:
