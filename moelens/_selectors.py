@@ -1,6 +1,7 @@
 """Selectors of the interventions (layers, experts, positions): checked without a model when an
 intervention is built, resolved to masks against a model and a call's attention mask."""
 
+import numbers
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, Union
 
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
     from .model import HookedMoE
 
 __all__ = ["ExpertSel", "LayerSel", "PosSel", "check_positions", "check_selector", "expert_mask", "moe_layers", "position_mask",
-           "resolve_layer", "resolve_layers"]
+           "resolve_expert", "resolve_experts", "resolve_layer", "resolve_layers"]
 
 LayerSel = Union[int, Sequence[int], Literal["all"]]
 ExpertSel = Union[int, Sequence[int], Literal["all"], Tensor]
@@ -37,6 +38,11 @@ def check_selector(name: str, value: Any, allow_tensor: bool = False) -> None:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_index(value: Any) -> bool:
+    """An int, or another integral number such as numpy's int64 (a DataFrame cell); not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_positions(positions: Any) -> None:
@@ -81,9 +87,10 @@ def resolve_layers(model: "HookedMoE", layers: Any, who: str = "layers", error: 
     valid = list(model.cfg.moe_layers)
     if layers is None or (isinstance(layers, str) and layers == "all"):
         return valid
-    chosen = [layers] if _is_int(layers) else list(layers) if isinstance(layers, (list, tuple)) else None
-    if not chosen or not all(_is_int(layer) for layer in chosen):
+    chosen = [layers] if _is_index(layers) else list(layers) if isinstance(layers, (list, tuple)) else None
+    if not chosen or not all(_is_index(layer) for layer in chosen):
         raise error(f"{who}={layers!r}: pass None/'all', an MoE layer index, or a non-empty list of them; MoE layers are {valid}.")
+    chosen = [int(layer) for layer in chosen]
     bad = [layer for layer in chosen if layer not in valid]
     if bad:
         raise error(f"{who}={layers!r}: layer {bad[0]} is not an MoE layer of this model; MoE layers are {valid}.")
@@ -102,7 +109,7 @@ def resolve_layer(model: "HookedMoE", layer: Any, who: str = "layer") -> int:
     ...
     moelens.errors.InvalidInputError: layer=True: pass one MoE layer index (an int); MoE layers are [0, 1].
     """
-    if not _is_int(layer):
+    if not _is_index(layer):
         raise InvalidInputError(f"{who}={layer!r}: pass one MoE layer index (an int); MoE layers are {list(model.cfg.moe_layers)}.")
     return resolve_layers(model, layer, who)[0]
 
@@ -110,6 +117,37 @@ def resolve_layer(model: "HookedMoE", layer: Any, who: str = "layer") -> int:
 def moe_layers(model: "HookedMoE", layers: LayerSel, who: str) -> list[int]:
     """An intervention's layers (checked by :func:`check_selector` when it was built), resolved against ``model``."""
     return resolve_layers(model, layers, f"{who} layers", InterventionError)
+
+
+def resolve_experts(model: "HookedMoE", experts: Any, who: str = "experts", error: type[Exception] = InvalidInputError) -> list[int]:
+    """The one parser of expert selectors: ``None`` or ``"all"``, an expert index, or a non-empty list
+    (or range) of them, in the order given; ``error`` names ``who``, the value and the valid range.
+
+    >>> from moelens import HookedMoE
+    >>> from moelens.testing import tiny_model
+    >>> resolve_experts(HookedMoE.from_hf(tiny_model("mixtral")), [1, 4])
+    Traceback (most recent call last):
+    ...
+    moelens.errors.InvalidInputError: experts=[1, 4]: expert 4 is out of range; this model has experts 0..3.
+    """
+    n = model.cfg.n_experts
+    if experts is None or (isinstance(experts, str) and experts == "all"):
+        return list(range(n))
+    chosen = [experts] if _is_index(experts) else list(experts) if isinstance(experts, (list, tuple, range)) else None
+    if not chosen or not all(_is_index(expert) for expert in chosen):
+        raise error(f"{who}={experts!r}: pass None/'all', an expert index, or a non-empty list of them (0..{n - 1}).")
+    chosen = [int(expert) for expert in chosen]
+    bad = [expert for expert in chosen if not 0 <= expert < n]
+    if bad:
+        raise error(f"{who}={experts!r}: expert {bad[0]} is out of range; this model has experts 0..{n - 1}.")
+    return chosen
+
+
+def resolve_expert(model: "HookedMoE", expert: Any, who: str = "expert") -> int:
+    """One expert index, checked as :func:`resolve_experts` checks each."""
+    if not _is_index(expert):
+        raise InvalidInputError(f"{who}={expert!r}: pass one expert index (an int, 0..{model.cfg.n_experts - 1}).")
+    return resolve_experts(model, expert, who)[0]
 
 
 def expert_mask(model: "HookedMoE", experts: ExpertSel, batch: int, who: str, device: torch.device) -> Tensor:
@@ -122,18 +160,11 @@ def expert_mask(model: "HookedMoE", experts: ExpertSel, batch: int, who: str, de
         chosen = experts.long().to(device)
         bad = (chosen < 0) | (chosen >= n)
         if bool(bad.any()):  # one check per call (the caller caches the targets for the call)
-            _check_experts([int(chosen[bad][0])], n, who)
+            resolve_experts(model, [int(chosen[bad][0])], f"{who} experts", InterventionError)
         return mask.to(device).scatter_(1, chosen[:, None], True)
-    chosen = list(range(n)) if experts == "all" else ([experts] if isinstance(experts, int) else list(experts))
-    _check_experts(chosen, n, who)
+    chosen = resolve_experts(model, experts, f"{who} experts", InterventionError)
     mask[:, chosen] = True
     return mask.to(device)
-
-
-def _check_experts(chosen: list[int], n: int, who: str) -> None:
-    for expert in chosen:
-        if not 0 <= expert < n:
-            raise InterventionError(f"{who}: expert {expert} is out of range; this model has experts 0..{n - 1}.")
 
 
 def position_mask(positions: PosSel, attention_mask: Tensor, who: str) -> Tensor:

@@ -115,7 +115,7 @@ def test_bad_arguments():
         token_attribution(model, IDS, 1, 0, method="saliency")
     with pytest.raises(InvalidInputError, match="layer 5 is not an MoE layer"):
         token_attribution(model, IDS, 5, 0)
-    with pytest.raises(InvalidInputError, match="expert=4 is out of range"):
+    with pytest.raises(InvalidInputError, match="expert=4: expert 4 is out of range"):
         token_attribution(model, IDS, 1, 4)
     with pytest.raises(InvalidInputError, match="position=7 is outside"):
         token_attribution(model, IDS, 1, 0, position=7)

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from moelens._selectors import resolve_layer
+from moelens._selectors import resolve_expert, resolve_layer
 from moelens.errors import InvalidInputError
 from moelens.lazy import pandas as pd
 from moelens.names import moe_name
@@ -196,8 +196,7 @@ def token_attribution(
     if method not in METHODS:
         raise InvalidInputError(f"method={method!r} is not valid; choose one of {', '.join(map(repr, METHODS))}.")
     resolve_layer(model, layer)
-    if isinstance(expert, bool) or not isinstance(expert, int) or not 0 <= expert < model.cfg.n_experts:
-        raise InvalidInputError(f"expert={expert!r} is out of range 0..{model.cfg.n_experts - 1}.")
+    resolve_expert(model, expert)
     ids = _token_ids(model, text)
     n = len(ids)
     if isinstance(position, bool) or not isinstance(position, int) or not -n <= position < n:

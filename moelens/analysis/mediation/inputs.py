@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from moelens._selectors import resolve_experts
 from moelens._tokens import attached_mask
 from moelens.errors import InvalidInputError
 
@@ -56,17 +57,8 @@ def token_pairs(model: HookedMoE, clean: Any, corrupted: Any) -> list[tuple[Tens
 
 
 def experts_list(model: HookedMoE, experts: Any) -> list[int]:
-    """Sorted expert indices: None/'all', one index or a list."""
-    n = model.cfg.n_experts
-    if experts is None or experts == "all":
-        return list(range(n))
-    chosen = [experts] if isinstance(experts, int) and not isinstance(experts, bool) else experts
-    if not isinstance(chosen, (list, tuple, range)) or not all(isinstance(e, int) and not isinstance(e, bool) for e in chosen):
-        raise InvalidInputError(f"experts={experts!r}: pass None/'all', an expert index or a list of them (0..{n - 1}).")
-    bad = [e for e in chosen if not 0 <= e < n]
-    if bad:
-        raise InvalidInputError(f"experts={experts!r}: {bad} out of range; this model has experts 0..{n - 1}.")
-    return sorted(set(chosen))
+    """Sorted expert indices: None/'all', one index or a list (:func:`moelens._selectors.resolve_experts`)."""
+    return sorted(set(resolve_experts(model, experts)))
 
 
 def pairs_digest(pairs: list[tuple[Tensor, Tensor]]) -> str:

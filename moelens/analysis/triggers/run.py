@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from moelens._selectors import resolve_expert, resolve_layer
 from moelens.errors import InvalidInputError
 from moelens.lazy import pandas as pd
 from moelens.names import moe_name
@@ -64,11 +65,8 @@ def _selection(model: HookedMoE, experts: Any) -> list[tuple[int, int]]:
     for item in experts:
         if not (isinstance(item, (tuple, list)) and len(item) == 2):
             raise InvalidInputError(f"experts item {item!r} is not a (layer, expert) pair.")
-        layer, expert = int(item[0]), int(item[1])
-        if layer not in model.cfg.moe_layers:
-            raise InvalidInputError(f"experts item {item!r}: layer {layer} is not an MoE layer; MoE layers are {list(model.cfg.moe_layers)}.")
-        if not 0 <= expert < model.cfg.n_experts:
-            raise InvalidInputError(f"experts item {item!r}: expert {expert} is out of range 0..{model.cfg.n_experts - 1}.")
+        layer = resolve_layer(model, item[0], f"experts item {item!r}: layer")
+        expert = resolve_expert(model, item[1], f"experts item {item!r}: expert")
         if (layer, expert) not in pairs:
             pairs.append((layer, expert))
     return pairs
