@@ -62,8 +62,26 @@ def _padded(ids: torch.Tensor, lengths: list[int], side: str) -> tuple[torch.Ten
     return out, mask
 
 
-def _assert_same(a: RoutingStats, b: RoutingStats) -> None:
-    assert torch.equal(a.n_tokens, b.n_tokens) and torch.equal(a.counts, b.counts)
+def _near_ties(model: HookedMoE, ids: torch.Tensor, mask: torch.Tensor) -> int:
+    """Real tokens x MoE layers whose k-th and (k+1)-th router logits lie closer than float32 rounding:
+    only there may another batch layout (other kernel blocking, other roundings) choose other experts.
+    Softmax and sigmoid scores rank like the logits; with a routing bias or a group limit (deepseek_v3)
+    the gap of the logits is a proxy for the gap of what the family ranks."""
+    _, cache = model.run_with_cache(ids, attention_mask=mask, names_filter=lambda name: name.endswith("hook_router_logits"))
+    k, ties = model.cfg.top_k, 0
+    for layer in model.cfg.moe_layers:
+        logits = cache[f"blocks.{layer}.moe.hook_router_logits"].float()
+        ranked = logits.sort(-1, descending=True).values
+        tol = float_tol(torch.float32, logits, ulps=64)
+        ties += int(((ranked[..., k - 1] - ranked[..., k]) < tol)[mask.bool()].sum())
+    return ties
+
+
+def _assert_same(a: RoutingStats, b: RoutingStats, near_ties: int) -> None:
+    """Token counts equal; expert counts equal but for near-tie tokens (each can move one count from one
+    expert to another: 2 per tie); float sums within float32 rounding."""
+    assert torch.equal(a.n_tokens, b.n_tokens)
+    assert int((a.counts - b.counts).abs().sum()) <= 2 * near_ties, (near_ties, a.counts - b.counts)
     # sums (float64) of float32 per-token values computed in another batch layout: roundings of float32
     rtol = float_tol(torch.float32, 1.0)
     torch.testing.assert_close(a.entropy_sums, b.entropy_sums, rtol=rtol, atol=rtol)
@@ -79,9 +97,10 @@ def test_results_do_not_depend_on_batch_size_padding_side_or_order(family):
     left = _padded(ids, lengths, "left")
     order = torch.randperm(7, generator=torch.Generator().manual_seed(0))
     base = collect_routing_stats(model, {"x": right}, batch_size=7, progress=False)
-    _assert_same(base, collect_routing_stats(model, {"x": right}, batch_size=2, progress=False))
-    _assert_same(base, collect_routing_stats(model, {"x": left}, batch_size=3, progress=False))
-    _assert_same(base, collect_routing_stats(model, {"x": (right[0][order], right[1][order])}, batch_size=4, progress=False))
+    ties = _near_ties(model, *right)  # 0 for these seeds here: the counts must then be equal
+    _assert_same(base, collect_routing_stats(model, {"x": right}, batch_size=2, progress=False), ties)
+    _assert_same(base, collect_routing_stats(model, {"x": left}, batch_size=3, progress=False), ties)
+    _assert_same(base, collect_routing_stats(model, {"x": (right[0][order], right[1][order])}, batch_size=4, progress=False), ties)
     assert int(base.n_tokens[0, 0]) == sum(lengths)
 
 
