@@ -42,7 +42,7 @@ def run_drivers(model, data: dict[str, list[str]], out: Path, exact: bool, progr
                              per_input=True)  # per-input effects: robust per-layer shares in the report
     effects.save(out / "driver_effects")
     effects.to_frame().to_csv(out / "driver_effects.csv", index=False)
-    write_driver_section(out, effects, {domain: min(len(t), per_domain) for domain, t in data.items()}, method, per_domain)
+    write_driver_section(out, effects, {domain: min(len(t), per_domain) for domain, t in data.items()}, per_domain)
     if (out / "routing_stats.safetensors").exists():
         write_agreement_section(out, RoutingStats.load(out / "routing_stats"), effects)
     return effects

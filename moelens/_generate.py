@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_count, check_number
 from ._tokens import TokenIds, need_tokenizer
 from ._torch_hooks import own_hook
 from .errors import InvalidInputError
@@ -209,9 +210,9 @@ def _generated_mask(generated: Tensor, eos: int | list[int] | None) -> Tensor:
 
 def _check_sampling(temperature: Any, top_k: Any, top_p: Any) -> None:
     """Sampling settings HF would refuse late (temperature < 0) or take silently (top_p > 1, top_k 0)."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-        raise InvalidInputError(f"temperature={temperature!r} must be a number >= 0 (0 means greedy).")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise InvalidInputError(f"top_k={top_k!r} must be an int >= 1, or None for no limit.")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
-        raise InvalidInputError(f"top_p={top_p!r} must be in (0, 1], or None for no nucleus cut.")
+    check_number("temperature", temperature, 0.0)  # 0 means greedy
+    check_count("top_k", top_k, 1, optional=True, fix="None for no limit")
+    if top_p is not None:
+        check_number("top_p", top_p, 0.0)
+        if not 0 < top_p <= 1:
+            raise InvalidInputError(f"top_p={top_p!r} must be in (0, 1], or None for no nucleus cut.")

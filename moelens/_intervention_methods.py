@@ -13,7 +13,11 @@ from torch import Tensor
 
 
 def as_list(interventions: Any) -> list:
-    """One intervention or a list/tuple of them, as a list."""
+    """One intervention or a list/tuple of them, as a list.
+
+    >>> as_list("x"), as_list(("x", "y"))
+    (['x'], ['x', 'y'])
+    """
     return list(interventions) if isinstance(interventions, (list, tuple)) else [interventions]
 
 

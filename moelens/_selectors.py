@@ -144,7 +144,13 @@ def resolve_experts(model: "HookedMoE", experts: Any, who: str = "experts", erro
 
 
 def resolve_expert(model: "HookedMoE", expert: Any, who: str = "expert") -> int:
-    """One expert index, checked as :func:`resolve_experts` checks each."""
+    """One expert index, checked as :func:`resolve_experts` checks each.
+
+    >>> from moelens import HookedMoE
+    >>> from moelens.testing import tiny_model
+    >>> resolve_expert(HookedMoE.from_hf(tiny_model("mixtral")), 3)
+    3
+    """
     if not _is_index(expert):
         raise InvalidInputError(f"{who}={expert!r}: pass one expert index (an int, 0..{model.cfg.n_experts - 1}).")
     return resolve_experts(model, expert, who)[0]

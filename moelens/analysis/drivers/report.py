@@ -20,13 +20,23 @@ ESTIMATE = {
 }
 
 
-def write_driver_section(out: str | Path, effects: DriverEffects, n_texts: dict[str, int], method: str, per_domain: int,
-                         top: int = 10) -> None:
+def write_driver_section(out: str | Path, effects: DriverEffects, n_texts: dict[str, int], per_domain: int, top: int = 10) -> None:
     """The "Driver experts" section; ``n_texts``: the texts per domain the effects were computed on (the first
-    ``per_domain`` of each at most)."""
+    ``per_domain`` of each at most).
+
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> from moelens.analysis.drivers import DriverEffects
+    >>> effects = DriverEffects(torch.rand(2, 4, dtype=torch.float64), (0, 1), 4, "exact")
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     write_driver_section(d, effects, {"math": 2}, per_domain=8)
+    ...     [p.name.split("-", 1)[1] for p in Path(d, "sections").iterdir()]
+    ['driver-experts.html']
+    """
     from moelens.report import el, figure_html, table_html, write_section
     from moelens.viz.findings import as_sentence, caveat_html, caveat_sentences, driver_sentence, plural
 
+    method = effects.method
     body = (
         el("p", f"Effect of (layer, expert) = mean KL(P ‖ Q) at the last token when the expert's router logit is perturbed. "
                 f"Every number in this section is the {ESTIMATE[method]} on the same {plural(sum(n_texts.values()), 'text')}: "
@@ -43,7 +53,18 @@ def write_driver_section(out: str | Path, effects: DriverEffects, n_texts: dict[
 
 def lift_vs_effect(stats: RoutingStats, effects: DriverEffects, n: int = 10) -> tuple[float, int, int]:
     """Spearman of each expert's best CWAS lift (over domains) against its driver effect, over every
-    (layer, expert), and how many of the top ``n`` of each are shared: ``(rho, overlap, n)``."""
+    (layer, expert), and how many of the top ``n`` of each are shared: ``(rho, overlap, n)``.
+
+    >>> import torch
+    >>> from moelens.analysis.drivers import DriverEffects
+    >>> from moelens.analysis.routing_stats import RoutingStats
+    >>> stats = RoutingStats(["a", "b"], moe_layers=(0,), n_experts=4, top_k=1)
+    >>> stats.accumulate_layers("a", torch.eye(4)[[0, 0, 1]][None, None].bool(), torch.rand(1, 1, 3, 4))
+    >>> stats.accumulate_layers("b", torch.eye(4)[[2, 3, 3]][None, None].bool(), torch.rand(1, 1, 3, 4))
+    >>> rho, overlap, n = lift_vs_effect(stats, DriverEffects(torch.tensor([[0.4, 0.3, 0.2, 0.1]]), (0,), 4, "exact"), n=2)
+    >>> n, 0 <= overlap <= 2, -1 <= rho <= 1
+    (2, True, True)
+    """
     from scipy.stats import spearmanr
 
     lift = stats.cwas_lift().nan_to_num(0).amax(0).reshape(-1).numpy()  # best lift over domains [moe_layer*expert]
@@ -54,7 +75,7 @@ def lift_vs_effect(stats: RoutingStats, effects: DriverEffects, n: int = 10) -> 
 
 
 def write_agreement_section(out: str | Path, stats: RoutingStats, effects: DriverEffects) -> None:
-    """The "Domain experts vs driver experts" section."""
+    """The "Domain experts vs driver experts" section (numbers from :func:`lift_vs_effect`)."""
     from moelens.report import el, write_section
     from moelens.viz.findings import agreement_sentence, as_sentence
 

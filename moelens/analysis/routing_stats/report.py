@@ -19,7 +19,19 @@ __all__ = ["write_routing_map_section", "write_stats_sections", "write_token_sec
 
 
 def write_stats_sections(out: str | Path, stats: RoutingStats, n_texts: dict[str, int], top: int = 10) -> None:
-    """The "Domain experts" and "General experts" sections, their figures and tables (``n_texts``: texts per domain)."""
+    """The "Domain experts" and "General experts" sections, their figures and tables (``n_texts``: texts per domain).
+
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> from moelens.analysis.routing_stats import RoutingStats
+    >>> stats = RoutingStats(["a", "b"], moe_layers=(0,), n_experts=4, top_k=1)
+    >>> stats.accumulate_layers("a", torch.eye(4)[[0, 0, 1]][None, None].bool(), torch.rand(1, 1, 3, 4))
+    >>> stats.accumulate_layers("b", torch.eye(4)[[2, 3, 3]][None, None].bool(), torch.rand(1, 1, 3, 4))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     write_stats_sections(d, stats, {"a": 1, "b": 1}, top=2)
+    ...     sorted(p.name.split("-", 1)[1] for p in Path(d, "sections").iterdir())
+    ['domain-experts.html', 'general-experts.html']
+    """
     from moelens.analysis.plots import plot_cwas_heatmap, plot_general_vs_domain
     from moelens.report import el, figure_html, table_html, write_section
     from moelens.viz.findings import as_sentence, caveat_html, caveat_sentences, domain_expert_sentences, general_expert_sentence
@@ -45,7 +57,17 @@ def write_stats_sections(out: str | Path, stats: RoutingStats, n_texts: dict[str
 
 
 def write_token_section(out: str | Path, model: HookedMoE, data: dict[str, list[str]], per_domain: int = 1) -> None:
-    """The "Tokens by expert" section: circuitsvis token views of the first ``per_domain`` texts of each domain."""
+    """The "Tokens by expert" section: circuitsvis token views of the first ``per_domain`` texts of each domain.
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from moelens import HookedMoE
+    >>> model = HookedMoE.from_pretrained("moelens/mixtral-tiny")
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     write_token_section(d, model, {"math": ["2 + 2 = 4"]})
+    ...     [p.name.split("-", 1)[1] for p in Path(d, "sections").iterdir()]
+    ['tokens-by-expert.html']
+    """
     from moelens.report import el, write_section
     from moelens.viz import routing_tokens
 
@@ -59,7 +81,17 @@ def write_token_section(out: str | Path, model: HookedMoE, data: dict[str, list[
 
 
 def write_routing_map_section(out: str | Path, model: HookedMoE, data: dict[str, list[str]], max_tokens: int = 64) -> None:
-    """The "Routing map" section: one :func:`~moelens.viz.routing_map` per domain (its first text)."""
+    """The "Routing map" section: one :func:`~moelens.viz.routing_map` per domain (its first text).
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from moelens import HookedMoE
+    >>> model = HookedMoE.from_pretrained("moelens/mixtral-tiny")
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     write_routing_map_section(d, model, {"math": ["2 + 2 = 4"]})
+    ...     "legend" in next(Path(d, "sections").iterdir()).read_text()
+    True
+    """
     from moelens.report import el, write_section
     from moelens.viz import routing_map
 

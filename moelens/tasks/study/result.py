@@ -158,6 +158,12 @@ class StudyResult(Result):
 
 
 def factor_label(factor: float, recipe: str) -> str:
+    """How a condition's factor reads in tables and findings: ``x0.8`` (a scale), ``push +1`` (a
+    perturbation), empty for rows without one (baseline, LoRA).
+
+    >>> factor_label(0.8, "scale-logits"), factor_label(1.0, "perturb"), factor_label(float("nan"), "none")
+    ('x0.8', 'push +1', '')
+    """
     if math.isnan(factor):  # baseline, LoRA
         return ""
     return f"push {factor:+g}" if recipe == "perturb" else f"x{factor:g}"
